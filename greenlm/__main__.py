@@ -1,0 +1,3 @@
+from greenlm.cli import main
+
+main()

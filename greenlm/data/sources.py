@@ -1,0 +1,83 @@
+"""Text the verbs read: the built-in CPython documentation, or the user's .txt / .jsonl file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from greenlm.errors import GreenlmError
+
+BUILTIN_TEXT = "pydoc-topics"
+JSONL_TEXT_KEYS = ("text", "content", "prompt")
+
+
+@dataclass(frozen=True)
+class TextSource:
+    name: str  # "builtin:pydoc-topics" or the file path
+    documents: tuple[str, ...]
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for doc in self.documents:
+            h.update(hashlib.sha256(doc.encode()).digest())
+        return h.hexdigest()[:16]
+
+
+def _builtin() -> TextSource:
+    # The CPython documentation topics ship with every Python: a real, license-clean corpus that needs no download.
+    from pydoc_data.topics import topics
+
+    return TextSource(f"builtin:{BUILTIN_TEXT}", tuple(topics[k] for k in sorted(topics)))
+
+
+def _read_jsonl(path: Path) -> list[str]:
+    docs = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise GreenlmError(
+                f"{path}:{lineno} is not valid JSON ({exc.msg}): one JSON object per line"
+            ) from None
+        if isinstance(row, str):
+            docs.append(row)
+            continue
+        text = next(
+            (row[k] for k in JSONL_TEXT_KEYS if isinstance(row, dict) and isinstance(row.get(k), str)), None
+        )
+        if text is None:
+            raise GreenlmError(f"{path}:{lineno} has no string field among {', '.join(JSONL_TEXT_KEYS)}")
+        docs.append(text)
+    return docs
+
+
+def load_text(spec: str | None = None) -> TextSource:
+    """`None` or 'builtin' → the CPython docs; a `.txt` file → one document; a `.jsonl` file → one per line."""
+    if spec in (None, "builtin", BUILTIN_TEXT, f"builtin:{BUILTIN_TEXT}"):
+        return _builtin()
+    path = Path(spec).expanduser()
+    if not path.is_file():
+        raise GreenlmError(
+            f"text file '{spec}' not found: pass a .txt or .jsonl file, or omit --text for the built-in corpus"
+        )
+    try:
+        if path.suffix.lower() == ".jsonl":
+            docs = _read_jsonl(path)
+        elif path.suffix.lower() in (".txt", ".md", ".text"):
+            docs = [path.read_text(encoding="utf-8")]
+        else:
+            raise GreenlmError(
+                f"unsupported text file '{spec}': use .txt (plain text) or .jsonl (one {{\"text\": ...}} per line)"
+            )
+    except UnicodeDecodeError:
+        raise GreenlmError(f"text file '{spec}' is not UTF-8 text") from None
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise GreenlmError(
+            f"text file '{spec}' is empty: it needs some text to calibrate, evaluate or prompt with"
+        )
+    return TextSource(str(path), tuple(docs))

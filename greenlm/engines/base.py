@@ -1,0 +1,67 @@
+"""The execution-backend interface every engine implements (transformers now, llama.cpp next).
+
+Prefill and decode are separate calls so the workload can put each in its own energy window. `logits`
+serves evaluation (perplexity, KL divergence) with the same tokenization the workload uses.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass
+class PrefillResult:
+    next_token_ids: list[int]  # the first generated token of each sequence
+    prompt_tokens: int  # real (non-padding) prompt tokens processed
+    state: Any = field(repr=False)  # engine-private: KV cache, positions
+
+
+@dataclass
+class DecodeResult:
+    token_ids: list[list[int]]  # every generated token per sequence, the prefill's first token included
+    decode_tokens: int  # tokens produced by the decode phase (all sequences)
+    steps: int  # decode iterations (one token per sequence each)
+
+
+class Engine(ABC):
+    """One loaded model on one execution backend."""
+
+    name: ClassVar[str]
+
+    model_name: str
+    threads: int
+    device: str
+
+    @abstractmethod
+    def tokenize(self, text: str) -> list[int]: ...
+
+    @abstractmethod
+    def detokenize(self, token_ids: list[int]) -> str: ...
+
+    @property
+    @abstractmethod
+    def max_context(self) -> int: ...
+
+    @abstractmethod
+    def prefill(self, prompts: list[list[int]]) -> PrefillResult:
+        """Process a batch of prompts and produce each one's first token."""
+
+    @abstractmethod
+    def decode(self, prefill: PrefillResult, new_tokens: int) -> DecodeResult:
+        """Generate `new_tokens` more tokens per sequence after `prefill`, greedily, ignoring end-of-sequence
+        so every run does the same amount of work."""
+
+    @abstractmethod
+    def logits(self, token_ids: list[list[int]]) -> Any:
+        """Full-sequence next-token logits, float32 [batch, seq, vocab], for equal-length inputs."""
+
+    def sync(self) -> None:
+        """Block until queued device work is done; called at every energy-window edge."""
+
+    def describe(self) -> dict:
+        return {"engine": self.name, "model": self.model_name, "threads": self.threads, "device": self.device}
+
+    def close(self) -> None:
+        """Release the model."""

@@ -1,0 +1,145 @@
+"""The transformers engine: a plain PyTorch forward pass with a KV cache and a greedy decode loop.
+
+We drive the loop ourselves instead of `generate()` so that prefill and decode are separate, measurable calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from greenlm.engines.base import DecodeResult, Engine, PrefillResult
+from greenlm.errors import GreenlmError
+from greenlm.models import LoadedModel, ModelSpec, load_model
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise GreenlmError(f"device '{device}' asked for but torch sees no CUDA GPU: use --device cpu")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise GreenlmError(f"unknown device '{device}': use cpu, cuda, cuda:N or auto")
+    return device
+
+
+def set_threads(threads: int | None) -> int:
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise GreenlmError(f"--threads must be at least 1, got {threads}")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+class TransformersEngine(Engine):
+    name = "transformers"
+
+    def __init__(self, loaded: LoadedModel, *, threads: int | None = None):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.model_name = loaded.spec.name
+        self.device = str(next(self.model.parameters()).device)
+        self.threads = set_threads(threads)
+
+    @classmethod
+    def load(
+        cls, spec: ModelSpec, *, threads: int | None = None, device: str = "cpu", dtype: str = "float32"
+    ) -> TransformersEngine:
+        return cls(load_model(spec, dtype=dtype, device=resolve_device(device)), threads=threads)
+
+    @property
+    def max_context(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 2048))
+
+    def tokenize(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids)
+
+    def sync(self) -> None:
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+
+    def _left_pad(self, prompts: list[list[int]]):
+        import torch
+
+        if not prompts or any(not p for p in prompts):
+            raise GreenlmError("every prompt needs at least one token")
+        width = max(len(p) for p in prompts)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, width - len(p) :] = torch.tensor(p)
+            mask[row, width - len(p) :] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def prefill(self, prompts: list[list[int]]) -> PrefillResult:
+        import torch
+        from transformers import DynamicCache
+
+        ids, mask = self._left_pad(prompts)
+        # Left padding shifts real tokens right; positions must count real tokens only.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        next_ids = out.logits[:, -1, :].argmax(-1)
+        state = {"cache": out.past_key_values, "mask": mask, "last_pos": positions[:, -1], "next": next_ids}
+        return PrefillResult(next_ids.tolist(), int(mask.sum()), state)
+
+    def decode(self, prefill: PrefillResult, new_tokens: int) -> DecodeResult:
+        import torch
+
+        state: dict[str, Any] = prefill.state
+        cache, mask, pos, nxt = state["cache"], state["mask"], state["last_pos"], state["next"]
+        generated = [nxt]
+        ones = torch.ones((mask.shape[0], 1), dtype=mask.dtype, device=mask.device)
+        with torch.inference_mode():
+            for _ in range(new_tokens):
+                mask = torch.cat([mask, ones], dim=1)
+                pos = pos + 1
+                out = self.model(
+                    input_ids=nxt[:, None],
+                    attention_mask=mask,
+                    position_ids=pos[:, None],
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                cache = out.past_key_values
+                nxt = out.logits[:, -1, :].argmax(-1)
+                generated.append(nxt)
+        tokens = torch.stack(generated, dim=1).tolist()
+        return DecodeResult(tokens, new_tokens * len(tokens), new_tokens)
+
+    def logits(self, token_ids: list[list[int]]):
+        import torch
+
+        ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
+        with torch.inference_mode():
+            return self.model(input_ids=ids, use_cache=False).logits.float()
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info["dtype"] = str(self.model.dtype).removeprefix("torch.")
+        info["load_s"] = round(self.loaded.load_s, 3)
+        info["load_source"] = self.loaded.load_source
+        return info
+
+    def close(self) -> None:
+        self.model = None
+        self.loaded = None

@@ -1,0 +1,53 @@
+"""The measurement workload's settings, validated once so every caller (CLI, library, optimizer) agrees."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from greenlm.errors import GreenlmError
+
+
+@dataclass
+class MeasureConfig:
+    model: str | None = None  # built-in name, HF directory or .gguf; None = the built-in default
+    engine: str = "transformers"
+    text: str | None = None  # .txt / .jsonl; None = built-in corpus. Prompts come from its evaluation split
+    prompts: str | None = None  # a .jsonl / .txt of prompts that replaces the generated ones
+    num_prompts: int = 4
+    prompt_tokens: int = 128  # length of prompts cut from the evaluation text
+    batch_size: int = 1
+    max_new_tokens: int = 64
+    repeats: int = 3
+    warmup: bool = True
+    threads: int | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    meter: str = "auto"
+    watts_per_core: float | None = None
+    country: str | None = None
+    region: str | None = None
+    carbon_intensity: float | None = None  # gCO2e/kWh, overrides country and region
+    pue: float = 1.0
+
+    def __post_init__(self) -> None:
+        positive = {
+            "--num-prompts": self.num_prompts,
+            "--prompt-tokens": self.prompt_tokens,
+            "--batch-size": self.batch_size,
+            "--repeats": self.repeats,
+        }
+        for flag, value in positive.items():
+            if not isinstance(value, int) or value < 1:
+                raise GreenlmError(f"{flag} must be a whole number of at least 1, got {value!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 2:
+            # One token comes from prefill; decode needs at least one more to be measured at all.
+            raise GreenlmError(
+                f"--max-new-tokens must be at least 2 (prefill makes the first), got {self.max_new_tokens!r}"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise GreenlmError(f"--threads must be at least 1, got {self.threads}")
+        if self.watts_per_core is not None and not self.watts_per_core > 0:
+            raise GreenlmError(f"--watts-per-core must be positive, got {self.watts_per_core}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,131 @@
+"""Run the generation workload with prefill and decode each inside its own energy window."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from greenlm.energy import get_meter
+from greenlm.energy.carbon import resolve_intensity, validate_pue
+from greenlm.engines import create_engine
+from greenlm.models import resolve_model
+from greenlm.workload.config import MeasureConfig
+from greenlm.workload.memory import peak_rss_mb, reset_peak_rss
+from greenlm.workload.prompts import workload_prompts
+from greenlm.workload.result import MeasureResult, RepeatRecord
+
+WARMUP_NEW_TOKENS = 4
+Progress = Callable[[int, int], None]  # (batches done, batches total)
+
+
+def _noop(*_args) -> None:
+    pass
+
+
+def run_measure(
+    config: MeasureConfig,
+    *,
+    store=None,
+    progress: Progress | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> MeasureResult:
+    """Measure `config.model` on `config.engine`. With a `store`, the result is saved and gets a `run_id`."""
+    progress = progress or _noop
+    announce = announce or _noop
+    # Validate everything cheap before loading anything heavy.
+    intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
+    pue = validate_pue(config.pue)
+    spec = resolve_model(config.model)
+    meter = get_meter(config.meter, watts_per_core=config.watts_per_core)
+    engine = None
+    try:
+        load_start = meter.begin_window()
+        engine = create_engine(
+            config.engine, spec, threads=config.threads, device=config.device, dtype=config.dtype
+        )
+        engine.sync()
+        load = meter.end_window(load_start)
+        announce(meter.selection_note)  # once, after the model loaded, so a load error prints alone
+
+        prompts, text_label = workload_prompts(
+            engine,
+            prompts_file=config.prompts,
+            text=config.text,
+            count=config.num_prompts,
+            prompt_tokens=config.prompt_tokens,
+            max_new_tokens=config.max_new_tokens,
+        )
+        batches = [prompts[i : i + config.batch_size] for i in range(0, len(prompts), config.batch_size)]
+        if config.warmup:  # first calls pay for allocator growth and kernel selection
+            engine.decode(engine.prefill(batches[0]), WARMUP_NEW_TOKENS)
+        reset_peak_rss()
+
+        decode_steps = config.max_new_tokens - 1
+        records: list[RepeatRecord] = []
+        total = config.repeats * len(batches)
+        for repeat in range(config.repeats):
+            sums = dict(
+                prefill_s=0.0,
+                prefill_j=0.0,
+                prefill_tokens=0,
+                decode_s=0.0,
+                decode_j=0.0,
+                decode_tokens=0,
+                decode_steps=0,
+                generated_tokens=0,
+            )
+            for index, batch in enumerate(batches):
+                engine.sync()
+                start = meter.begin_window()
+                pre = engine.prefill(batch)
+                engine.sync()
+                pre_m = meter.end_window(start)
+                start = meter.begin_window()
+                dec = engine.decode(pre, decode_steps)
+                engine.sync()
+                dec_m = meter.end_window(start)
+                sums["prefill_s"] += pre_m.duration_s
+                sums["prefill_j"] += pre_m.total_j
+                sums["prefill_tokens"] += pre.prompt_tokens
+                sums["decode_s"] += dec_m.duration_s
+                sums["decode_j"] += dec_m.total_j
+                sums["decode_tokens"] += dec.decode_tokens
+                sums["decode_steps"] += dec.steps
+                sums["generated_tokens"] += sum(len(t) for t in dec.token_ids)
+                progress(repeat * len(batches) + index + 1, total)
+            records.append(RepeatRecord(ttft_s=sums["prefill_s"] / len(batches), **sums))
+        peak_mb = peak_rss_mb()
+
+        result = MeasureResult(
+            model=spec.name,
+            engine=engine.name,
+            meter=meter.name,
+            energy_source=meter.energy_source,
+            threads=engine.threads,
+            batch_size=config.batch_size,
+            device=engine.device,
+            intensity_g_per_kwh=intensity.intensity_g_per_kwh,
+            intensity_location=intensity.location,
+            intensity_source=intensity.source,
+            pue=pue,
+            peak_rss_mb=peak_mb,
+            repeats=records,
+            text=text_label,
+            num_prompts=len(prompts),
+            mean_prompt_tokens=sum(len(p) for p in prompts) / len(prompts),
+            max_new_tokens=config.max_new_tokens,
+            load_s=load.duration_s,
+            load_source=engine.describe().get("load_source", ""),
+            load_j=load.total_j,
+            meter_note=meter.selection_note,
+            meter_details=meter.describe(),
+            engine_details=engine.describe(),
+            model_identity=spec.identity(),
+            config=config.to_dict(),
+        )
+    finally:
+        meter.close()
+        if engine is not None:
+            engine.close()
+    if store is not None:
+        result.run_id = store.add_measurement(result)
+    return result
