@@ -1,0 +1,121 @@
+"""`greenlm measure`: energy, speed and carbon per token of a model on a generation workload."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from greenlm.cli.app import app
+from greenlm.cli.common import DbOpt, JsonOpt, LazyProgress, emit_json, fmt, note, out
+
+
+@app.command()
+def measure(
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Built-in name, HF directory or .gguf (default smollm2-135m)."
+    ),
+    engine: str = typer.Option("transformers", "--engine", help="Execution engine."),
+    text: str | None = typer.Option(
+        None, "--text", help=".txt or .jsonl text; prompts come from its evaluation split."
+    ),
+    prompts: str | None = typer.Option(
+        None, "--prompts", help=".jsonl ({'prompt': ...} per line) or .txt (one per line)."
+    ),
+    num_prompts: int = typer.Option(
+        4, "--num-prompts", help="Prompts cut from the evaluation text (ignored with --prompts)."
+    ),
+    prompt_tokens: int = typer.Option(
+        128, "--prompt-tokens", help="Length of each generated prompt in tokens."
+    ),
+    batch_size: int = typer.Option(1, "--batch-size", help="Sequences per forward pass."),
+    max_new_tokens: int = typer.Option(
+        64, "--max-new-tokens", help="Tokens generated per prompt (end-of-text ignored)."
+    ),
+    repeats: int = typer.Option(
+        3, "--repeats", help="Measured passes over all prompts; median and spread reported."
+    ),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    meter: str = typer.Option("auto", "--meter", help="auto, rapl, nvml, rapl+nvml or cpu-model."),
+    watts_per_core: float | None = typer.Option(
+        None, "--watts-per-core", help="cpu-model: watts per busy core."
+    ),
+    country: str | None = typer.Option(
+        None, "--country", help="ISO 3166 country code for grid carbon intensity."
+    ),
+    region: str | None = typer.Option(None, "--region", help="Cloud region, e.g. gcp:europe-west1."),
+    carbon_intensity: float | None = typer.Option(
+        None, "--carbon-intensity", help="Grid intensity in gCO2e/kWh."
+    ),
+    pue: float = typer.Option(1.0, "--pue", help="Data-centre power usage effectiveness (>= 1)."),
+    db: str | None = DbOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure energy, speed and carbon per token of a model on a generation workload."""
+    from greenlm.store import Store
+    from greenlm.workload import MeasureConfig, run_measure
+
+    config = MeasureConfig(
+        model=model,
+        engine=engine,
+        text=text,
+        prompts=prompts,
+        num_prompts=num_prompts,
+        prompt_tokens=prompt_tokens,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        repeats=repeats,
+        threads=threads,
+        device=device,
+        meter=meter,
+        watts_per_core=watts_per_core,
+        country=country,
+        region=region,
+        carbon_intensity=carbon_intensity,
+        pue=pue,
+    )
+    with Store(db) as store, LazyProgress("measuring") as bar:
+        result = run_measure(config, store=store, announce=note, progress=bar.update)
+    record = result.to_dict()
+    if as_json:
+        emit_json(record)
+        return
+    _print_measurement(record)
+
+
+def _print_measurement(r: dict) -> None:
+    table = Table(
+        title=f"{r['model']} on {r['engine']} ({r['device']}, {r['threads']} threads, batch {r['batch_size']})"
+    )
+    table.add_column("metric")
+    table.add_column("median", justify="right")
+    table.add_column("min – max", justify="right")
+    rows = [
+        ("prefill tokens/s", "prefill_tokens_per_s"),
+        ("decode tokens/s", "decode_tokens_per_s"),
+        ("TTFT (s)", "ttft_s"),
+        ("time per output token (s)", "tpot_s"),
+        ("prefill J/token", "prefill_j_per_token"),
+        ("decode J/token", "decode_j_per_token"),
+        ("tokens per J", "tokens_per_j"),
+        ("gCO2e per 1k tokens", "carbon_g_per_1k_tokens"),
+    ]
+    for label, key in rows:
+        spread = r["spread"][key]
+        table.add_row(label, fmt(r[key]), f"{fmt(spread['min'])} – {fmt(spread['max'])}")
+    out.print(table)
+    source = (
+        "ESTIMATED by a model, not a hardware counter"
+        if r["energy_source"] == "estimated"
+        else "measured by hardware counters"
+    )
+    lines = [
+        f"energy: meter {r['meter']} ({source})",
+        f"carbon: {r['intensity_g_per_kwh']:g} gCO2e/kWh ({r['intensity_source']}), PUE {r['pue']:g}",
+        f"workload: {r['num_prompts']} prompts of ~{r['mean_prompt_tokens']:.0f} tokens from {r['text']}, "
+        f"{r['max_new_tokens']} new tokens each, {r['repeats']} repeats; peak RSS {r['peak_rss_mb']:.0f} MB",
+        f"model load: {r['load_s']:.2f} s ({r['load_source']})",
+        f"stored as run {r['run_id']}",
+    ]
+    for line in lines:
+        out.print(line, markup=False)
