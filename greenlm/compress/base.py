@@ -1,0 +1,122 @@
+"""The compression contract: a step is a validated config dataclass plus a function that applies it.
+
+Methods register themselves (`@register(ConfigClass)`), so recipes, the CLI and the optimizer find them by
+name without a central if-chain. Each application returns a `StepReport` saying whether the step makes the
+model really cheaper to run (`real`) or only models the quality effect (`simulated`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Literal
+
+from greenlm.errors import GreenlmError
+
+Execution = Literal["real", "simulated"]
+
+
+@dataclass
+class StepConfig:
+    """Base for one step's settings. Subclasses are dataclasses that validate in `__post_init__`."""
+
+    method: ClassVar[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StepConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"method"})
+        if unknown:
+            raise GreenlmError(
+                f"step '{cls.method}' has no setting {', '.join(map(repr, unknown))}: valid settings are {', '.join(sorted(known))}"
+            )
+        return cls(**{k: v for k, v in data.items() if k != "method"})
+
+
+@dataclass
+class StepReport:
+    method: str
+    execution: Execution
+    notes: list[str] = field(default_factory=list)  # things the user must know, e.g. "no dense-kernel speed-up on CPU"
+    details: dict[str, Any] = field(default_factory=dict)  # e.g. layers removed, parameters before/after
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class CompressContext:
+    """What a step may need besides the model: the tokenizer and calibration text (never evaluation text)."""
+
+    tokenizer: Any
+    text: str | None = None  # text spec as for --text; the calibration split of it is used
+    calibration_samples: int = 64
+    calibration_tokens: int = 256
+    progress: Callable[[str, int, int], None] = lambda _label, _done, _total: None
+    _windows: Any = None
+
+    def calibration_windows(self):
+        """[samples, tokens] token ids from the calibration split, built once per compression run."""
+        if self._windows is None:
+            from greenlm.compress.calibration import calibration_windows
+
+            self._windows = calibration_windows(
+                self.tokenizer, self.text, samples=self.calibration_samples, tokens=self.calibration_tokens
+            )
+        return self._windows
+
+
+ApplyFn = Callable[[Any, StepConfig, CompressContext], StepReport]
+_REGISTRY: dict[str, tuple[type[StepConfig], ApplyFn]] = {}
+
+
+def register(config_cls: type[StepConfig]) -> Callable[[ApplyFn], ApplyFn]:
+    def decorate(fn: ApplyFn) -> ApplyFn:
+        _REGISTRY[config_cls.method] = (config_cls, fn)
+        return fn
+
+    return decorate
+
+
+def method_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def config_class(method: str) -> type[StepConfig]:
+    try:
+        return _REGISTRY[method][0]
+    except KeyError:
+        raise GreenlmError(f"unknown compression method '{method}': choose one of {', '.join(method_names())}") from None
+
+
+def apply_step(model, step: StepConfig, ctx: CompressContext) -> StepReport:
+    """Apply one step to `model` in place."""
+    return _REGISTRY[step.method][1](model, step, ctx)
+
+
+class QuantizedModule:
+    """Mixin for modules that replace nn.Linear with low-bit storage.
+
+    A variant's manifest records each replaced module's `kind` and `spec()`; loading rebuilds it empty with
+    `from_spec` and fills it from the safetensors state dict, so quantized variants reload exactly.
+    """
+
+    kind: ClassVar[str]
+
+    def spec(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]):
+        raise NotImplementedError
+
+
+QUANTIZED_MODULES: dict[str, type[QuantizedModule]] = {}
+
+
+def register_module(cls: type[QuantizedModule]) -> type[QuantizedModule]:
+    QUANTIZED_MODULES[cls.kind] = cls
+    return cls
