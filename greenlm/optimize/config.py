@@ -1,0 +1,94 @@
+"""Settings of one optimization run, validated once; `EvalSettings` is the picklable part a worker needs."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+
+from greenlm.errors import GreenlmError
+from greenlm.optimize.pareto import QualityBudget
+
+
+def parse_duration_s(text: str | float | int) -> float:
+    """'20m', '90s', '1h', '1h30m' or a number of seconds."""
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        parts = re.fullmatch(
+            r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text
+        )
+        if not parts or not any(parts.groups()):
+            raise GreenlmError(f"time budget '{text}' is not a duration: use e.g. 20m, 90s, 1h30m")
+        h, m, s = (float(g) if g else 0.0 for g in parts.groups())
+        seconds = h * 3600 + m * 60 + s
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise GreenlmError(f"time budget must be positive, got {text!r}")
+    return seconds
+
+
+def parse_percent(text: str | float) -> float:
+    """'3%' or '3' → 3.0 (percent)."""
+    raw = text.strip().removesuffix("%") if isinstance(text, str) else text
+    try:
+        value = float(raw)
+    except ValueError:
+        raise GreenlmError(f"'{text}' is not a percentage: use e.g. 3%") from None
+    if not math.isfinite(value) or value < 0:
+        raise GreenlmError(f"--max-ppl-increase must be a percentage >= 0, got {text!r}")
+    return value
+
+
+@dataclass
+class EvalSettings:
+    """How every candidate is judged: the same text, token budgets and workload for all of them."""
+
+    model: str | None = None
+    text: str | None = None
+    screen_eval_tokens: int = 2048  # cheap KLD screen before any full measurement
+    eval_tokens: int = 8192
+    num_prompts: int = 2
+    prompt_tokens: int = 64
+    max_new_tokens: int = 48
+    repeats: int = 3
+    meter: str = "auto"
+    country: str | None = None
+    region: str | None = None
+    carbon_intensity: float | None = None
+    pue: float = 1.0
+    workdir: str = ""  # where candidate variants are built (under the cache dir by default)
+    budget: QualityBudget = field(default_factory=QualityBudget)
+    screen_margin: float = 3.0  # reject when the screen KLD exceeds margin x the budget: hopeless
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class OptimizeConfig:
+    settings: EvalSettings = field(default_factory=EvalSettings)
+    space: str | None = None  # YAML file; None = default space
+    time_budget_s: float = 20 * 60
+    max_candidates: int | None = None
+    executor: str = "local"
+    ray_address: str | None = None
+    out: str | None = None  # where the chosen variant is saved
+    resume: bool = False
+    search_id: str | None = None
+
+    def __post_init__(self) -> None:
+        b = self.settings.budget
+        if not (math.isfinite(b.max_ppl_increase_pct) and b.max_ppl_increase_pct >= 0):
+            raise GreenlmError(f"--max-ppl-increase must be >= 0%, got {b.max_ppl_increase_pct}")
+        if not (math.isfinite(b.max_kld) and b.max_kld >= 0):
+            raise GreenlmError(f"--max-kld must be >= 0, got {b.max_kld}")
+        if self.max_candidates is not None and self.max_candidates < 1:
+            raise GreenlmError(f"--max-candidates must be at least 1, got {self.max_candidates}")
+        if self.time_budget_s <= 0:
+            raise GreenlmError("--time-budget must be positive")
+        s = self.settings
+        for name in ("screen_eval_tokens", "eval_tokens", "num_prompts", "prompt_tokens", "repeats"):
+            if getattr(s, name) < 1:
+                raise GreenlmError(f"{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
+        if s.max_new_tokens < 2:
+            raise GreenlmError(f"--max-new-tokens must be at least 2, got {s.max_new_tokens}")

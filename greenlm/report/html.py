@@ -1,0 +1,181 @@
+"""Build the HTML report: Pareto plot, energy by phase for baseline vs chosen, the candidate table, and
+where every figure came from. One file, inline CSS and SVG, no scripts, nothing fetched at view time."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from greenlm.errors import GreenlmError
+from greenlm.optimize.pareto import QualityBudget, choose, pareto_front
+from greenlm.report.plots import pareto_svg, phase_svg
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:1100px;color:#222}
+h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}
+table{border-collapse:collapse;font-size:.85rem;width:100%}
+th,td{border-bottom:1px solid #ddd;padding:.3rem .5rem;text-align:right}
+th:first-child,td:first-child{text-align:left}
+tr.chosen{background:#fde8ea}tr.baseline{background:#eef}
+.note{color:#555;font-size:.9rem}.estimated{color:#a15c00;font-weight:600}
+.figure{margin:1rem 0}
+"""
+COLUMNS = [
+    ("candidate", "label", None),
+    ("status", "status", None),
+    ("decode J/token", "decode_j_per_token", 4),
+    ("decode tok/s", "decode_tokens_per_s", 1),
+    ("prefill J/token", "prefill_j_per_token", 4),
+    ("PPL", "ppl", 3),
+    ("PPL +%", "ppl_increase_pct", 2),
+    ("KLD", "kld", 4),
+    ("top-1", "top1_agreement", 3),
+    ("gCO2e/1k tok", "carbon_g_per_1k_tokens", 4),
+    ("size MB", "size_mb", 1),
+    ("execution", "execution", None),
+    ("host", "host", None),
+]
+
+
+def _cell(value, digits):
+    if value is None:
+        return ""
+    if digits is None or not isinstance(value, (int, float)):
+        return html.escape(str(value))
+    return f"{value:.{digits}f}"
+
+
+def _search_rows(store, search_id: str | None) -> tuple[str, list[dict]]:
+    records = [json.loads(r["record_json"]) for r in store.runs(limit=100_000, kind="candidate")]
+    if not records:
+        raise GreenlmError(
+            "the store has no optimization results yet: run `greenlm optimize` first (or pass --db)"
+        )
+    search_id = search_id or records[0].get("search_id")
+    rows = [r for r in records if r.get("search_id") == search_id]
+    if not rows:
+        raise GreenlmError(f"no search '{search_id}' in the store: `greenlm runs` lists what is there")
+    rows.reverse()  # oldest first: the order they were evaluated
+    return search_id, rows
+
+
+def build_report(store, search_id: str | None = None) -> str:
+    search_id, rows = _search_rows(store, search_id)
+    measured = [r for r in rows if r.get("status") == "measured"]
+    baseline = next(
+        (
+            r
+            for r in rows
+            if not r.get("recipe")
+            and r.get("engine") == "transformers"
+            and not r.get("quant_type")
+            and not r.get("threads")
+        ),
+        None,
+    )
+    if baseline is None or baseline.get("status") != "measured":
+        raise GreenlmError(
+            f"search '{search_id}' has no measured baseline: it was interrupted before it began"
+        )
+    budget = QualityBudget(**rows[-1].get("budget", {}))
+    chosen = choose(measured, budget)
+    if chosen is not None and chosen["key"] == baseline["key"]:
+        chosen = None
+    front = pareto_front(measured)
+
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>greenlm report {search_id}</title>",
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>greenlm optimization report <small>search {html.escape(search_id)}</small></h1>",
+    ]
+    model = baseline.get("model", "")
+    parts.append(
+        f"<p>Model <b>{html.escape(str(model))}</b>; budget: PPL increase ≤ {budget.max_ppl_increase_pct:g}%, "
+        f"KLD ≤ {budget.max_kld:g}; {len(rows)} candidates ({len(measured)} fully measured).</p>"
+    )
+    if chosen:
+        ratio = baseline["decode_j_per_token"] / chosen["decode_j_per_token"]
+        parts.append(
+            f"<p><b>Chosen:</b> {html.escape(chosen['label'])}: decode {chosen['decode_j_per_token']:.4f} J/token "
+            f"vs {baseline['decode_j_per_token']:.4f} for the baseline (<b>{ratio:.2f}x less</b>), "
+            f"PPL +{chosen['ppl_increase_pct']:.2f}%, KLD {chosen['kld']:.4f}.</p>"
+        )
+    else:
+        parts.append("<p><b>No candidate met the budget</b> while costing less than the baseline.</p>")
+    parts.append("<h2>Pareto front: decode energy against quality loss</h2>")
+    parts.append(
+        f"<div class='figure' id='pareto-plot'>{pareto_svg(measured, front, chosen, baseline, budget.max_kld)}</div>"
+    )
+    bars = [("baseline", baseline.get("phase_j_per_token", {}))]
+    if chosen:
+        bars.append(("chosen", chosen.get("phase_j_per_token", {})))
+    parts.append("<h2>Energy by phase (J per generated token)</h2>")
+    parts.append(f"<div class='figure' id='phase-plot'>{phase_svg(bars)}</div>")
+
+    parts.append("<h2>Candidates</h2><table id='candidates'><tr>")
+    parts += [f"<th>{name}</th>" for name, _, _ in COLUMNS]
+    parts.append("</tr>")
+    for r in rows:
+        cls = (
+            "chosen"
+            if chosen and r["key"] == chosen["key"]
+            else "baseline"
+            if r["key"] == baseline["key"]
+            else ""
+        )
+        cells = "".join(f"<td>{_cell(r.get(key), digits)}</td>" for _, key, digits in COLUMNS)
+        reason = f" title='{html.escape(r.get('reason', ''))}'" if r.get("reason") else ""
+        parts.append(f"<tr class='{cls}'{reason}>{cells}</tr>")
+    parts.append("</table>")
+
+    parts.append("<h2>Provenance</h2><ul class='note'>")
+    meters = sorted({(r.get("meter"), r.get("energy_source")) for r in measured})
+    for meter, source in meters:
+        label = (
+            "<span class='estimated'>estimated by a model, not a hardware counter</span>"
+            if source == "estimated"
+            else "measured by hardware counters"
+        )
+        parts.append(f"<li>Energy: meter <b>{html.escape(str(meter))}</b>, {label}.</li>")
+    for key, what in (
+        ("text", "Workload prompts"),
+        ("eval_text", "Quality (PPL, KLD, top-1)"),
+        ("intensity_source", "Carbon intensity"),
+    ):
+        values = sorted({str(r.get(key)) for r in measured if r.get(key)})
+        if values:
+            parts.append(f"<li>{what}: {html.escape('; '.join(values))}.</li>")
+    engines = sorted({str(r.get("engine")) for r in measured})
+    hosts = sorted({str(r.get("host")) for r in measured})
+    parts.append(
+        f"<li>Engines: {html.escape(', '.join(engines))}; hosts: {html.escape(', '.join(hosts))}.</li>"
+    )
+    parts.append(
+        "<li>Quality is measured against the unmodified reference model on evaluation text the "
+        "calibration never saw; `simulated` rows model quality only and claim no saving.</li>"
+    )
+    parts.append(
+        f"<li>Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} by greenlm.</li></ul>"
+    )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(store, out: str | Path, search_id: str | None = None) -> Path:
+    """Render and write atomically: a reader never sees half a report."""
+    out = Path(out)
+    page = build_report(store, search_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(page)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
