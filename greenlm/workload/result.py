@@ -34,7 +34,7 @@ class RepeatRecord:
             "prefill_j_per_token": self.prefill_j / self.prefill_tokens,
             "decode_j_per_token": self.decode_j / self.decode_tokens,
             # End-to-end efficiency: output tokens per joule of prefill plus decode.
-            "tokens_per_j": self.generated_tokens / total_j if total_j > 0 else float("inf"),
+            "tokens_per_j": self.generated_tokens / total_j,  # the runner refuses zero-energy repeats
             "carbon_g_per_1k_tokens": carbon_g(total_j, intensity_g_per_kwh, pue)
             / self.generated_tokens
             * 1000,
@@ -69,6 +69,7 @@ class MeasureResult:
     intensity_source: str
     pue: float
     peak_rss_mb: float
+    peak_gpu_mem_mb: float | None
     repeats: list[RepeatRecord]
     text: str  # where the prompts came from
     num_prompts: int
@@ -109,6 +110,7 @@ class MeasureResult:
                 "intensity_source": self.intensity_source,
                 "pue": self.pue,
                 "peak_rss_mb": round(self.peak_rss_mb, 1),
+                "peak_gpu_mem_mb": self.peak_gpu_mem_mb,
                 "repeats": len(self.repeats),
                 "statistic": "median over repeats",
                 "token_basis": "tokens_per_j and carbon_g_per_1k_tokens count generated tokens against prefill+decode energy",

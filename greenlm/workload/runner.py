@@ -7,9 +7,10 @@ from collections.abc import Callable
 from greenlm.energy import get_meter
 from greenlm.energy.carbon import resolve_intensity, validate_pue
 from greenlm.engines import create_engine
+from greenlm.errors import GreenlmError
 from greenlm.models import resolve_model
 from greenlm.workload.config import MeasureConfig
-from greenlm.workload.memory import peak_rss_mb, reset_peak_rss
+from greenlm.workload.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu, reset_peak_rss
 from greenlm.workload.prompts import workload_prompts
 from greenlm.workload.result import MeasureResult, RepeatRecord
 
@@ -58,6 +59,7 @@ def run_measure(
         if config.warmup:  # first calls pay for allocator growth and kernel selection
             engine.decode(engine.prefill(batches[0]), WARMUP_NEW_TOKENS)
         reset_peak_rss()
+        reset_peak_gpu(engine.device)
 
         decode_steps = config.max_new_tokens - 1
         records: list[RepeatRecord] = []
@@ -94,6 +96,11 @@ def run_measure(
                 progress(repeat * len(batches) + index + 1, total)
             records.append(RepeatRecord(ttft_s=sums["prefill_s"] / len(batches), **sums))
         peak_mb = peak_rss_mb()
+        if any(r.prefill_j + r.decode_j <= 0 for r in records):
+            raise GreenlmError(
+                f"meter {meter.name} saw no energy in a repeat: the workload is shorter than its resolution; "
+                "raise --max-new-tokens or --num-prompts"
+            )
 
         result = MeasureResult(
             model=spec.name,
@@ -108,6 +115,7 @@ def run_measure(
             intensity_source=intensity.source,
             pue=pue,
             peak_rss_mb=peak_mb,
+            peak_gpu_mem_mb=peak_gpu_mb(engine.device),
             repeats=records,
             text=text_label,
             num_prompts=len(prompts),
