@@ -77,7 +77,7 @@ class MeasureResult:
     max_new_tokens: int
     load_s: float
     load_source: str
-    load_j: float
+    load_j: float | None  # None when the caller loaded the engine outside the meter
     meter_note: str
     meter_details: dict = field(default_factory=dict)
     engine_details: dict = field(default_factory=dict)

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from greenlm.energy import get_meter
 from greenlm.energy.carbon import resolve_intensity, validate_pue
-from greenlm.engines import create_engine
+from greenlm.engines import Engine, create_engine
 from greenlm.errors import GreenlmError
 from greenlm.models import resolve_model
 from greenlm.workload.config import MeasureConfig
@@ -26,10 +26,15 @@ def run_measure(
     config: MeasureConfig,
     *,
     store=None,
+    engine: Engine | None = None,
     progress: Progress | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> MeasureResult:
-    """Measure `config.model` on `config.engine`. With a `store`, the result is saved and gets a `run_id`."""
+    """Measure `config.model` on `config.engine`. With a `store`, the result is saved and gets a `run_id`.
+
+    `engine` reuses a model the caller has already loaded (the caller keeps and closes it); the load phase
+    is then not measured (`load_j` is None).
+    """
     progress = progress or _noop
     announce = announce or _noop
     # Validate everything cheap before loading anything heavy.
@@ -37,14 +42,16 @@ def run_measure(
     pue = validate_pue(config.pue)
     spec = resolve_model(config.model)
     meter = get_meter(config.meter, watts_per_core=config.watts_per_core)
-    engine = None
+    owned = engine is None
+    load = None
     try:
-        load_start = meter.begin_window()
-        engine = create_engine(
-            config.engine, spec, threads=config.threads, device=config.device, dtype=config.dtype
-        )
-        engine.sync()
-        load = meter.end_window(load_start)
+        if owned:
+            load_start = meter.begin_window()
+            engine = create_engine(
+                config.engine, spec, threads=config.threads, device=config.device, dtype=config.dtype
+            )
+            engine.sync()
+            load = meter.end_window(load_start)
         announce(meter.selection_note)  # once, after the model loaded, so a load error prints alone
 
         prompts, text_label = workload_prompts(
@@ -121,9 +128,9 @@ def run_measure(
             num_prompts=len(prompts),
             mean_prompt_tokens=sum(len(p) for p in prompts) / len(prompts),
             max_new_tokens=config.max_new_tokens,
-            load_s=load.duration_s,
+            load_s=load.duration_s if load else engine.describe().get("load_s", 0.0),
             load_source=engine.describe().get("load_source", ""),
-            load_j=load.total_j,
+            load_j=load.total_j if load else None,
             meter_note=meter.selection_note,
             meter_details=meter.describe(),
             engine_details=engine.describe(),
@@ -132,7 +139,7 @@ def run_measure(
         )
     finally:
         meter.close()
-        if engine is not None:
+        if owned and engine is not None:
             engine.close()
     if store is not None:
         result.run_id = store.add_measurement(result)
