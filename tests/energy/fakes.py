@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import types
 from collections.abc import Callable
@@ -28,7 +29,11 @@ class FakePowercap:
         return zone
 
     def set(self, zone: str, energy_uj: int) -> None:
-        (self.root / zone / "energy_uj").write_text(f"{energy_uj}\n")
+        # Atomic like sysfs: a reader (the wrap-guard thread) never sees a half-written counter.
+        path = self.root / zone / "energy_uj"
+        tmp = path.with_name("energy_uj.tmp")
+        tmp.write_text(f"{energy_uj}\n")
+        os.replace(tmp, path)
 
     def add(self, zone: str, delta_uj: int) -> None:
         path = self.root / zone / "energy_uj"
