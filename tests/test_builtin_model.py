@@ -53,5 +53,5 @@ def test_measure_builtin_json(monkeypatch, capsys):
     assert record["model"] == "smollm2-135m" and record["engine"] == "transformers"
     assert record["meter"] == "cpu-model" and record["energy_source"] == "estimated"
     assert record["decode_j_per_token"] > 0 and record["prefill_j_per_token"] > 0
-    assert record["decode_tokens_per_s"] > 1 and record["text"] == "builtin:pydoc-topics/evaluation"
+    assert record["decode_tokens_per_s"] > 0 and record["text"] == "builtin:pydoc-topics/evaluation"
     assert record["run_id"]
