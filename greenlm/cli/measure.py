@@ -14,7 +14,9 @@ def measure(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Built-in name, HF directory or .gguf (default smollm2-135m)."
     ),
-    engine: str = typer.Option("transformers", "--engine", help="Execution engine."),
+    engine: str = typer.Option(
+        "transformers", "--engine", help="transformers or llamacpp (see `greenlm engines`)."
+    ),
     text: str | None = typer.Option(
         None, "--text", help=".txt or .jsonl text; prompts come from its evaluation split."
     ),
@@ -34,7 +36,9 @@ def measure(
     repeats: int = typer.Option(
         3, "--repeats", help="Measured passes over all prompts; median and spread reported."
     ),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads (default: torch's choice; llamacpp: the cores available)."
+    ),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
     meter: str = typer.Option("auto", "--meter", help="auto, rapl, nvml, rapl+nvml or cpu-model."),
     watts_per_core: float | None = typer.Option(

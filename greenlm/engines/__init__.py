@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from greenlm.engines.available import available_engines
 from greenlm.engines.base import DecodeResult, Engine, PrefillResult
 from greenlm.errors import GreenlmError
 from greenlm.models import ModelSpec
 
-ENGINE_NAMES = ("transformers",)
+ENGINE_NAMES = ("transformers", "llamacpp")
 
 
 def create_engine(
@@ -16,7 +17,11 @@ def create_engine(
         from greenlm.engines.transformers_engine import TransformersEngine
 
         return TransformersEngine.load(spec, threads=threads, device=device, dtype=dtype)
+    if name == "llamacpp":
+        from greenlm.engines.llamacpp_engine import LlamaCppEngine
+
+        return LlamaCppEngine.load(spec, threads=threads, device=device, dtype=dtype)
     raise GreenlmError(f"unknown engine '{name}': choose one of {', '.join(ENGINE_NAMES)}")
 
 
-__all__ = ["ENGINE_NAMES", "DecodeResult", "Engine", "PrefillResult", "create_engine"]
+__all__ = ["ENGINE_NAMES", "DecodeResult", "Engine", "PrefillResult", "available_engines", "create_engine"]

@@ -24,7 +24,7 @@ class LoadedModel:
     tokenizer: Any
     spec: ModelSpec
     load_s: float
-    load_source: str  # "gguf-dequantize" (first load of a GGUF), "cache" (its safetensors copy), "hf-dir"
+    load_source: str  # "gguf-dequantize" (first load of a GGUF), "cache" (its safetensors copy), "hf-dir", "variant"
 
 
 def _offline() -> None:
@@ -107,6 +107,11 @@ def load_model(
                 log.info("cached dequantized weights in %s", cached)
             model = model.to(torch_dtype)
             source = "gguf-dequantize"
+    elif spec.kind == "variant":
+        from greenlm.models.variant import load_variant
+
+        model, tokenizer = load_variant(spec.path, torch_dtype)
+        source = "variant"
     else:
         model, tokenizer = _load_hf_dir(spec.path, torch_dtype)
         source = "hf-dir"

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Literal
 
 from greenlm.errors import GreenlmError
+from greenlm.models.variant import is_variant_dir, read_manifest
 
-ModelKind = Literal["builtin", "hf-dir", "gguf"]
+ModelKind = Literal["builtin", "hf-dir", "gguf", "variant"]
 GGUF_MAGIC = b"GGUF"
 
 
@@ -107,7 +108,8 @@ def _check_hf_dir(path: Path) -> None:
 
 
 def resolve_model(spec: str | None = None) -> ModelSpec:
-    """`None` or a built-in name → the packaged GGUF; a directory → Hugging Face; a `.gguf` file → GGUF."""
+    """`None` or a built-in name → the packaged GGUF; a directory → Hugging Face (a variant when it holds a
+    `greenlm-variant.json`); a `.gguf` file → GGUF."""
     spec = spec or DEFAULT_MODEL
     if spec in BUILTIN_MODELS:
         return ModelSpec(name=spec, kind="builtin", path=_builtin_path(spec))
@@ -119,6 +121,9 @@ def resolve_model(spec: str | None = None) -> ModelSpec:
         )
     if path.is_dir():
         _check_hf_dir(path)
+        if is_variant_dir(path):  # written by `greenlm compress`: its manifest says how to load it
+            read_manifest(path)
+            return ModelSpec(name=str(spec), kind="variant", path=path.resolve())
         return ModelSpec(name=str(spec), kind="hf-dir", path=path.resolve())
     if path.suffix.lower() == ".gguf":
         _check_gguf(path)

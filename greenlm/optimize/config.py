@@ -45,8 +45,8 @@ class EvalSettings:
 
     model: str | None = None
     text: str | None = None
-    screen_eval_tokens: int = 2048  # cheap KLD screen before any full measurement
-    eval_tokens: int = 8192
+    screen_eval_tokens: int = 1024  # cheap KLD screen before any full measurement
+    eval_tokens: int = 4096
     num_prompts: int = 2
     prompt_tokens: int = 64
     max_new_tokens: int = 48

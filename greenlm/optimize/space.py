@@ -56,7 +56,11 @@ class Candidate:
     @property
     def label(self) -> str:
         steps = "+".join(_step_label(s) for s in self.recipe) or "base"
-        engine = self.engine if not self.quant_type else f"llamacpp:{self.quant_type}"
+        if self.engine == "llamacpp":
+            # No quant type: the parent's own GGUF when nothing else changes it, else an f16 export.
+            engine = f"llamacpp:{self.quant_type or ('as-is' if not self.recipe else 'f16')}"
+        else:
+            engine = self.engine
         threads = f"@{self.threads}t" if self.threads else ""
         return f"{steps} / {engine}{threads}"
 
@@ -124,15 +128,24 @@ def load_space(path: str | None) -> SearchSpace:
 
 
 def default_space() -> SearchSpace:
-    """Sensible defaults for a small model on a CPU: structured cuts on transformers, and llama.cpp file
-    types (with and without cuts) because on CPU the engine matters as much as the compression."""
+    """Sensible defaults for a small model on a CPU: llama.cpp file types first (on a CPU the engine matters as
+    much as the compression, and decode cost follows bytes per token), with and without cut layers, at one and
+    at all threads; then structured cuts on transformers. The baseline (transformers float32) always runs."""
     drop = [[{"method": "drop_layers", "count": n}] for n in (2, 4)]
     grids = [
-        {"engine": "transformers", "recipes": drop},
         {
             "engine": "llamacpp",
-            "recipes": [[], *drop],
-            "quant_types": ["q8_0", "q6_k", "q5_k_m", "q4_k_m", "q4_0"],
+            "recipes": [[]],
+            "quant_types": [None],
+            "threads": [1],
+        },  # the parent's own GGUF
+        {
+            "engine": "llamacpp",
+            "recipes": [[]],
+            "quant_types": ["q8_0", "q6_k", "q5_k_m", "q4_k_m"],
+            "threads": [1, None],
         },
+        {"engine": "llamacpp", "recipes": drop[:1], "quant_types": ["q8_0", "q5_k_m"], "threads": [1]},
+        {"engine": "transformers", "recipes": drop},
     ]
     return SearchSpace([c for g in grids for c in expand(g)], source="default")

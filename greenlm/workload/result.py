@@ -102,6 +102,8 @@ class MeasureResult:
             "batch_size": self.batch_size,
             "device": self.device,
         }
+        # Engine-specific row fields (llama.cpp: the file's quant type and size).
+        out.update({k: self.engine_details[k] for k in ("quant_type", "file_mb") if k in self.engine_details})
         out.update({k: v["median"] for k, v in summary.items()})
         out.update(
             {

@@ -1,0 +1,232 @@
+"""Engines side by side on the built-in model: transformers float32 against llama.cpp on GGUF files greenlm
+exported (f32, q8_0, q4_k_m, q4_k_m with an importance matrix) and the packaged Q4_1 original.
+
+Every row: quality from `greenlm eval` (same windows and token ids, against the same cached float32
+transformers reference) and speed/energy from `greenlm measure` (same prompts, threads and meter), in one run.
+Prints JSON; `--table FILE` prints the README's markdown table from that JSON.
+    .venv/bin/python bench/engines.py > engines.json          # about 20 minutes on 2 cores
+    .venv/bin/python bench/engines.py --table engines.json
+Targets (issue 4): q8_0 KLD <= 0.01 and decode J/token at least 2.5x lower than transformers float32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from greenlm.engines.llamacpp_engine import default_threads
+from greenlm.evaluate import DEFAULT_MAX_EVAL_TOKENS, EvalConfig, evaluate
+from greenlm.export import ExportConfig, export_model
+from greenlm.models import DEFAULT_MODEL, resolve_model
+from greenlm.paths import cache_dir
+from greenlm.workload import MeasureConfig, run_measure
+
+EXPORTS = (  # (row name, quant type, importance matrix)
+    ("llama.cpp f32", "f32", False),
+    ("llama.cpp q8_0", "q8_0", False),
+    ("llama.cpp q4_k_m", "q4_k_m", False),
+    ("llama.cpp q4_k_m + imatrix", "q4_k_m", True),
+)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def export_files(out_dir: Path, threads: int) -> dict[str, dict]:
+    """The GGUF files to compare, exported once into `out_dir` (reused when already there)."""
+    files = {}
+    for name, quant, imatrix in EXPORTS:
+        path = out_dir / f"{DEFAULT_MODEL}-{quant}{'-imatrix' if imatrix else ''}.gguf"
+        if not path.is_file():
+            log(f"exporting {name} -> {path}")
+            export_model(
+                ExportConfig(
+                    out=str(path), model=DEFAULT_MODEL, quant=quant, imatrix=imatrix, threads=threads
+                )
+            )
+        files[name] = {"model": str(path), "engine": "llamacpp"}
+    files["llama.cpp original Q4_1"] = {"model": DEFAULT_MODEL, "engine": "llamacpp"}
+    return files
+
+
+def quality_row(name: str, model: str, engine: str, args) -> dict:
+    log(f"{name}: evaluating")
+    return evaluate(
+        EvalConfig(
+            model=model,
+            engine=engine,
+            reference=DEFAULT_MODEL,
+            threads=args.threads,
+            max_eval_tokens=args.max_eval_tokens,
+        )
+    ).to_dict()
+
+
+def measure_interleaved(models: dict[str, dict], args) -> dict[str, dict]:
+    """Every engine loaded at once, then `repeats` rounds of one repeat each, the rows taking turns, so
+    noise from other work on the machine falls on all rows alike."""
+    from greenlm.engines import create_engine
+
+    engines = {
+        name: create_engine(m["engine"], resolve_model(m["model"]), threads=args.threads)
+        for name, m in models.items()
+    }
+    results: dict = {}
+    try:
+        for round_index in range(args.repeats):
+            for name, m in models.items():
+                log(f"measuring round {round_index + 1}/{args.repeats}: {name}")
+                config = MeasureConfig(
+                    model=m["model"],
+                    engine=m["engine"],
+                    num_prompts=args.num_prompts,
+                    prompt_tokens=args.prompt_tokens,
+                    max_new_tokens=args.max_new_tokens,
+                    repeats=1,
+                    threads=args.threads,
+                    meter=args.meter,
+                )
+                result = run_measure(config, engine=engines[name])
+                if name in results:
+                    results[name].repeats.extend(result.repeats)
+                else:
+                    results[name] = result
+    finally:
+        for engine in engines.values():
+            engine.close()
+    return {name: r.to_dict() for name, r in results.items()}
+
+
+def row(name: str, model: str, engine: str, quality: dict, speed: dict) -> dict:
+    details = speed["engine_details"]
+    if engine == "llamacpp":
+        size_mb, size_of = details["file_mb"], "GGUF file"
+    else:  # the float32 weights transformers holds: the dequantized safetensors cache
+        from greenlm.models.loader import gguf_cache_path
+
+        weights = gguf_cache_path(resolve_model(model)) / "model.safetensors"
+        size_mb, size_of = round(weights.stat().st_size / 1e6, 2), "float32 safetensors"
+    return {
+        "name": name,
+        "engine": engine,
+        "model": model,
+        "quant_type": speed.get("quant_type", details.get("dtype")),
+        "size_mb": size_mb,
+        "size_of": size_of,
+        "tensor_types": details.get("tensor_types"),
+        "ppl": quality["ppl"],
+        "ppl_increase_pct": quality["ppl_increase_pct"],
+        "kld": quality["kld"],
+        "kld_stderr": quality["kld_stderr"],
+        "top1_agreement": quality["top1_agreement"],
+        "eval_tokens_per_s": quality["eval_tokens_per_s"],
+        "decode_tokens_per_s": speed["decode_tokens_per_s"],
+        "prefill_tokens_per_s": speed["prefill_tokens_per_s"],
+        "decode_j_per_token": speed["decode_j_per_token"],
+        "prefill_j_per_token": speed["prefill_j_per_token"],
+        "rel_spread": {
+            k: speed["spread"][k]["rel_spread"]
+            for k in ("decode_tokens_per_s", "prefill_tokens_per_s", "decode_j_per_token")
+        },
+        "meter": speed["meter"],
+        "energy_source": speed["energy_source"],
+        "threads": speed["threads"],
+        "measure_run": speed,
+        "eval_run": quality,
+    }
+
+
+def markdown_table(result: dict) -> str:
+    rows = result["rows"]
+    source = rows[0]["energy_source"]
+    lines = [
+        f"| engine / file | size (MB) | PPL | KLD | top-1 | decode tok/s | prefill tok/s | decode J/token ({source}) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['size_mb']:.0f} | {r['ppl']:.3f} | {r['kld']:.4f} | {r['top1_agreement']:.3f} | "
+            f"{r['decode_tokens_per_s']:.1f} (±{r['rel_spread']['decode_tokens_per_s'] / 2:.0%}) | "
+            f"{r['prefill_tokens_per_s']:.0f} (±{r['rel_spread']['prefill_tokens_per_s'] / 2:.0%}) | "
+            f"{r['decode_j_per_token']:.3f} (±{r['rel_spread']['decode_j_per_token'] / 2:.0%}) |"
+        )
+    t = result["targets"]
+    lines.append("")
+    lines.append(
+        f"Medians of {result['workload']['repeats']} interleaved repeats (± half the min-max range); "
+        f"{result['threads']} threads; energy from meter {result['meter']} ({source}); quality on "
+        f"{result['quality']['max_eval_tokens']} tokens of {result['quality']['text']} against "
+        f"{result['quality']['reference']}."
+    )
+    lines.append(
+        f"q8_0: KLD {t['q8_0_kld']:.4f} (target <= 0.01: {'met' if t['q8_0_kld_met'] else 'NOT met'}); decode "
+        f"J/token {t['decode_j_ratio_transformers_over_q8_0']:.2f}x lower than transformers float32 (target >= 2.5x: "
+        f"{'met' if t['decode_j_ratio_met'] else 'NOT met'})."
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--table", metavar="JSON", help="print the markdown table of a saved result and exit")
+    ap.add_argument("--out-dir", default=str(cache_dir() / "bench-engines"), help="where the GGUF exports go")
+    ap.add_argument("--threads", type=int, default=default_threads())
+    ap.add_argument("--max-eval-tokens", type=int, default=DEFAULT_MAX_EVAL_TOKENS)
+    ap.add_argument("--num-prompts", type=int, default=4)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--meter", default="auto")
+    args = ap.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return
+
+    start = time.perf_counter()
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = {"transformers float32": {"model": DEFAULT_MODEL, "engine": "transformers"}}
+    models.update(export_files(out_dir, args.threads))
+    quality = {name: quality_row(name, m["model"], m["engine"], args) for name, m in models.items()}
+    speed = measure_interleaved(models, args)
+    rows = [row(name, m["model"], m["engine"], quality[name], speed[name]) for name, m in models.items()]
+    by_name = {r["name"]: r for r in rows}
+    q8, hf = by_name["llama.cpp q8_0"], by_name["transformers float32"]
+    ratio = hf["decode_j_per_token"] / q8["decode_j_per_token"]
+    result = {
+        "benchmark": "engines",
+        "model": DEFAULT_MODEL,
+        "threads": args.threads,
+        "meter": rows[0]["meter"],
+        "energy_source": rows[0]["energy_source"],
+        "workload": {
+            "num_prompts": args.num_prompts,
+            "prompt_tokens": args.prompt_tokens,
+            "max_new_tokens": args.max_new_tokens,
+            "repeats": args.repeats,
+            "statistic": "median over repeats; rows take turns within each round (interleaved)",
+        },
+        "quality": {
+            "reference": f"{DEFAULT_MODEL} through transformers float32 (dequantized from its Q4_1 GGUF)",
+            "max_eval_tokens": args.max_eval_tokens,
+            "text": rows[0]["eval_run"]["text"],
+        },
+        "rows": rows,
+        "targets": {
+            "q8_0_kld": q8["kld"],
+            "q8_0_kld_met": q8["kld"] <= 0.01,
+            "decode_j_ratio_transformers_over_q8_0": ratio,
+            "decode_j_ratio_met": ratio >= 2.5,
+        },
+        "wall_s": time.perf_counter() - start,
+    }
+    result["markdown"] = markdown_table(result)
+    print(json.dumps(result, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

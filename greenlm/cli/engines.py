@@ -1,0 +1,31 @@
+"""`greenlm engines`: which execution engines are installed and usable here, and why not."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from greenlm.cli.app import app
+from greenlm.cli.common import JsonOpt, emit_json, out
+
+
+@app.command()
+def engines(as_json: bool = JsonOpt) -> None:
+    """Which execution engines are installed and usable, their versions, and why not."""
+    from greenlm.engines import available_engines
+
+    found = available_engines()
+    if as_json:
+        emit_json(found)
+        return
+    table = Table(title="execution engines (--engine)")
+    for col in ("engine", "package", "version", "usable", "why not / details"):
+        table.add_column(col)
+    for e in found:
+        table.add_row(
+            e["engine"],
+            e["package"],
+            e["version"] or "not installed",
+            "yes" if e["usable"] else "no",
+            e["reason"] or e.get("detail", ""),
+        )
+    out.print(table)

@@ -1,0 +1,93 @@
+"""`greenlm export`: write a model (built-in, HF directory or dense variant) as a GGUF file for llama.cpp."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from greenlm.cli.app import app
+from greenlm.cli.common import JsonOpt, LazyProgress, emit_json, note, out
+from greenlm.export.imatrix import DEFAULT_IMATRIX_SAMPLES, DEFAULT_IMATRIX_TOKENS
+
+
+@app.command()
+def export(
+    out_path: str = typer.Option(..., "--out", "-o", help="The .gguf file to write."),
+    model: str | None = typer.Option(
+        None, "--model", "-m", help="Built-in name, HF directory or variant directory (default smollm2-135m)."
+    ),
+    fmt: str = typer.Option("gguf", "--format", help="Output format (gguf)."),
+    quant: str = typer.Option(
+        "f16",
+        "--quant",
+        "-q",
+        help="f32, f16, bf16, or a llama.cpp type: q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... (see the error for all).",
+    ),
+    imatrix: bool = typer.Option(
+        False, "--imatrix", help="Guide quantization with an importance matrix from the calibration split."
+    ),
+    text: str | None = typer.Option(
+        None, "--text", help=".txt or .jsonl text for --imatrix; only its calibration split is read."
+    ),
+    imatrix_samples: int = typer.Option(
+        DEFAULT_IMATRIX_SAMPLES, "--imatrix-samples", help="Calibration windows for --imatrix."
+    ),
+    imatrix_tokens: int = typer.Option(
+        DEFAULT_IMATRIX_TOKENS, "--imatrix-tokens", help="Tokens per calibration window."
+    ),
+    threads: int | None = typer.Option(None, "--threads", help="Quantizer threads (default: llama.cpp's)."),
+    force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Write a model as GGUF (float, or quantized by llama.cpp) and report the tensor types it holds."""
+    from greenlm.export import ExportConfig, export_model
+
+    config = ExportConfig(
+        out=out_path,
+        model=model,
+        format=fmt,
+        quant=quant,
+        imatrix=imatrix,
+        text=text,
+        imatrix_samples=imatrix_samples,
+        imatrix_tokens=imatrix_tokens,
+        threads=threads,
+        force=force,
+    )
+    with LazyProgress("exporting") as bar:
+        result = export_model(config, progress=bar.update, announce=note)
+    record = result.to_dict()
+    if as_json:
+        emit_json(record)
+        return
+    _print_export(record)
+
+
+def _print_export(r: dict) -> None:
+    report = r["tensor_types"]
+    table = Table(title=f"{r['out']}: {r['quant_type']} GGUF of {r['model']} ({r['file_mb']:.1f} MB)")
+    for col in ("tensor type", "tensors", "share of parameters", "MB"):
+        table.add_column(col, justify="right" if col != "tensor type" else "left")
+    for name, entry in report["by_type"].items():
+        table.add_row(name, str(entry["tensors"]), f"{entry['share_of_params']:.1%}", f"{entry['mb']:.1f}")
+    out.print(table)
+    shapes = {(s["n_head"], s["n_head_kv"], s["n_ff"]) for s in r["per_layer"]}
+    layout = (
+        f"{r['layers']} layers of {next(iter(shapes))[0]} heads / {next(iter(shapes))[1]} kv heads / "
+        f"{next(iter(shapes))[2]} MLP channels"
+        if len(shapes) == 1
+        else f"{r['layers']} layers of different sizes"
+    )
+    lines = [
+        f"architecture: {r['arch']} ({layout}); tokenizer: {r['tokenizer_pre']} ({r['tokenizer_check']})",
+        f"written by: {r['quantizer']}",
+    ]
+    if r["imatrix"]:
+        im = r["imatrix"]
+        lines.append(
+            f"importance matrix: {im['tensors']} tensors from {im['samples']} x {im['tokens_per_sample']} "
+            "calibration tokens"
+        )
+    lines += r["notes"]
+    for line in lines:
+        out.print(line, markup=False)

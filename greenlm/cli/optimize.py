@@ -1,0 +1,151 @@
+"""`greenlm optimize`: find the variant that costs least energy within a quality budget."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from greenlm.cli.app import app
+from greenlm.cli.common import DbOpt, JsonOpt, LazyProgress, emit_json, fmt, note, out
+
+
+@app.command()
+def optimize(
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Built-in name, HF directory or .gguf (default smollm2-135m)."
+    ),
+    text: Optional[str] = typer.Option(
+        None, "--text", help=".txt or .jsonl text for calibration, evaluation and prompts."
+    ),
+    max_ppl_increase: str = typer.Option(
+        "3%", "--max-ppl-increase", help="Quality budget: perplexity increase, e.g. 3%."
+    ),
+    max_kld: float = typer.Option(
+        0.05, "--max-kld", help="Quality budget: KL divergence from the reference."
+    ),
+    time_budget: str = typer.Option(
+        "20m", "--time-budget", help="Stop starting candidates after this, e.g. 20m, 1h."
+    ),
+    max_candidates: Optional[int] = typer.Option(
+        None, "--max-candidates", help="Evaluate at most this many candidates."
+    ),
+    space: Optional[str] = typer.Option(
+        None, "--space", help="Search space YAML (default: the built-in space)."
+    ),
+    eval_tokens: int = typer.Option(
+        8192, "--eval-tokens", help="Held-out tokens for each full quality evaluation."
+    ),
+    screen_tokens: int = typer.Option(
+        2048, "--screen-tokens", help="Held-out tokens for the cheap KLD screen."
+    ),
+    repeats: int = typer.Option(3, "--repeats", help="Energy measurement repeats per candidate."),
+    max_new_tokens: int = typer.Option(
+        48, "--max-new-tokens", help="Decode tokens per prompt in the energy workload."
+    ),
+    meter: str = typer.Option("auto", "--meter", help="auto, rapl, nvml, rapl+nvml or cpu-model."),
+    country: Optional[str] = typer.Option(
+        None, "--country", help="ISO 3166 country code for grid carbon intensity."
+    ),
+    region: Optional[str] = typer.Option(None, "--region", help="Cloud region, e.g. gcp:europe-west1."),
+    carbon_intensity: Optional[float] = typer.Option(
+        None, "--carbon-intensity", help="Grid intensity in gCO2e/kWh."
+    ),
+    pue: float = typer.Option(1.0, "--pue", help="Data-centre power usage effectiveness (>= 1)."),
+    executor: str = typer.Option("local", "--executor", help="local, or ray (candidates as Ray tasks)."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Ray cluster address, e.g. auto or HOST:6379."
+    ),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Save the chosen variant here."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the latest interrupted search for this model."
+    ),
+    search_id: Optional[str] = typer.Option(
+        None, "--search-id", help="Name the search (or pick one to resume)."
+    ),
+    db: Optional[str] = DbOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Search compression recipes and engines for the least decode J/token inside a quality budget."""
+    from greenlm.optimize import EvalSettings, OptimizeConfig, QualityBudget
+    from greenlm.optimize import optimize as run_search
+    from greenlm.optimize.config import parse_duration_s, parse_percent
+    from greenlm.store import Store
+
+    settings = EvalSettings(
+        model=model,
+        text=text,
+        eval_tokens=eval_tokens,
+        screen_eval_tokens=screen_tokens,
+        repeats=repeats,
+        max_new_tokens=max_new_tokens,
+        meter=meter,
+        country=country,
+        region=region,
+        carbon_intensity=carbon_intensity,
+        pue=pue,
+        budget=QualityBudget(parse_percent(max_ppl_increase), max_kld),
+    )
+    config = OptimizeConfig(
+        settings=settings,
+        space=space,
+        time_budget_s=parse_duration_s(time_budget),
+        max_candidates=max_candidates,
+        executor=executor,
+        ray_address=ray_address,
+        out=out_dir,
+        resume=resume,
+        search_id=search_id,
+    )
+    with Store(db) as store, LazyProgress("candidates") as bar:
+        result = run_search(config, store=store, progress=bar.update, announce=note)
+    summary = result.to_dict()
+    if as_json:
+        emit_json(summary)
+        return
+    _print_summary(summary)
+
+
+def _print_summary(s: dict) -> None:
+    base, best = s["baseline"], s["chosen"]
+    table = Table(
+        title=f"search {s['search_id']}: {s['candidates_evaluated']} candidates, stopped by {s['stopped_by']}"
+    )
+    table.add_column("")
+    table.add_column("baseline", justify="right")
+    table.add_column("chosen" if best else "closest miss", justify="right")
+    other = best or (s["closest"][0] if s["closest"] else None)
+    rows = [
+        ("candidate", "label", None),
+        ("decode J/token", "decode_j_per_token", 4),
+        ("decode tokens/s", "decode_tokens_per_s", 1),
+        ("gCO2e per 1k tokens", "carbon_g_per_1k_tokens", 4),
+        ("PPL", "ppl", 3),
+        ("PPL increase %", "ppl_increase_pct", 2),
+        ("KLD", "kld", 4),
+    ]
+    for label, key, _digits in rows:
+        show = lambda r: (
+            "" if r is None or r.get(key) is None else (r[key] if isinstance(r[key], str) else fmt(r[key]))
+        )  # noqa: E731
+        table.add_row(label, show(base), show(other))
+    out.print(table)
+    if best:
+        out.print(
+            f"decode J/token {s['j_per_token_ratio']:.2f}x lower than the baseline, within budget",
+            markup=False,
+        )
+        if s["variant_dir"]:
+            out.print(f"chosen variant saved in {s['variant_dir']}", markup=False)
+    else:
+        out.print(
+            "no candidate met the quality budget while costing less than the baseline; closest shown",
+            markup=False,
+        )
+    source = {r["energy_source"] for r in [base, *([best] if best else [])] if r}
+    if "estimated" in source:
+        out.print(
+            "energy figures are ESTIMATED by the cpu-model meter (no hardware counters here)", markup=False
+        )
+    out.print("`greenlm report --out report.html` draws the Pareto front and the table", markup=False)

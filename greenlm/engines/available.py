@@ -1,0 +1,59 @@
+"""Which execution engines this installation can run, their versions, and why not when one cannot."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+
+def _version(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _transformers() -> dict:
+    info = {"engine": "transformers", "package": "transformers", "version": _version("transformers")}
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except Exception as exc:  # a core dependency: broken installs only
+        return dict(
+            info, installed=info["version"] is not None, usable=False, reason=str(exc).splitlines()[0]
+        )
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    return dict(
+        info,
+        installed=True,
+        usable=True,
+        reason=None,
+        detail=f"torch {torch.__version__}, devices: {', '.join(devices)}, {torch.get_num_threads()} threads",
+    )
+
+
+def _llamacpp() -> dict:
+    from greenlm.engines.llamacpp_runtime import llama_cpp_status
+
+    info = {"engine": "llamacpp", "package": "llama-cpp-python", "version": _version("llama-cpp-python")}
+    status = llama_cpp_status()
+    if not status["usable"]:
+        return dict(info, installed=info["version"] is not None, usable=False, reason=status["reason"])
+    # "CPU : SSE3 = 1 | AVX2 = 1 | ..." → the features llama.cpp was built with and found
+    features = [
+        p.split("=")[0].strip() for p in status["system_info"].split("|") if p.strip().endswith("= 1")
+    ]
+    features = [f.split(":")[-1].strip() for f in features]
+    offload = "GPU offload" if status["gpu_offload"] else "CPU only"
+    return dict(
+        info,
+        installed=True,
+        usable=True,
+        reason=None,
+        detail=f"{offload}; {', '.join(features)}",
+        system_info=status["system_info"],
+    )
+
+
+def available_engines() -> list[dict]:
+    """One entry per engine: engine, package, version, installed, usable, reason (why not), detail."""
+    return [_transformers(), _llamacpp()]

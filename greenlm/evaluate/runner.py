@@ -1,0 +1,201 @@
+"""`evaluate`: the perplexity of a model on held-out text, and its KLD and top-1 agreement against a reference."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from greenlm.data import load_text, split_text
+from greenlm.engines import create_engine
+from greenlm.errors import GreenlmError
+from greenlm.evaluate.compare import compare_to_reference
+from greenlm.evaluate.config import EvalConfig
+from greenlm.evaluate.reference import reference_stats
+from greenlm.evaluate.result import EvalResult
+from greenlm.models import ModelSpec, resolve_model
+from greenlm.models.variant import MANIFEST_NAME, is_variant_dir, read_manifest
+
+Progress = Callable[[int, int], None]
+
+
+def _noop(*_args) -> None:
+    pass
+
+
+def read_variant_manifest(spec: ModelSpec) -> dict | None:
+    """The manifest of a variant directory written by `greenlm compress`, or None for any other model."""
+    return read_manifest(spec.path) if is_variant_dir(spec.path) else None
+
+
+def variant_parent(spec: ModelSpec, manifest: dict, announce: Callable[[str], None]) -> ModelSpec:
+    """Resolve the parent a variant names in its manifest (by name, then by its recorded path)."""
+    parent = manifest.get("parent")
+    if not isinstance(parent, dict) or not isinstance(parent.get("name"), str):
+        raise GreenlmError(
+            f"{spec.path / MANIFEST_NAME} names no parent model: pass --reference (or --no-reference)"
+        )
+    candidates = [parent["name"]] + ([parent["path"]] if isinstance(parent.get("path"), str) else [])
+    resolved = None
+    for candidate in candidates:
+        try:
+            resolved = resolve_model(candidate)
+            break
+        except GreenlmError:
+            continue
+    if resolved is None:
+        raise GreenlmError(
+            f"the parent of variant {spec.name}, '{parent['name']}', cannot be found here: "
+            "pass --reference with its location (or --no-reference for perplexity only)"
+        )
+    recorded = parent.get("fingerprint")
+    if isinstance(recorded, str) and recorded != resolved.fingerprint():
+        announce(
+            f"note: the parent {resolved.name} has changed since variant {spec.name} was made "
+            f"(fingerprint {recorded} then, {resolved.fingerprint()} now)"
+        )
+    return resolved
+
+
+def _variant_summary(manifest: dict | None) -> dict | None:
+    if manifest is None:
+        return None
+    return {k: manifest.get(k) for k in ("execution", "recipe", "parent", "variant_id") if k in manifest}
+
+
+def evaluate(
+    config: EvalConfig,
+    *,
+    store=None,
+    progress: Progress | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> EvalResult:
+    """Evaluate `config.model` on the evaluation split. With a `store`, the result is saved (kind "eval")."""
+    progress = progress or _noop
+    announce = announce or _noop
+    start = time.perf_counter()
+    notes: list[str] = []
+
+    def say(message: str) -> None:
+        notes.append(message)
+        announce(message)
+
+    # Everything cheap first: a bad path, text or flag fails before a model loads.
+    spec = resolve_model(config.model)
+    manifest = read_variant_manifest(spec)
+    ref_spec, ref_source = None, None
+    if config.reference is not None:
+        ref_spec, ref_source = resolve_model(config.reference), "--reference"
+    elif manifest is not None and config.use_parent_reference:
+        ref_spec, ref_source = variant_parent(spec, manifest, say), "variant parent"
+        say(
+            f"reference: {ref_spec.name}, the parent of variant {spec.name} (pass --reference to choose another)"
+        )
+    split = split_text(load_text(config.text))
+    window = dict(
+        window_tokens=config.window_tokens,
+        max_eval_tokens=config.max_eval_tokens,
+        top_k=config.top_k,
+        tail_samples=config.tail_samples,
+        batch_windows=config.batch_windows,
+        use_cache=config.use_cache,
+        threads=config.threads,
+        device=config.device,
+        announce=say,
+    )
+
+    if ref_spec is None:
+        # Perplexity only. The model's own statistics go through the same cache a reference would use, so a
+        # second evaluation of an unchanged model reads them instead of running it again.
+        stats = reference_stats(
+            spec, split, engine=config.engine, dtype=config.dtype, progress=progress, **window
+        )
+        quality = stats.quality()
+        result = EvalResult(
+            model=spec.name,
+            model_identity=spec.identity(),
+            engine=config.engine,
+            engine_info=stats.engine,
+            text=stats.text,
+            text_fingerprint=stats.text_fingerprint,
+            text_tokens=stats.text_tokens,
+            quality=quality,
+            max_eval_tokens=config.max_eval_tokens,
+            wall_s=0.0,
+            model_cached=stats.cached,
+            reference_cache=str(stats.path) if stats.path else None,
+            variant=_variant_summary(manifest),
+            notes=notes + stats.notes,
+        )
+    else:
+        # The reference first (cold: one pass, then cached), closed before the model loads to bound memory.
+        done_ref = 0
+
+        def ref_progress(done: int, total: int) -> None:
+            nonlocal done_ref
+            done_ref = done
+            progress(done, 2 * total)  # the model's pass over the same windows follows
+
+        ref = reference_stats(
+            ref_spec,
+            split,
+            engine=config.reference_engine,
+            dtype="float32",
+            progress=ref_progress,
+            **window,
+        )
+        engine = create_engine(
+            config.engine, spec, threads=config.threads, device=config.device, dtype=config.dtype
+        )
+        try:
+            quality = compare_to_reference(
+                engine,
+                ref,
+                batch_windows=config.batch_windows,
+                progress=lambda done, total: progress(done_ref + done, done_ref + total),
+            )
+            info = engine.describe()
+        finally:
+            engine.close()
+        if quality.tokenizer_match is False:
+            say(
+                f"note: {spec.name}'s own tokenizer splits the text differently from {ref_spec.name}'s; "
+                "both were fed the reference's token ids"
+            )
+        result = EvalResult(
+            model=spec.name,
+            model_identity=spec.identity(),
+            engine=engine.name,
+            engine_info=info,
+            text=ref.text,
+            text_fingerprint=ref.text_fingerprint,
+            text_tokens=ref.text_tokens,
+            quality=quality,
+            max_eval_tokens=config.max_eval_tokens,
+            wall_s=0.0,
+            reference=ref_spec.name,
+            reference_identity=ref_spec.identity(),
+            reference_source=ref_source,
+            reference_engine=ref.engine,
+            reference_cached=ref.cached,
+            reference_s=ref.load_s,
+            reference_cache=str(ref.path) if ref.path else None,
+            variant=_variant_summary(manifest),
+            notes=notes + ref.notes,
+        )
+    result.wall_s = time.perf_counter() - start
+    if store is not None:
+        result.run_id = store.add("eval", result.to_dict(), **_store_columns(result, manifest))
+    return result
+
+
+def _store_columns(result: EvalResult, manifest: dict | None) -> dict:
+    columns: dict = {}
+    if manifest is not None:
+        parent = manifest.get("parent")
+        columns["parent"] = parent.get("name") if isinstance(parent, dict) else None
+        columns["execution"] = manifest.get("execution")
+        if "recipe" in manifest:
+            columns["recipe_json"] = json.dumps(manifest["recipe"], default=str)
+        columns["variant_id"] = manifest.get("variant_id") or result.model_identity["fingerprint"]
+    return columns

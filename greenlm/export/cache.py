@@ -1,0 +1,40 @@
+"""Float GGUF copies of Hugging Face models, made once so the llama.cpp engine can run any model greenlm loads."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from greenlm.export.files import atomic_file
+from greenlm.models import ModelSpec
+from greenlm.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+
+def float_gguf_cache_path(spec: ModelSpec, outtype: str) -> Path:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", spec.path.name or spec.name)[:60]
+    return cache_dir() / "gguf" / f"{stem}-{spec.fingerprint()}-{outtype}.gguf"
+
+
+def cached_float_gguf(spec: ModelSpec, outtype: str = "f32") -> tuple[Path, bool]:
+    """(path of `spec` as a float GGUF of `outtype`, whether it was written now). Keyed by the weights'
+    fingerprint, so a changed model is exported again."""
+    from greenlm.export.runner import _tokenizer_check, write_gguf
+    from greenlm.models import load_model
+
+    path = float_gguf_cache_path(spec, outtype)
+    if path.is_file():
+        return path, False
+    log.warning(
+        "llama.cpp runs GGUF files: exporting %s once to a %s GGUF in the cache (%s)",
+        spec.name,
+        outtype,
+        path,
+    )
+    loaded = load_model(spec, dtype="float32")
+    with atomic_file(path, overwrite=True) as tmp:
+        write_gguf(loaded, spec, tmp, outtype=outtype)
+        _tokenizer_check(tmp, loaded.tokenizer)
+    return path, True

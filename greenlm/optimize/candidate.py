@@ -1,0 +1,271 @@
+"""Judge one candidate: build it, screen its KLD cheaply, skip it when the front already beats it, and
+otherwise measure its full quality and its energy. Runs in the driver or on a Ray worker alike.
+
+Every outcome is a record (status measured | rejected-screen | skipped-dominated | failed) with the reason,
+so the store explains why each candidate did or did not make it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import statistics
+import time
+from pathlib import Path
+
+from greenlm.errors import GreenlmError
+from greenlm.optimize.config import EvalSettings
+from greenlm.optimize.space import Candidate
+
+# A candidate this much bigger than a same-engine front member that already matches its screened quality
+# cannot be cheaper: decode on a CPU streams every weight once per token, so cost grows with bytes.
+DOMINANCE_SIZE_RATIO = 1.18
+
+
+def _variant_dir(settings: EvalSettings, candidate: Candidate) -> Path | None:
+    """Build (once per recipe) the compressed variant; None when the candidate uses the parent as is."""
+    if not candidate.recipe:
+        return None
+    from greenlm.compress.pipeline import CompressConfig, compress
+
+    target = Path(settings.workdir) / "variants" / candidate.recipe_key
+    if not (target / "greenlm-variant.json").is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            compress(
+                CompressConfig(
+                    recipe=[dict(s) for s in candidate.recipe],
+                    out=str(target),
+                    model=settings.model,
+                    text=settings.text,
+                    evaluate=False,
+                )
+            )
+        except GreenlmError:
+            if not (target / "greenlm-variant.json").is_file():  # another worker may have built it meanwhile
+                raise
+    return target
+
+
+def _gguf_file(settings: EvalSettings, candidate: Candidate, source: Path | None) -> Path:
+    """The llama.cpp file for the candidate: the parent's own GGUF when it is one and nothing is changed,
+    else the parent or variant exported and quantized by llama.cpp (built once per search)."""
+    from greenlm.export import ExportConfig, export_model
+    from greenlm.models import resolve_model
+
+    if source is None and candidate.quant_type is None:
+        parent = resolve_model(settings.model)
+        if parent.is_gguf:
+            return parent.path
+    quant = candidate.quant_type or "f16"
+    target = Path(settings.workdir) / "gguf" / f"{candidate.recipe_key}-{quant}.gguf"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        export_model(
+            ExportConfig(out=str(target), model=str(source) if source else settings.model, quant=quant)
+        )
+    return target
+
+
+def model_bytes(engine) -> int:
+    """Bytes of weights the engine streams per decode step."""
+    info = engine.describe()
+    if info.get("file_mb") is not None:
+        return int(info["file_mb"] * 2**20)
+    model = getattr(engine, "model", None)
+    tensors = list(model.parameters()) + list(model.buffers()) if model is not None else []
+    seen = {t.data_ptr(): t.numel() * t.element_size() for t in tensors}  # tied weights once
+    return sum(seen.values())
+
+
+def dominated_by(candidate: Candidate, size_mb: float, screen_kld: float, front: list[dict]) -> dict | None:
+    for member in front:
+        same_execution = (
+            member.get("engine") == candidate.engine and member.get("threads") == candidate.threads
+        )
+        if (
+            same_execution
+            and member.get("size_mb")
+            and member["kld"] <= screen_kld
+            and size_mb >= member["size_mb"] * DOMINANCE_SIZE_RATIO
+        ):
+            return member
+    return None
+
+
+def _phase_j_per_token(measure: dict) -> dict[str, float]:
+    per_repeat = measure["per_repeat"]
+    return {
+        phase: statistics.median(r[f"{phase}_j"] / r["generated_tokens"] for r in per_repeat)
+        for phase in ("prefill", "decode")
+    }
+
+
+MEASURE_FIELDS = (
+    "decode_j_per_token",
+    "prefill_j_per_token",
+    "decode_tokens_per_s",
+    "prefill_tokens_per_s",
+    "ttft_s",
+    "tpot_s",
+    "tokens_per_j",
+    "carbon_g_per_1k_tokens",
+    "intensity_g_per_kwh",
+    "intensity_source",
+    "pue",
+    "meter",
+    "energy_source",
+    "meter_note",
+    "text",
+    "peak_rss_mb",
+    "repeats",
+    "spread",
+)
+QUALITY_FIELDS = (
+    "ppl",
+    "ppl_reference",
+    "ppl_increase_pct",
+    "ppl_increase_pct_stderr",
+    "kld",
+    "kld_stderr",
+    "kld_method",
+    "top1_agreement",
+    "tokens_evaluated",
+)
+
+
+def evaluate_candidate(settings: EvalSettings, candidate: Candidate, front: list[dict]) -> dict:
+    from greenlm.engines import create_engine
+    from greenlm.evaluate import compare_to_reference, reference_stats
+    from greenlm.models import resolve_model
+    from greenlm.workload import MeasureConfig, run_measure
+
+    start = time.perf_counter()
+    record = {
+        **candidate.to_dict(),
+        "key": candidate.key,
+        "label": candidate.label,
+        "host": socket.gethostname(),
+        "model": settings.model or "smollm2-135m",
+    }
+    engine = None
+    try:
+        variant = _variant_dir(settings, candidate)
+        if variant is not None:
+            record["execution"] = json.loads((variant / "greenlm-variant.json").read_text())["execution"]
+        else:
+            record["execution"] = "real"
+        if candidate.engine == "llamacpp":
+            path = _gguf_file(settings, candidate, variant)
+            record["execution"] = "real"  # llama.cpp runs its quantized types on their own kernels
+        else:
+            path = variant
+        model_path = str(path) if path is not None else settings.model
+        spec = resolve_model(model_path)
+        engine = create_engine(candidate.engine, spec, threads=candidate.threads)
+        record["size_mb"] = model_bytes(engine) / 2**20
+        record["threads"] = candidate.threads
+        record["threads_used"] = engine.threads
+
+        reference = reference_stats(settings.model, settings.text, max_eval_tokens=settings.eval_tokens)
+        record["eval_text"] = reference.text
+        screen = compare_to_reference(engine, reference, max_eval_tokens=settings.screen_eval_tokens)
+        record["screen_kld"] = screen.kld
+        limit = settings.screen_margin * settings.budget.max_kld
+        if screen.kld is not None and screen.kld > limit and settings.budget.max_kld > 0:
+            record.update(
+                status="rejected-screen",
+                reason=f"screen KLD {screen.kld:.4f} on {screen.tokens_evaluated} tokens exceeds "
+                f"{settings.screen_margin:g}x the budget ({limit:.4f})",
+            )
+            return record
+        better = dominated_by(candidate, record["size_mb"], screen.kld or 0.0, front)
+        if better is not None:
+            record.update(
+                status="skipped-dominated",
+                reason=f"{better['label']} is already on the front with KLD {better['kld']:.4f} <= "
+                f"{screen.kld:.4f} at {record['size_mb'] / better['size_mb']:.2f}x less size",
+            )
+            return record
+        full = compare_to_reference(engine, reference, max_eval_tokens=settings.eval_tokens)
+        record.update({k: getattr(full, k) for k in QUALITY_FIELDS})
+        measure = run_measure(
+            MeasureConfig(
+                model=model_path,
+                engine=candidate.engine,
+                text=settings.text,
+                num_prompts=settings.num_prompts,
+                prompt_tokens=settings.prompt_tokens,
+                max_new_tokens=settings.max_new_tokens,
+                repeats=settings.repeats,
+                threads=candidate.threads,
+                meter=settings.meter,
+                country=settings.country,
+                region=settings.region,
+                carbon_intensity=settings.carbon_intensity,
+                pue=settings.pue,
+            ),
+            engine=engine,
+        ).to_dict()
+        record.update({k: measure[k] for k in MEASURE_FIELDS})
+        record["phase_j_per_token"] = _phase_j_per_token(measure)
+        record["model_path"] = model_path
+        record["status"] = "measured"
+    except GreenlmError as exc:
+        record.update(status="failed", reason=str(exc))
+    finally:
+        if engine is not None:
+            engine.close()
+        record["wall_s"] = time.perf_counter() - start
+    return record
+
+
+def save_chosen(best: dict, out: str, settings: EvalSettings) -> str:
+    """Copy the chosen candidate to `out` as a variant directory (atomically; `out` must not exist)."""
+    target = Path(out)
+    if target.exists():
+        raise GreenlmError(f"--out {out} already exists: choose a new directory (nothing was overwritten)")
+    source = Path(best["model_path"]) if best.get("model_path") else None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        if source is not None and source.is_dir():
+            shutil.copytree(source, staging)
+        else:
+            staging.mkdir()
+            if source is not None and source.is_file():
+                shutil.copy2(source, staging / source.name)
+        manifest_path = staging / "greenlm-optimize.json"
+        manifest_path.write_text(
+            json.dumps(
+                {
+                    k: best.get(k)
+                    for k in (
+                        "label",
+                        "recipe",
+                        "engine",
+                        "quant_type",
+                        "threads",
+                        "decode_j_per_token",
+                        "decode_tokens_per_s",
+                        "ppl",
+                        "ppl_increase_pct",
+                        "kld",
+                        "top1_agreement",
+                        "meter",
+                        "energy_source",
+                        "search_id",
+                        "model",
+                    )
+                },
+                indent=2,
+                default=str,
+            )
+        )
+        staging.rename(target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return str(target)

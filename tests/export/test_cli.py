@@ -1,0 +1,76 @@
+"""`greenlm export` and `greenlm engines` as a user runs them, and evaluation through the exported file."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.export.helpers import needs_llamacpp
+
+pytestmark = needs_llamacpp
+
+
+def _run(monkeypatch, capsys, *args) -> tuple[str, str]:
+    from greenlm.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["greenlm", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 0, captured.err
+    return captured.out, captured.err
+
+
+def test_export_json_reports_the_file(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    out, _err = _run(
+        monkeypatch,
+        capsys,
+        "export",
+        "--model",
+        str(tiny_model_dir),
+        "--quant",
+        "q8_0",
+        "--out",
+        str(tmp_path / "t.gguf"),
+        "--json",
+    )
+    record = json.loads(out)
+    assert record["quant_type"] == "q8_0" and record["format"] == "gguf" and record["arch"] == "llama"
+    assert record["file_mb"] == pytest.approx((tmp_path / "t.gguf").stat().st_size / 1e6, abs=1e-3)
+    assert record["tensor_types"]["by_type"]["q8_0"]["tensors"] == 2 * 7 + 1  # + token embedding
+    assert record["tokenizer_check"].startswith("llama.cpp and transformers agree")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.gguf"]
+
+
+def test_export_table_names_tensor_types(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    out, err = _run(
+        monkeypatch, capsys, "export", "--model", str(tiny_model_dir), "--out", str(tmp_path / "t.gguf")
+    )
+    assert "f16" in out and "tensor type" in out and "written by: gguf" in out
+    assert "writing f16 GGUF" in err
+
+
+def test_engines_lists_both(monkeypatch, capsys):
+    out, _err = _run(monkeypatch, capsys, "engines", "--json")
+    found = {e["engine"]: e for e in json.loads(out)}
+    assert found["llamacpp"]["usable"] and found["llamacpp"]["version"]
+    assert found["transformers"]["usable"]
+
+
+def test_eval_through_llamacpp_matches_its_transformers_reference(tmp_path, tiny_model_dir, tiny_gguf):
+    """Part 3 of the issue: the same windows and token ids, against the same cached reference."""
+    from greenlm.evaluate import EvalConfig, evaluate
+
+    settings = dict(
+        reference=str(tiny_model_dir), window_tokens=64, max_eval_tokens=256, top_k=16, tail_samples=8
+    )
+    through_llamacpp = evaluate(EvalConfig(model=tiny_gguf, engine="llamacpp", **settings))
+    through_transformers = evaluate(EvalConfig(model=str(tiny_model_dir), engine="transformers", **settings))
+    assert through_llamacpp.engine == "llamacpp"
+    assert through_llamacpp.engine_info["quant_type"] == "f32"
+    assert through_llamacpp.quality.windows == through_transformers.quality.windows == 4
+    assert through_llamacpp.quality.ppl == pytest.approx(through_transformers.quality.ppl, rel=1e-3)
+    assert abs(through_llamacpp.quality.kld) < 1e-4
+    assert through_llamacpp.quality.top1_agreement > 0.98

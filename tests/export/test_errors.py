@@ -1,0 +1,210 @@
+"""Bad input as a new user would try it: one clear line, a non-zero exit, and no output file left behind."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import pytest
+
+from greenlm.errors import GreenlmError
+from tests.export.helpers import export_gguf, needs_llamacpp
+
+
+def _no_leftovers(directory) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+def _gpt2_dir(tmp_path, tiny_model_dir):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path / "gpt2"
+    GPT2LMHeadModel(
+        GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=320, n_positions=64)
+    ).save_pretrained(path)
+    for f in tiny_model_dir.iterdir():
+        if f.name.startswith("tokenizer"):
+            shutil.copy(f, path / f.name)
+    return path
+
+
+def test_unsupported_architecture_is_refused_without_output(tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(GreenlmError, match="cannot export architecture GPT2LMHeadModel to GGUF") as info:
+        export_gguf(_gpt2_dir(tmp_path, tiny_model_dir), out / "gpt2.gguf", quant="f16")
+    assert "\n" not in str(info.value)
+    assert _no_leftovers(out) == []
+
+
+def test_cli_unsupported_architecture_exits_2_with_one_line(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from greenlm.cli import main
+
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "greenlm",
+            "export",
+            "--model",
+            str(_gpt2_dir(tmp_path, tiny_model_dir)),
+            "--out",
+            str(tmp_path / "g.gguf"),
+        ],
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: cannot export architecture GPT2LMHeadModel")
+    assert not (tmp_path / "g.gguf").exists()
+
+
+def test_non_dense_module_is_refused(tiny_loaded, tmp_path):
+    import torch
+
+    from greenlm.export.gguf_writer import write_float_gguf
+
+    class LowBit(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    layer = tiny_loaded.model.model.layers[0].mlp
+    original = layer.down_proj
+    layer.down_proj = LowBit()
+    try:
+        with pytest.raises(GreenlmError, match="not a dense linear layer"):
+            write_float_gguf(tiny_loaded.model, tiny_loaded.tokenizer, tmp_path / "x.gguf")
+    finally:
+        layer.down_proj = original
+
+
+def test_pre_tokenizers_the_exporter_cannot_name_are_refused():
+    from greenlm.export.vocab import _pre_tokenizer_name
+
+    assert _pre_tokenizer_name({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}) == "gpt-2"
+    digits = {
+        "type": "Sequence",
+        "pretokenizers": [{"type": "Digits", "individual_digits": True}, {"type": "ByteLevel"}],
+    }
+    assert _pre_tokenizer_name({"pre_tokenizer": digits}) == "smollm"
+    with pytest.raises(GreenlmError, match="Metaspace"):
+        _pre_tokenizer_name({"pre_tokenizer": {"type": "Metaspace"}})
+
+
+def test_existing_output_is_not_replaced_without_force(tmp_path, tiny_model_dir):
+    target = tmp_path / "keep.gguf"
+    target.write_bytes(b"precious")
+    with pytest.raises(GreenlmError, match="already exists"):
+        export_gguf(tiny_model_dir, target, quant="f16")
+    assert target.read_bytes() == b"precious"
+
+
+def test_wrong_suffix_and_format(tmp_path):
+    from greenlm.export import ExportConfig
+
+    with pytest.raises(GreenlmError, match="should end in .gguf"):
+        ExportConfig(out=str(tmp_path / "x.bin"))
+    with pytest.raises(GreenlmError, match="unknown export format 'onnx'"):
+        ExportConfig(out=str(tmp_path / "x.gguf"), format="onnx")
+
+
+@needs_llamacpp
+def test_failed_quantization_leaves_nothing(tmp_path, tiny_model_dir, monkeypatch):
+    import greenlm.export.quantize as quantize
+
+    def explode(*_args, **_kwargs):
+        raise GreenlmError("llama.cpp could not quantize to q8_0: simulated")
+
+    monkeypatch.setattr(quantize, "quantize_gguf", explode)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(GreenlmError, match="simulated"):
+        export_gguf(tiny_model_dir, out / "x.gguf", quant="q8_0")
+    assert _no_leftovers(out) == []  # neither the target, its .partial, nor the f32 scratch file
+
+
+@needs_llamacpp
+def test_truncated_gguf_gives_one_clear_line(tmp_path, tiny_gguf):
+    from greenlm.engines.llamacpp_engine import LlamaCppEngine
+    from greenlm.export import tensor_type_report
+
+    data = open(tiny_gguf, "rb").read()
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(data[: len(data) // 2])
+    with pytest.raises(GreenlmError) as info:
+        LlamaCppEngine(truncated, model_name="t")
+    message = str(info.value)
+    assert "not within the file bounds" in message and "\n" not in message
+    with pytest.raises(GreenlmError, match="not a readable GGUF file"):
+        tensor_type_report(truncated)
+
+
+@needs_llamacpp
+def test_cli_truncated_gguf_exits_2(tmp_path, tiny_gguf, capsys, monkeypatch):
+    from greenlm.cli import main
+
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(open(tiny_gguf, "rb").read()[:4096])
+    monkeypatch.setattr(
+        sys, "argv", ["greenlm", "measure", "--engine", "llamacpp", "--model", str(truncated)]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: llama.cpp cannot load {truncated}")
+
+
+# ---- without the llamacpp extra ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def without_llama_cpp(monkeypatch):
+    """Make `import llama_cpp` fail as it does when the extra is not installed."""
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)
+
+
+def test_engine_without_the_extra_says_how_to_install(without_llama_cpp, tiny_model_dir):
+    from greenlm.engines import create_engine
+    from greenlm.models import resolve_model
+
+    with pytest.raises(GreenlmError) as info:
+        create_engine("llamacpp", resolve_model(str(tiny_model_dir)))
+    message = str(info.value)
+    assert "llama-cpp-python" in message and "pip install 'greenlm[llamacpp]'" in message
+    assert "\n" not in message
+
+
+def test_cli_measure_without_the_extra_exits_2(without_llama_cpp, tiny_model_dir, capsys, monkeypatch):
+    from greenlm.cli import main
+
+    monkeypatch.setattr(
+        sys, "argv", ["greenlm", "measure", "--engine", "llamacpp", "--model", str(tiny_model_dir)]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "needs the llama-cpp-python package" in lines[0]
+
+
+def test_quantized_export_without_the_extra_fails_before_loading(without_llama_cpp, tmp_path, tiny_model_dir):
+    with pytest.raises(GreenlmError, match="llama-cpp-python"):
+        export_gguf(tiny_model_dir, tmp_path / "x.gguf", quant="q8_0")
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_float_export_without_the_extra_still_works(without_llama_cpp, tmp_path, tiny_model_dir):
+    result = export_gguf(tiny_model_dir, tmp_path / "x.gguf", quant="f16")
+    assert result.tokenizer_check == "not checked: llama-cpp-python is not installed"
+    assert (tmp_path / "x.gguf").is_file()
+
+
+def test_engines_list_says_why_llamacpp_is_unusable(without_llama_cpp):
+    from greenlm.engines import available_engines
+
+    found = {e["engine"]: e for e in available_engines()}
+    assert found["transformers"]["usable"] is True
+    assert found["llamacpp"]["usable"] is False
+    assert "pip install" in found["llamacpp"]["reason"]

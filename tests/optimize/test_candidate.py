@@ -1,0 +1,53 @@
+"""A real candidate evaluation on the tiny model: build, screen, measure, record."""
+
+import pytest
+
+from greenlm.optimize.candidate import dominated_by, evaluate_candidate
+from greenlm.optimize.config import EvalSettings
+from greenlm.optimize.pareto import QualityBudget
+from greenlm.optimize.space import Candidate
+
+
+@pytest.fixture
+def settings(tiny_model_dir, tmp_path):
+    return EvalSettings(
+        model=str(tiny_model_dir), workdir=str(tmp_path / "work"), screen_eval_tokens=512, eval_tokens=1024,
+        num_prompts=1, prompt_tokens=16, max_new_tokens=4, repeats=2, meter="cpu-model",
+        budget=QualityBudget(1000.0, 1000.0),
+    )
+
+
+def test_baseline_is_measured_against_itself(settings):
+    record = evaluate_candidate(settings, Candidate(), [])
+    assert record["status"] == "measured", record.get("reason")
+    assert record["kld"] == pytest.approx(0.0, abs=1e-4) and record["top1_agreement"] == 1.0
+    assert record["decode_j_per_token"] > 0 and record["energy_source"] == "estimated"
+    assert record["size_mb"] > 0 and set(record["phase_j_per_token"]) == {"prefill", "decode"}
+    assert record["eval_text"].endswith("/evaluation")
+
+
+def test_dropping_a_layer_costs_quality_and_is_real(settings):
+    record = evaluate_candidate(settings, Candidate(recipe=({"method": "drop_layers", "count": 1},)), [])
+    assert record["status"] == "measured", record.get("reason")
+    assert record["kld"] > 0 and record["execution"] == "real"
+
+
+def test_hopeless_candidate_rejected_by_screen(settings):
+    settings.budget = QualityBudget(1.0, 1e-6)
+    record = evaluate_candidate(settings, Candidate(recipe=({"method": "drop_layers", "count": 1},)), [])
+    assert record["status"] == "rejected-screen" and "screen KLD" in record["reason"]
+    assert "decode_j_per_token" not in record
+
+
+def test_bad_recipe_is_a_failed_record_not_a_crash(settings):
+    record = evaluate_candidate(settings, Candidate(recipe=({"method": "no_such_method"},)), [])
+    assert record["status"] == "failed" and "no_such_method" in record["reason"]
+
+
+def test_dominance_needs_same_engine_better_quality_and_smaller_size():
+    member = {"label": "m", "engine": "llamacpp", "threads": 1, "kld": 0.01, "size_mb": 100.0}
+    big = Candidate(engine="llamacpp", quant_type="q8_0", threads=1)
+    assert dominated_by(big, 130.0, 0.02, [member]) is member
+    assert dominated_by(big, 110.0, 0.02, [member]) is None  # not clearly bigger
+    assert dominated_by(big, 130.0, 0.005, [member]) is None  # better quality: may be on the front
+    assert dominated_by(Candidate(engine="llamacpp", quant_type="q8_0", threads=2), 130.0, 0.02, [member]) is None
