@@ -22,8 +22,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# The main job on the built-in model: measure it, search for the cheapest variant within the default quality
+# budget (a few minutes), save that variant and write the HTML report.
 demo: $(STAMP)
 	$(BIN)/greenlm measure
+	rm -rf out/demo-variant
+	$(BIN)/greenlm optimize --time-budget 6m --out out/demo-variant
+	$(BIN)/greenlm report --out out/report.html
 
 # The report test renders HTML in headless Chromium (Debian's package); install it where we can.
 browser:

@@ -12,11 +12,17 @@ import sys
 
 import typer
 
+from greenlm.cli import (  # noqa: F401  (each registers its command on `app`)  # noqa: F401  # noqa: F401
+    compress,  # noqa: F401
+    engines,
+    export,
+    measure,
+    meters,
+    optimize,
+    report,
+    runs,
+)
 from greenlm.cli import eval as _eval  # noqa: F401  (`eval` would shadow the builtin here)
-from greenlm.cli import measure, meters, runs  # noqa: F401  (each registers its command on `app`)
-from greenlm.cli import compress  # noqa: F401
-from greenlm.cli import optimize, report  # noqa: F401
-from greenlm.cli import engines, export  # noqa: F401
 from greenlm.cli.app import app
 from greenlm.cli.common import err
 from greenlm.errors import GreenlmError

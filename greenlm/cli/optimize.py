@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 from rich.table import Table
 
@@ -13,10 +11,10 @@ from greenlm.cli.common import DbOpt, JsonOpt, LazyProgress, emit_json, fmt, not
 
 @app.command()
 def optimize(
-    model: Optional[str] = typer.Option(
+    model: str | None = typer.Option(
         None, "--model", "-m", help="Built-in name, HF directory or .gguf (default smollm2-135m)."
     ),
-    text: Optional[str] = typer.Option(
+    text: str | None = typer.Option(
         None, "--text", help=".txt or .jsonl text for calibration, evaluation and prompts."
     ),
     max_ppl_increase: str = typer.Option(
@@ -28,10 +26,10 @@ def optimize(
     time_budget: str = typer.Option(
         "20m", "--time-budget", help="Stop starting candidates after this, e.g. 20m, 1h."
     ),
-    max_candidates: Optional[int] = typer.Option(
+    max_candidates: int | None = typer.Option(
         None, "--max-candidates", help="Evaluate at most this many candidates."
     ),
-    space: Optional[str] = typer.Option(
+    space: str | None = typer.Option(
         None, "--space", help="Search space YAML (default: the built-in space)."
     ),
     eval_tokens: int = typer.Option(
@@ -45,26 +43,26 @@ def optimize(
         48, "--max-new-tokens", help="Decode tokens per prompt in the energy workload."
     ),
     meter: str = typer.Option("auto", "--meter", help="auto, rapl, nvml, rapl+nvml or cpu-model."),
-    country: Optional[str] = typer.Option(
+    country: str | None = typer.Option(
         None, "--country", help="ISO 3166 country code for grid carbon intensity."
     ),
-    region: Optional[str] = typer.Option(None, "--region", help="Cloud region, e.g. gcp:europe-west1."),
-    carbon_intensity: Optional[float] = typer.Option(
+    region: str | None = typer.Option(None, "--region", help="Cloud region, e.g. gcp:europe-west1."),
+    carbon_intensity: float | None = typer.Option(
         None, "--carbon-intensity", help="Grid intensity in gCO2e/kWh."
     ),
     pue: float = typer.Option(1.0, "--pue", help="Data-centre power usage effectiveness (>= 1)."),
     executor: str = typer.Option("local", "--executor", help="local, or ray (candidates as Ray tasks)."),
-    ray_address: Optional[str] = typer.Option(
+    ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster address, e.g. auto or HOST:6379."
     ),
-    out_dir: Optional[str] = typer.Option(None, "--out", help="Save the chosen variant here."),
+    out_dir: str | None = typer.Option(None, "--out", help="Save the chosen variant here."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the latest interrupted search for this model."
     ),
-    search_id: Optional[str] = typer.Option(
+    search_id: str | None = typer.Option(
         None, "--search-id", help="Name the search (or pick one to resume)."
     ),
-    db: Optional[str] = DbOpt,
+    db: str | None = DbOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Search compression recipes and engines for the least decode J/token inside a quality budget."""
@@ -117,20 +115,39 @@ def _print_summary(s: dict) -> None:
     table.add_column("chosen" if best else "closest miss", justify="right")
     other = best or (s["closest"][0] if s["closest"] else None)
     rows = [
-        ("candidate", "label", None),
-        ("decode J/token", "decode_j_per_token", 4),
-        ("decode tokens/s", "decode_tokens_per_s", 1),
-        ("gCO2e per 1k tokens", "carbon_g_per_1k_tokens", 4),
-        ("PPL", "ppl", 3),
-        ("PPL increase %", "ppl_increase_pct", 2),
-        ("KLD", "kld", 4),
+        ("candidate", "label"),
+        ("engine", "engine"),
+        ("execution", "execution"),
+        ("decode J/token", "decode_j_per_token"),
+        ("decode tokens/s", "decode_tokens_per_s"),
+        ("gCO2e per 1k tokens", "carbon_g_per_1k_tokens"),
+        ("PPL", "ppl"),
+        ("PPL increase %", "ppl_increase_pct"),
+        ("KLD", "kld"),
+        ("size MB", "size_mb"),
+        ("meter", "meter"),
     ]
-    for label, key, _digits in rows:
-        show = lambda r: (
-            "" if r is None or r.get(key) is None else (r[key] if isinstance(r[key], str) else fmt(r[key]))
-        )  # noqa: E731
-        table.add_row(label, show(base), show(other))
+
+    def show(row: dict | None, key: str) -> str:
+        if row is None or row.get(key) is None:
+            return ""
+        return row[key] if isinstance(row[key], str) else fmt(row[key])
+
+    for label, key in rows:
+        table.add_row(label, show(base, key), show(other, key))
     out.print(table)
+    front = Table(title="Pareto front: decode J/token against quality loss (measured candidates)")
+    for column in ("candidate", "decode J/token", "tokens/s", "PPL increase %", "KLD"):
+        front.add_column(column, justify="left" if column == "candidate" else "right")
+    for r in s["pareto"]:
+        front.add_row(
+            r["label"],
+            show(r, "decode_j_per_token"),
+            show(r, "decode_tokens_per_s"),
+            show(r, "ppl_increase_pct"),
+            show(r, "kld"),
+        )
+    out.print(front)
     if best:
         out.print(
             f"decode J/token {s['j_per_token_ratio']:.2f}x lower than the baseline, within budget",

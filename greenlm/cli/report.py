@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from greenlm.cli.app import app
@@ -13,8 +11,8 @@ from greenlm.cli.common import DbOpt, JsonOpt, emit_json, out
 @app.command()
 def report(
     out_path: str = typer.Option("report.html", "--out", help="HTML file to write."),
-    search_id: Optional[str] = typer.Option(None, "--search-id", help="Which search (default: the latest)."),
-    db: Optional[str] = DbOpt,
+    search_id: str | None = typer.Option(None, "--search-id", help="Which search (default: the latest)."),
+    db: str | None = DbOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Write the Pareto plot, energy by phase, candidate table and provenance as one HTML file."""

@@ -109,7 +109,7 @@ def _check_hf_dir(path: Path) -> None:
 
 def resolve_model(spec: str | None = None) -> ModelSpec:
     """`None` or a built-in name → the packaged GGUF; a directory → Hugging Face (a variant when it holds a
-    `greenlm-variant.json`); a `.gguf` file → GGUF."""
+    `greenlm-variant.json`); a `.gguf` file, or a directory holding exactly one and no config.json → GGUF."""
     spec = spec or DEFAULT_MODEL
     if spec in BUILTIN_MODELS:
         return ModelSpec(name=spec, kind="builtin", path=_builtin_path(spec))
@@ -120,6 +120,11 @@ def resolve_model(spec: str | None = None) -> ModelSpec:
             "a Hugging Face model directory, or a .gguf file (no downloads: models must be local)"
         )
     if path.is_dir():
+        ggufs = sorted(path.glob("*.gguf"))
+        if not (path / "config.json").exists() and len(ggufs) == 1:
+            # a directory holding one GGUF (what `greenlm optimize --out` saves for a llama.cpp winner)
+            _check_gguf(ggufs[0])
+            return ModelSpec(name=str(spec), kind="gguf", path=ggufs[0].resolve())
         _check_hf_dir(path)
         if is_variant_dir(path):  # written by `greenlm compress`: its manifest says how to load it
             read_manifest(path)

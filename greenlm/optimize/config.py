@@ -19,7 +19,7 @@ def parse_duration_s(text: str | float | int) -> float:
             r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*", text
         )
         if not parts or not any(parts.groups()):
-            raise GreenlmError(f"time budget '{text}' is not a duration: use e.g. 20m, 90s, 1h30m")
+            raise GreenlmError(f"--time-budget '{text}' is not a duration: use e.g. 20m, 90s, 1h30m")
         h, m, s = (float(g) if g else 0.0 for g in parts.groups())
         seconds = h * 3600 + m * 60 + s
     if not math.isfinite(seconds) or seconds <= 0:

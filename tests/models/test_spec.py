@@ -63,3 +63,14 @@ def test_truncated_gguf_is_a_clear_error(tmp_path, shared_cache_dir):
     with pytest.raises(GreenlmError, match="cannot load GGUF"):
         load_model(spec)
     assert not list(shared_cache_dir.glob("models/truncated-*")), "nothing half-written to the cache"
+
+
+def test_directory_holding_one_gguf_resolves_to_it(tmp_path):
+    """`greenlm optimize --out` saves a llama.cpp winner as a directory with its one .gguf file."""
+    (tmp_path / "greenlm-optimize.json").write_text("{}")
+    gguf = _write(tmp_path / "chosen-q8_0.gguf", b"GGUF" + b"\0" * 64)
+    spec = resolve_model(str(tmp_path))
+    assert spec.kind == "gguf" and spec.path == gguf.resolve()
+    _write(tmp_path / "second.gguf", b"GGUF" + b"\0" * 64)
+    with pytest.raises(GreenlmError, match="no config.json"):
+        resolve_model(str(tmp_path))  # two files: ambiguous, the usual message
