@@ -12,16 +12,8 @@ import sys
 
 import typer
 
-from greenlm.cli import (  # noqa: F401  (each registers its command on `app`)  # noqa: F401  # noqa: F401
-    compress,  # noqa: F401
-    engines,
-    export,
-    measure,
-    meters,
-    optimize,
-    report,
-    runs,
-)
+# Each module registers its command on `app` when imported.
+from greenlm.cli import compress, engines, export, measure, meters, optimize, report, runs  # noqa: F401
 from greenlm.cli import eval as _eval  # noqa: F401  (`eval` would shadow the builtin here)
 from greenlm.cli.app import app
 from greenlm.cli.common import err
