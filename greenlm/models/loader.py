@@ -31,6 +31,10 @@ def _offline() -> None:
     # Nothing may wait on a hub time-out: every load is from local files.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    # transformers draws a "Loading weights" bar per load: noise in greenlm's own progress output.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def gguf_cache_path(spec: ModelSpec) -> Path:

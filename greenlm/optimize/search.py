@@ -156,6 +156,13 @@ def optimize(
         )
         rows.append(record)
         durations.append(record.get("wall_s", 0.0))
+        figures = (
+            f"decode {record['decode_j_per_token']:.4g} J/token, KLD {record['kld']:.4f}, "
+            f"PPL {record['ppl_increase_pct']:+.2f}%"
+            if record["status"] == MEASURED
+            else record.get("reason", "")
+        )
+        announce(f"[{len(rows)}/{total}] {record['label']}: {record['status']} ({figures})")
         if progress:
             progress(len(rows), total)
 
@@ -170,6 +177,8 @@ def optimize(
     def front() -> list[dict]:
         return pareto_front([r for r in rows if r["status"] == MEASURED])
 
+    if progress:
+        progress(len(rows), total)
     if BASELINE.key not in previous:
         on_result(work(BASELINE, []))
     baseline = next(r for r in rows if r["key"] == BASELINE.key)
