@@ -55,6 +55,12 @@ def optimize(
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster address, e.g. auto or HOST:6379."
     ),
+    ray_cpus_per_task: float = typer.Option(
+        1.0, "--ray-cpus-per-task", help="CPUs each candidate task asks Ray for."
+    ),
+    ray_gpus_per_task: float = typer.Option(
+        0.0, "--ray-gpus-per-task", help="GPUs each candidate task asks Ray for (e.g. 1 on GPU workers)."
+    ),
     out_dir: str | None = typer.Option(None, "--out", help="Save the chosen variant here."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the latest interrupted search for this model."
@@ -92,6 +98,8 @@ def optimize(
         max_candidates=max_candidates,
         executor=executor,
         ray_address=ray_address,
+        ray_cpus_per_task=ray_cpus_per_task,
+        ray_gpus_per_task=ray_gpus_per_task,
         out=out_dir,
         resume=resume,
         search_id=search_id,

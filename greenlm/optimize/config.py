@@ -72,6 +72,8 @@ class OptimizeConfig:
     max_candidates: int | None = None
     executor: str = "local"
     ray_address: str | None = None
+    ray_cpus_per_task: float = 1.0  # Ray resource requests of each candidate task
+    ray_gpus_per_task: float = 0.0
     out: str | None = None  # where the chosen variant is saved
     resume: bool = False
     search_id: str | None = None
@@ -84,6 +86,11 @@ class OptimizeConfig:
             raise GreenlmError(f"--max-kld must be >= 0, got {b.max_kld}")
         if self.max_candidates is not None and self.max_candidates < 1:
             raise GreenlmError(f"--max-candidates must be at least 1, got {self.max_candidates}")
+        if not (self.ray_cpus_per_task > 0 and self.ray_gpus_per_task >= 0):
+            raise GreenlmError(
+                "--ray-cpus-per-task must be > 0 and --ray-gpus-per-task >= 0, "
+                f"got {self.ray_cpus_per_task} and {self.ray_gpus_per_task}"
+            )
         if self.time_budget_s <= 0:
             raise GreenlmError("--time-budget must be positive")
         s = self.settings

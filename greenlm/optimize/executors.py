@@ -55,7 +55,7 @@ class RayExecutor:
         self,
         address: str | None = None,
         *,
-        cpus_per_task: int = 1,
+        cpus_per_task: float = 1,
         gpus_per_task: float = 0,
         max_in_flight: int | None = None,
     ):
@@ -82,7 +82,7 @@ class RayExecutor:
         self.cpus_per_task = cpus_per_task
         self.gpus_per_task = gpus_per_task
         total_cpus = int(ray.cluster_resources().get("CPU", 1))
-        self.max_in_flight = max_in_flight or max(1, total_cpus // max(cpus_per_task, 1))
+        self.max_in_flight = max_in_flight or max(1, int(total_cpus // max(cpus_per_task, 1)))
 
     def run(
         self, candidates: Iterable, work: Work, front: Front, on_result: OnResult, keep_going: KeepGoing
@@ -110,12 +110,12 @@ class RayExecutor:
 
 
 def make_executor(
-    name: str, address: str | None = None, *, cpus_per_task: int = 1
+    name: str, address: str | None = None, *, cpus_per_task: float = 1, gpus_per_task: float = 0
 ) -> LocalExecutor | RayExecutor:
     if name == "local":
         if address:
             raise GreenlmError("--ray-address only makes sense with --executor ray")
         return LocalExecutor()
     if name == "ray":
-        return RayExecutor(address, cpus_per_task=cpus_per_task)
+        return RayExecutor(address, cpus_per_task=cpus_per_task, gpus_per_task=gpus_per_task)
     raise GreenlmError(f"unknown executor '{name}': use local or ray")

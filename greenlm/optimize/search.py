@@ -120,7 +120,12 @@ def optimize(
     resolve_intensity(settings.country, settings.region, settings.carbon_intensity)
     validate_pue(settings.pue)
     space = load_space(config.space)
-    executor = make_executor(config.executor, config.ray_address)
+    executor = make_executor(
+        config.executor,
+        config.ray_address,
+        cpus_per_task=config.ray_cpus_per_task,
+        gpus_per_task=config.ray_gpus_per_task,
+    )
 
     fingerprint = spec.fingerprint()
     search_id = config.search_id or (

@@ -75,6 +75,7 @@ def test_impossible_budget_says_so_in_words(monkeypatch, capsys, args):
         (["--time-budget", "soon"], "time-budget"),
         (["--resume"], "nothing to resume"),
         (["--executor", "dask"], "executor"),
+        (["--executor", "ray", "--ray-cpus-per-task", "0"], "ray-cpus-per-task"),
     ],
 )
 def test_bad_input_is_one_line(monkeypatch, capsys, args, extra, message):
