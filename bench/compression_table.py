@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -29,9 +30,12 @@ from greenlm.workload import MeasureConfig, run_measure
 
 # (name, label, recipe steps). The last entry is the best combination found while writing this benchmark.
 ENTRIES: list[tuple[str, str, list[dict]]] = [
-    ("int8-rtn", "int8 RTN (per channel)", [{"method": "rtn", "bits": 8}]),
+    # kernel auto: the fastest weight-only low-bit kernel measured at compress time, or dense (simulated)
+    # when none beats float32; bench/quant_kernels.py times every path on its own
+    ("int8-rtn", "int8 RTN (per channel)", [{"method": "rtn", "bits": 8, "kernel": "auto"}]),
     ("int4-rtn-g32", "int4 RTN g32", [{"method": "rtn", "bits": 4, "group_size": 32}]),
     ("int4-gptq-g32", "int4 GPTQ g32", [{"method": "gptq", "bits": 4, "group_size": 32}]),
+    ("int4-awq-g32", "int4 AWQ g32", [{"method": "awq", "bits": 4, "group_size": 32}]),
     ("wanda50", "Wanda 50%", [{"method": "wanda", "ratio": 0.5}]),
     ("sparse-2of4", "2:4 (Wanda score)", [{"method": "nm", "n": 2, "m": 4}]),
     ("drop2", "drop 2 layers", [{"method": "drop_layers", "count": 2}]),
@@ -126,6 +130,7 @@ def main() -> None:
         entries = [e for e in ENTRIES if e[0] in wanted]
 
     start = time.perf_counter()
+    load_start = os.getloadavg()[0]
     parent = resolve_model(args.model)
     split = split_text(load_text(None))
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="greenlm-compression-table-"))
@@ -182,6 +187,12 @@ def main() -> None:
                 "label": label,
                 "recipe": result.manifest["recipe"],
                 "execution": result.execution,
+                # the low-bit kernel each quantization step runs on ("dense": dequantized floats, simulated)
+                "kernels": [
+                    s["details"]["kernel"]
+                    for s in result.manifest["steps"]
+                    if "kernel" in (s.get("details") or {})
+                ],
                 "ppl": q["ppl"],
                 "ppl_increase_pct": q["ppl_increase_pct"],
                 "kld": q["kld"],
@@ -226,6 +237,9 @@ def main() -> None:
         "energy_source": rows[0]["energy_source"],
         "rows": rows,
         "skipped": skipped,
+        # other work on the machine slows decode and inflates the estimated J/token: say how busy it was
+        "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
+        "cpu_count": os.cpu_count(),
         "wall_s": time.perf_counter() - start,
     }
     report["markdown"] = markdown(report)

@@ -49,4 +49,6 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted", style="red")
         sys.exit(130)
+    if code == 130:  # typer turns Ctrl-C inside a command into this exit code, silently
+        err.print("interrupted", style="red")
     sys.exit(code if isinstance(code, int) else 0)

@@ -185,8 +185,13 @@ def compress(
         threads=threads,
         device=device,
     )
-    with Store(db) as store, StepProgress() as bar:
-        result = run_compress(config, store=store, progress=bar, announce=note)
+    try:
+        with Store(db) as store, StepProgress() as bar:
+            result = run_compress(config, store=store, progress=bar, announce=note)
+    except KeyboardInterrupt:
+        # typer turns a bare KeyboardInterrupt into a silent exit 130; Abort reaches greenlm's main, which
+        # says "interrupted" (the variant's temporary directory is already gone: see atomic_directory)
+        raise typer.Abort() from None
     record = result.to_dict()
     if as_json:
         emit_json(record)

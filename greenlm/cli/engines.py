@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from greenlm.cli.app import app
@@ -26,6 +27,6 @@ def engines(as_json: bool = JsonOpt) -> None:
             e["package"],
             e["version"] or "not installed",
             "yes" if e["usable"] else "no",
-            e["reason"] or e.get("detail", ""),
+            escape(e["reason"] or e.get("detail", "")),  # "pip install 'greenlm[llamacpp]'" is not markup
         )
     out.print(table)

@@ -6,7 +6,7 @@ import typer
 from rich.table import Table
 
 from greenlm.cli.app import app
-from greenlm.cli.common import JsonOpt, LazyProgress, emit_json, note, out
+from greenlm.cli.common import JsonOpt, LazyProgress, emit_json, err, note, out
 from greenlm.export.imatrix import DEFAULT_IMATRIX_SAMPLES, DEFAULT_IMATRIX_TOKENS
 
 
@@ -54,8 +54,13 @@ def export(
         threads=threads,
         force=force,
     )
-    with LazyProgress("exporting") as bar:
-        result = export_model(config, progress=bar.update, announce=note)
+    try:
+        with LazyProgress("exporting") as bar:
+            result = export_model(config, progress=bar.update, announce=note)
+    except KeyboardInterrupt:
+        # typer would exit 130 silently; the temporary files are already gone (see export/files.py)
+        err.print(f"interrupted: {out_path} was not written", markup=False, style="red", soft_wrap=True)
+        raise SystemExit(130) from None  # not typer.Exit: main() would add a second "interrupted" line
     record = result.to_dict()
     if as_json:
         emit_json(record)

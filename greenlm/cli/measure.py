@@ -52,10 +52,28 @@ def measure(
         None, "--carbon-intensity", help="Grid intensity in gCO2e/kWh."
     ),
     pue: float = typer.Option(1.0, "--pue", help="Data-centre power usage effectiveness (>= 1)."),
+    speculative: str | None = typer.Option(
+        None,
+        "--speculative",
+        help="llamacpp: speculative greedy decoding, prompt-lookup or draft (same output, fewer passes).",
+    ),
+    draft_tokens: int | None = typer.Option(
+        None, "--draft-tokens", help="Tokens drafted per verify pass, 1-16 (default 4)."
+    ),
+    draft_model: str | None = typer.Option(
+        None, "--draft-model", help="--speculative draft: a smaller .gguf with the same tokenizer."
+    ),
+    ngram_min: int | None = typer.Option(
+        None, "--ngram-min", help="prompt-lookup: shortest n-gram matched (default 1)."
+    ),
+    ngram_max: int | None = typer.Option(
+        None, "--ngram-max", help="prompt-lookup: longest n-gram, tried first (default 3)."
+    ),
     db: str | None = DbOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Measure energy, speed and carbon per token of a model on a generation workload."""
+    from greenlm.engines.speculative import speculative_from_flags
     from greenlm.store import Store
     from greenlm.workload import MeasureConfig, run_measure
 
@@ -77,6 +95,13 @@ def measure(
         region=region,
         carbon_intensity=carbon_intensity,
         pue=pue,
+        speculative=speculative_from_flags(
+            speculative,
+            draft_tokens=draft_tokens,
+            draft_model=draft_model,
+            ngram_min=ngram_min,
+            ngram_max=ngram_max,
+        ),
     )
     with Store(db) as store, LazyProgress("measuring") as bar:
         result = run_measure(config, store=store, announce=note, progress=bar.update)
@@ -119,7 +144,31 @@ def _print_measurement(r: dict) -> None:
         f"workload: {r['num_prompts']} prompts of ~{r['mean_prompt_tokens']:.0f} tokens from {r['text']}, "
         f"{r['max_new_tokens']} new tokens each, {r['repeats']} repeats; peak RSS {r['peak_rss_mb']:.0f} MB",
         f"model load: {r['load_s']:.2f} s ({r['load_source']})",
+        *_speculative_lines(r),
         f"stored as run {r['run_id']}",
     ]
     for line in lines:
         out.print(line, markup=False)
+
+
+def _speculative_lines(r: dict) -> list[str]:
+    spec = r.get("speculative")
+    if not spec:
+        return []
+    how = (
+        f"n-grams {spec['ngram_min']}-{spec['ngram_max']}"
+        if spec["kind"] == "prompt-lookup"
+        else f"draft model {spec['draft_gguf']} ({spec['draft_quant_type']}, {spec['draft_file_mb']:.0f} MB)"
+    )
+    rate = r["acceptance_rate"]
+    accepted = (
+        "nothing was drafted (no match / no proposal)"
+        if rate is None
+        else f"{spec['accepted_tokens']} of {spec['drafted_tokens']} drafted tokens accepted ({rate:.0%})"
+    )
+    per_pass = spec["decode_tokens_per_target_pass"]
+    passes = "" if per_pass is None else f", {per_pass:.2f} decode tokens per target pass"
+    return [
+        f"speculative: {spec['kind']}, {spec['draft_tokens']} draft tokens, {how}; {accepted}{passes}; "
+        "output identical to greedy decoding; draft work is inside the decode energy"
+    ]

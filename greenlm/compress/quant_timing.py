@@ -138,12 +138,13 @@ def random_stacks(
     for shape, ws in weights.items():
         layers = []
         for w in ws:
-            lin = torch.nn.Linear(*shape, bias=False).to(dtype)
+            lin = torch.nn.utils.skip_init(torch.nn.Linear, *shape, bias=False, dtype=dtype)  # no random init
             with torch.no_grad():
                 lin.weight.copy_(w)
             layers.append(lin)
         stacks[FLOAT][shape] = layers
     skipped: dict[str, str] = {}
+    quantized: dict[Shape, list] | None = None  # shared by every kernel: build() copies what it keeps
     for name in kernels:
         kernel = KERNELS[name]
         try:
@@ -151,10 +152,11 @@ def random_stacks(
                 reason = kernel.check(bits, group_size, symmetric, shape[0])
                 if reason:
                     raise GreenlmError(reason)
-            stacks[name] = {
-                shape: [kernel.build(rtn(w, bits, group_size, symmetric)) for w in ws]
-                for shape, ws in weights.items()
-            }
+            if quantized is None:
+                quantized = {
+                    shape: [rtn(w, bits, group_size, symmetric) for w in ws] for shape, ws in weights.items()
+                }
+            stacks[name] = {shape: [kernel.build(q) for q in qs] for shape, qs in quantized.items()}
         except Exception as exc:
             skipped[name] = _first_line(exc)
     return stacks, skipped

@@ -57,3 +57,21 @@ def _llamacpp() -> dict:
 def available_engines() -> list[dict]:
     """One entry per engine: engine, package, version, installed, usable, reason (why not), detail."""
     return [_transformers(), _llamacpp()]
+
+
+def check_engine_ready(name: str, spec) -> None:
+    """Fail in a moment, not after minutes of other work, when engine `name` cannot run `spec`: llama.cpp
+    missing, a GGUF it could not read (truncated, damaged), or a model it would have to export and cannot."""
+    if name != "llamacpp":
+        return
+    from greenlm.engines.llamacpp_runtime import import_llama_cpp
+
+    import_llama_cpp()
+    if spec.is_gguf:
+        from greenlm.export.inspect import tensor_type_counts
+
+        tensor_type_counts(spec.path)  # reads every tensor's header: a damaged file fails here
+    else:
+        from greenlm.export.cache import check_convertible
+
+        check_convertible(spec)

@@ -22,7 +22,13 @@ class PrefillResult:
 class DecodeResult:
     token_ids: list[list[int]]  # every generated token per sequence, the prefill's first token included
     decode_tokens: int  # tokens produced by the decode phase (all sequences)
-    steps: int  # decode iterations (one token per sequence each)
+    steps: int  # tokens per sequence the decode phase produced (plain decoding: one iteration each)
+    # Tokens a speculative drafter proposed and how many the target confirmed (0 without speculative
+    # decoding), and the target's forward passes in decode (each yields 1 + the accepted drafts per
+    # sequence; 0 where an engine does not count them).
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    target_passes: int = 0
 
 
 class Engine(ABC):
@@ -33,6 +39,7 @@ class Engine(ABC):
     model_name: str
     threads: int
     device: str
+    speculative = None  # a SpeculativeConfig on engines that decode speculatively (llama.cpp), else None
 
     @abstractmethod
     def tokenize(self, text: str) -> list[int]: ...
@@ -62,6 +69,10 @@ class Engine(ABC):
 
     def describe(self) -> dict:
         return {"engine": self.name, "model": self.model_name, "threads": self.threads, "device": self.device}
+
+    def speculative_summary(self) -> dict | None:
+        """The speculative decoding setting in use (kind, draft tokens, draft model), None for plain greedy."""
+        return None
 
     def close(self) -> None:
         """Release the model."""

@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from greenlm.engines.base import DecodeResult, Engine, PrefillResult
-from greenlm.engines.llamacpp_runtime import captured_log, import_llama_cpp
+from greenlm.engines.llamacpp_runtime import captured_log, import_llama_cpp, raise_pending_interrupt
+from greenlm.engines.speculative import (
+    SPECULATIVE_BATCH_MESSAGE,
+    Drafter,
+    SpeculativeConfig,
+    make_drafter,
+)
 from greenlm.errors import GreenlmError
 from greenlm.models import ModelSpec
 
@@ -80,6 +86,9 @@ class LlamaCppEngine(Engine):
         self._model = self._ctx = self._batch = None
         self._n_seq = 0
         self._ctx_generation = 0
+        self.speculative: SpeculativeConfig | None = None
+        self._drafter: Drafter | None = None
+        self._drafted_total = self._accepted_total = 0  # since load, warm-up included
 
         start = time.perf_counter()
         params = lib.llama_model_default_params()
@@ -111,9 +120,11 @@ class LlamaCppEngine(Engine):
         device: str = "cpu",
         dtype: str = "float32",
         context_tokens: int = DEFAULT_CONTEXT_TOKENS,
+        speculative: SpeculativeConfig | None = None,
     ) -> LlamaCppEngine:
         """Load `spec`. A GGUF runs as it is (`dtype` does not apply); a Hugging Face directory or variant is
-        exported once to a float GGUF of `dtype` in the cache."""
+        exported once to a float GGUF of `dtype` in the cache. With `speculative`, decode drafts and verifies
+        (see `set_speculative`); its draft model, if any, loads here too and counts in `load_s`."""
         import_llama_cpp()  # a missing extra is the first thing to report, before any export
         start = time.perf_counter()
         path, source = _gguf_path(spec, dtype)
@@ -125,8 +136,26 @@ class LlamaCppEngine(Engine):
             context_tokens=context_tokens,
             load_source=source,
         )
+        try:
+            engine.set_speculative(speculative)
+        except BaseException:
+            engine.close()
+            raise
         engine.load_s = time.perf_counter() - start
         return engine
+
+    def set_speculative(self, config: SpeculativeConfig | None) -> None:
+        """Decode speculatively with `config` from now on (None: plain greedy decoding). The output is the
+        same either way; only the work per token changes."""
+        if config is not None and not isinstance(config, SpeculativeConfig):
+            raise GreenlmError(
+                f"speculative must be a SpeculativeConfig or None, got {type(config).__name__}"
+            )
+        drafter = make_drafter(config, self) if config is not None else None
+        if self._drafter is not None:
+            self._drafter.close()
+        self.speculative, self._drafter = config, drafter
+        self._drafted_total = self._accepted_total = 0
 
     def _resolve_device(self, device: str) -> str:
         gpu = bool(self.lib.llama_supports_gpu_offload())
@@ -184,6 +213,14 @@ class LlamaCppEngine(Engine):
     def _clear_cache(self) -> None:
         self.lib.llama_memory_clear(self.lib.llama_get_memory(self._ctx), True)
 
+    def _remove_from(self, seq: int, position: int) -> None:
+        """Drop sequence `seq`'s cached tokens at `position` and after (rejected drafts)."""
+        if not self.lib.llama_memory_seq_rm(self.lib.llama_get_memory(self._ctx), seq, position, -1):
+            raise GreenlmError(
+                f"llama.cpp cannot remove part of a sequence from {self.model_name}'s cache (a recurrent "
+                "architecture?): speculative decoding does not apply to this model; drop --speculative"
+            )
+
     def _run(self, entries: list[tuple[int, int, int, bool]], on_outputs) -> None:
         """Decode (token, position, sequence, wants logits) entries in chunks of BATCH_TOKENS; after each chunk
         call `on_outputs(chunk, logits)` with that chunk's [outputs, vocab] logits (a view: copy to keep)."""
@@ -198,6 +235,7 @@ class LlamaCppEngine(Engine):
                 batch.logits[i] = wants
             batch.n_tokens = len(chunk)
             status = lib.llama_decode(self._ctx, batch)
+            raise_pending_interrupt()  # a Ctrl-C llama.cpp's log callback caught
             if status != 0:
                 raise GreenlmError(
                     f"llama.cpp could not decode a batch of {len(chunk)} tokens (status {status}): the KV cache "
@@ -269,7 +307,12 @@ class LlamaCppEngine(Engine):
 
         self._run(entries, take)
         next_ids = [first[s] for s in range(len(prompts))]
-        state = {"generation": self._ctx_generation, "positions": [len(p) for p in prompts], "next": next_ids}
+        state = {
+            "generation": self._ctx_generation,
+            "positions": [len(p) for p in prompts],
+            "next": next_ids,
+            "prompts": [list(p) for p in prompts],  # what a drafter looks up or feeds its own model
+        }
         return PrefillResult(next_ids, sum(len(p) for p in prompts), state)
 
     def decode(self, prefill: PrefillResult, new_tokens: int) -> DecodeResult:
@@ -282,6 +325,12 @@ class LlamaCppEngine(Engine):
                 f"{new_tokens} new tokens after a prompt of {max(positions)} exceed the llama.cpp context of "
                 f"{self.context_tokens} tokens per sequence: ask for fewer"
             )
+        if self._drafter is not None:
+            if len(nxt) > 1:
+                raise GreenlmError(SPECULATIVE_BATCH_MESSAGE)
+            result = self._decode_speculative(state, positions[0], nxt[0], new_tokens)
+            state["generation"] = -1
+            return result
         generated = [[t] for t in nxt]
         n_seq = len(nxt)
 
@@ -295,7 +344,51 @@ class LlamaCppEngine(Engine):
             positions = [p + 1 for p in positions]
         # The cache now holds the generated tokens too; a later decode of this prefill would be wrong.
         state["generation"] = -1
-        return DecodeResult(generated, new_tokens * n_seq, new_tokens)
+        return DecodeResult(generated, new_tokens * n_seq, new_tokens, target_passes=new_tokens)
+
+    def _decode_speculative(self, state: dict, position: int, last: int, new_tokens: int) -> DecodeResult:
+        """Greedy decoding, several tokens per target pass. Each pass feeds the last token and the drafted
+        ones with logits at every position; the drafts equal to the target's argmax at the position before
+        are kept up to the first miss, the target's argmax after the last kept one is the pass's own token,
+        and the rejected positions leave the KV cache. Every kept token is the target's argmax given exactly
+        the tokens before it, so the output is plain greedy decoding's.
+        A draft model runs in this process, so the energy window around decode already includes it."""
+        k = self.speculative.draft_tokens
+        history = [*state["prompts"][0], last]
+        generated = [last]
+        drafted = accepted = passes = 0
+        while len(generated) <= new_tokens:
+            room = min(k, new_tokens - len(generated))  # the pass adds its own token after the drafts
+            draft = self._drafter.propose(history, room)[:room] if room else []
+            self._check_ids(draft)
+            target: list[int] = []
+            self._run(
+                [(t, position + i, 0, True) for i, t in enumerate([history[-1], *draft])],
+                lambda _chunk, logits, out=target: out.extend(np.argmax(logits, 1).tolist()),
+            )
+            passes += 1
+            kept = 0
+            while kept < len(draft) and draft[kept] == target[kept]:
+                kept += 1
+            if kept < len(draft):  # the positions after the last kept draft hold rejected tokens
+                # llama.cpp refills the freed cells next, so position p stays in cell p as in plain decoding
+                self._remove_from(0, position + kept + 1)
+            new = [*draft[:kept], target[kept]]
+            position += kept + 1
+            generated += new
+            history += new
+            drafted += len(draft)
+            accepted += kept
+        self._drafted_total += drafted
+        self._accepted_total += accepted
+        return DecodeResult(
+            [generated],
+            new_tokens,
+            new_tokens,
+            drafted_tokens=drafted,
+            accepted_tokens=accepted,
+            target_passes=passes,
+        )
 
     def logits(self, token_ids: list[list[int]]):
         """[batch, seq, vocab] float32 logits; windows run one after another, each from an empty cache."""
@@ -349,14 +442,33 @@ class LlamaCppEngine(Engine):
                 "logits": "evaluation windows one after another, all positions' logits",
                 "load_s": round(self.load_s, 3),
                 "load_source": self.load_source,
+                "decoding": "greedy" if self.speculative is None else "speculative greedy (same output)",
             }
         )
+        if self.speculative is not None:
+            info["speculative"] = {
+                **self.speculative_summary(),
+                "drafted_tokens_since_load": self._drafted_total,
+                "accepted_tokens_since_load": self._accepted_total,
+                "acceptance_rate_since_load": (
+                    self._accepted_total / self._drafted_total if self._drafted_total else None
+                ),
+            }
         return info
+
+    def speculative_summary(self) -> dict | None:
+        """The speculative setting and the draft model it loaded (None without speculative decoding)."""
+        if self.speculative is None:
+            return None
+        return {**self.speculative.to_dict(), **self._drafter.describe()}
 
     def close(self) -> None:
         lib = getattr(self, "lib", None)
         if lib is None:
             return
+        if getattr(self, "_drafter", None) is not None:
+            self._drafter.close()
+            self._drafter = None
         self._free_context()
         if self._model is not None:
             lib.llama_model_free(self._model)

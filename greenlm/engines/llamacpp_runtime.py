@@ -21,6 +21,9 @@ _lock = threading.RLock()
 _backend_ready = False
 _active: LogCapture | None = None  # where llama.cpp's log lines go now; None: to logging at debug level
 _callback = None  # the ctypes callback must stay referenced while llama.cpp holds it
+# A Ctrl-C that Python delivered inside our log callback. ctypes would print it as "Exception ignored" and
+# drop it, and the export or measurement would carry on; we keep it and raise it once llama.cpp returns.
+_interrupted = False
 log = logging.getLogger("greenlm.llamacpp")
 
 
@@ -54,17 +57,29 @@ def _install_log_callback(lib) -> None:
 
     @lib.llama_log_callback
     def callback(level, text, _user_data):
+        global _interrupted
         try:
             message = (text or b"").decode("utf-8", errors="replace")
             if _active is not None:
                 _active._add(int(level), message)
             elif message.strip():
                 log.debug("%s", message.rstrip())
-        except Exception:  # a Python error must never cross back into C
+        except KeyboardInterrupt:
+            _interrupted = True
+        except BaseException:  # a Python error must never cross back into C
             pass
 
     _callback = callback
     lib.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def raise_pending_interrupt() -> None:
+    """Raise the KeyboardInterrupt that arrived while llama.cpp was calling back, if one did. Called after
+    every llama.cpp call that logs (see `captured_log`, and the engine's decode loop)."""
+    global _interrupted
+    if _interrupted:
+        _interrupted = False
+        raise KeyboardInterrupt
 
 
 def llama_cpp_status() -> dict:
@@ -113,7 +128,8 @@ class LogCapture:
 
 @contextmanager
 def captured_log() -> Iterator[LogCapture]:
-    """Collect what llama.cpp logs during the block (one block at a time per process)."""
+    """Collect what llama.cpp logs during the block (one block at a time per process). A Ctrl-C pressed
+    during the block is raised when it ends."""
     global _active
     import_llama_cpp()
     with _lock:
@@ -122,3 +138,4 @@ def captured_log() -> Iterator[LogCapture]:
             yield _active
         finally:
             _active = previous
+            raise_pending_interrupt()

@@ -340,6 +340,8 @@ def compute_reference(
             "dtype": info.get("dtype"),
             "device": device_kind(engine.device),
             "threads": engine.threads,
+            # llama.cpp: the GGUF's type and size, so a perplexity-only row says what file ran
+            **{k: info[k] for k in ("quant_type", "file_mb") if k in info},
         },
         text=split.describe("evaluation"),
         text_fingerprint=split.fingerprint,

@@ -124,4 +124,6 @@ class EvalResult:
             "notes": self.notes,
             "run_id": self.run_id,
         }
+        # llama.cpp rows carry the file's type and size at the top level, as `greenlm measure` rows do.
+        d.update({k: self.engine_info[k] for k in ("quant_type", "file_mb") if k in (self.engine_info or {})})
         return d

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from greenlm.data import load_text, split_text
 from greenlm.engines import create_engine
+from greenlm.engines.available import check_engine_ready
 from greenlm.errors import GreenlmError
 from greenlm.evaluate.compare import compare_to_reference
 from greenlm.evaluate.config import EvalConfig
@@ -92,6 +93,9 @@ def evaluate(
             f"reference: {ref_spec.name}, the parent of variant {spec.name} (pass --reference to choose another)"
         )
     split = split_text(load_text(config.text))
+    check_engine_ready(config.engine, spec)  # before a reference pass that may take minutes
+    if ref_spec is not None:
+        check_engine_ready(config.reference_engine, ref_spec)
     window = dict(
         window_tokens=config.window_tokens,
         max_eval_tokens=config.max_eval_tokens,

@@ -6,7 +6,9 @@ import logging
 import re
 from pathlib import Path
 
+from greenlm.errors import GreenlmError
 from greenlm.export.files import atomic_file
+from greenlm.export.gguf_writer import check_declared_architecture
 from greenlm.models import ModelSpec
 from greenlm.paths import cache_dir
 
@@ -18,6 +20,17 @@ def float_gguf_cache_path(spec: ModelSpec, outtype: str) -> Path:
     return cache_dir() / "gguf" / f"{stem}-{spec.fingerprint()}-{outtype}.gguf"
 
 
+def check_convertible(spec: ModelSpec) -> None:
+    """Refuse, from its config alone, a model the llama.cpp engine would have to export and cannot."""
+    try:
+        check_declared_architecture(spec)
+    except GreenlmError as exc:
+        raise GreenlmError(
+            f"the llama.cpp engine runs GGUF files and {spec.name} is not one: {exc}; run it with "
+            "--engine transformers"
+        ) from None
+
+
 def cached_float_gguf(spec: ModelSpec, outtype: str = "f32") -> tuple[Path, bool]:
     """(path of `spec` as a float GGUF of `outtype`, whether it was written now). Keyed by the weights'
     fingerprint, so a changed model is exported again."""
@@ -27,6 +40,7 @@ def cached_float_gguf(spec: ModelSpec, outtype: str = "f32") -> tuple[Path, bool
     path = float_gguf_cache_path(spec, outtype)
     if path.is_file():
         return path, False
+    check_convertible(spec)
     log.warning(
         "llama.cpp runs GGUF files: exporting %s once to a %s GGUF in the cache (%s)",
         spec.name,

@@ -20,6 +20,12 @@ def check_target(target: Path, *, overwrite: bool) -> None:
         raise GreenlmError(
             f"{target} already exists: choose another --out, or pass --force to replace it (nothing was written)"
         )
+    # The nearest folder that exists must take new entries (missing ones below it are made when writing).
+    existing = next(p for p in (target.absolute().parent, *target.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise GreenlmError(
+            f"cannot write {target}: {existing} is not a writable folder (nothing was written)"
+        )
 
 
 @contextmanager

@@ -56,6 +56,32 @@ def _refuse(message: str) -> None:
     raise GreenlmError(message)
 
 
+def declared_architecture(spec) -> str | None:
+    """The architecture a model says it is, read from its config.json or GGUF header without loading it."""
+    if spec.is_gguf:
+        from greenlm.export.inspect import gguf_architecture
+
+        return gguf_architecture(spec.path)
+    try:
+        config = json.loads((spec.path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # resolve_model checked it already; the loader will say what is wrong
+    architectures = config.get("architectures") if isinstance(config, dict) else None
+    return architectures[0] if isinstance(architectures, list) and architectures else None
+
+
+def check_declared_architecture(spec) -> None:
+    """Refuse, before the slow load, a model whose config or GGUF header names an architecture the exporter
+    does not write. (`check_exportable` checks the loaded model in full.)"""
+    arch = declared_architecture(spec)
+    known = EXPORTABLE_ARCHITECTURES.values() if spec.is_gguf else EXPORTABLE_ARCHITECTURES
+    if arch is not None and arch not in known:
+        _refuse(
+            f"cannot export architecture {arch} to GGUF: the exporter writes "
+            f"{', '.join(EXPORTABLE_ARCHITECTURES)} (the Llama family) only"
+        )
+
+
 def check_exportable(model) -> str:
     """The model's Hugging Face architecture name, or a GreenlmError naming what the exporter cannot write."""
     import torch

@@ -35,6 +35,12 @@ def file_type_name(value: int) -> str:
     return member.name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
 
 
+def gguf_architecture(path: Path) -> str | None:
+    """general.architecture of a GGUF file (llama, qwen2, ...)."""
+    field = _reader(Path(path)).get_field("general.architecture")
+    return None if field is None else str(field.contents())
+
+
 def file_quant_type(path: Path) -> str | None:
     reader = _reader(Path(path))
     field = reader.get_field("general.file_type")

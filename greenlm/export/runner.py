@@ -16,7 +16,12 @@ from pathlib import Path
 
 from greenlm.errors import GreenlmError
 from greenlm.export.files import atomic_file, check_target
-from greenlm.export.gguf_writer import FLOAT_TYPES, FloatExport, write_float_gguf
+from greenlm.export.gguf_writer import (
+    FLOAT_TYPES,
+    FloatExport,
+    check_declared_architecture,
+    write_float_gguf,
+)
 from greenlm.export.imatrix import DEFAULT_IMATRIX_SAMPLES, DEFAULT_IMATRIX_TOKENS
 from greenlm.export.inspect import tensor_type_report
 from greenlm.export.quantize import check_quant_type
@@ -54,6 +59,8 @@ class ExportConfig:
             raise GreenlmError(
                 f"--imatrix guides quantization; {self.quant} is not quantized: drop --imatrix"
             )
+        if self.text is not None and not self.imatrix:
+            raise GreenlmError("--text is calibration text for --imatrix: add --imatrix or drop --text")
         for flag, value in (
             ("--imatrix-samples", self.imatrix_samples),
             ("--imatrix-tokens", self.imatrix_tokens),
@@ -113,13 +120,12 @@ def _tokenizer_check(path: Path, tokenizer) -> str:
         raise
 
 
-def load_for_export(model: str | None, announce: Callable[[str], None] = _noop):
-    """Resolve and load `model` in float32 through transformers, as the exporter reads it."""
-    from greenlm.models import load_model, resolve_model
+def load_for_export(spec, announce: Callable[[str], None] = _noop):
+    """Load `spec` in float32 through transformers, as the exporter reads it."""
+    from greenlm.models import load_model
 
-    spec = resolve_model(model)
     announce(f"loading {spec.name} through transformers (float32)")
-    return spec, load_model(spec, dtype="float32")
+    return load_model(spec, dtype="float32")
 
 
 def write_gguf(
@@ -158,7 +164,16 @@ def export_model(
         from greenlm.engines.llamacpp_runtime import import_llama_cpp
 
         import_llama_cpp()  # quantizing needs llama.cpp: say so before loading anything
-    spec, loaded = load_for_export(config.model, announce)
+    # Everything cheap before the slow load: the model's declared architecture, the calibration text.
+    from greenlm.models import resolve_model
+
+    spec = resolve_model(config.model)
+    check_declared_architecture(spec)
+    if config.imatrix:
+        from greenlm.data import load_text, split_text
+
+        split_text(load_text(config.text))
+    loaded = load_for_export(spec, announce)
     notes: list[str] = []
     imatrix_info = None
     with atomic_file(target, overwrite=config.force) as tmp_out:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from greenlm.engines import check_speculative_engine
+from greenlm.engines.speculative import SPECULATIVE_BATCH_MESSAGE, SpeculativeConfig
 from greenlm.errors import GreenlmError
 
 
@@ -28,6 +30,8 @@ class MeasureConfig:
     region: str | None = None
     carbon_intensity: float | None = None  # gCO2e/kWh, overrides country and region
     pue: float = 1.0
+    # Speculative greedy decoding (llamacpp only): same tokens, fewer target passes when drafts are accepted.
+    speculative: SpeculativeConfig | None = None
 
     def __post_init__(self) -> None:
         positive = {
@@ -48,6 +52,16 @@ class MeasureConfig:
             raise GreenlmError(f"--threads must be at least 1, got {self.threads}")
         if self.watts_per_core is not None and not self.watts_per_core > 0:
             raise GreenlmError(f"--watts-per-core must be positive, got {self.watts_per_core}")
+        if self.speculative is not None:
+            if not isinstance(self.speculative, SpeculativeConfig):
+                raise GreenlmError(
+                    f"speculative must be a SpeculativeConfig or None, got {type(self.speculative).__name__}"
+                )
+            check_speculative_engine(self.engine, self.speculative)
+            if self.batch_size > 1:
+                raise GreenlmError(
+                    f"--batch-size {self.batch_size} with --speculative: {SPECULATIVE_BATCH_MESSAGE}"
+                )
 
     def to_dict(self) -> dict:
         return asdict(self)

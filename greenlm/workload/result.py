@@ -23,6 +23,10 @@ class RepeatRecord:
     decode_steps: int
     generated_tokens: int  # every output token, first ones included
     ttft_s: float  # mean prefill window per batch: the time to each sequence's first token
+    # Speculative decoding (0 otherwise): drafted and accepted tokens, target passes in the decode windows.
+    drafted_tokens: int = 0
+    accepted_tokens: int = 0
+    target_passes: int = 0
 
     def metrics(self, intensity_g_per_kwh: float, pue: float) -> dict[str, float]:
         total_j = self.prefill_j + self.decode_j
@@ -83,11 +87,34 @@ class MeasureResult:
     engine_details: dict = field(default_factory=dict)
     model_identity: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
+    speculative: dict | None = None  # the engine's speculative setting and draft model; None: plain greedy
     run_id: str | None = None
 
     def summary(self) -> dict[str, dict[str, float]]:
         per_repeat = [r.metrics(self.intensity_g_per_kwh, self.pue) for r in self.repeats]
         return {k: summarize([m[k] for m in per_repeat]) for k in HEADLINE}
+
+    def speculative_record(self) -> tuple[dict | None, float | None]:
+        """(`speculative` with the drafted/accepted counts of the measured repeats, acceptance rate), or
+        (None, None) for plain greedy decoding; the rate is None when nothing was drafted."""
+        if self.speculative is None:
+            return None, None
+        drafted = sum(r.drafted_tokens for r in self.repeats)
+        accepted = sum(r.accepted_tokens for r in self.repeats)
+        passes = sum(r.target_passes for r in self.repeats)
+        decoded = sum(r.decode_tokens for r in self.repeats)
+        record = {
+            **self.speculative,
+            "drafted_tokens": drafted,
+            "accepted_tokens": accepted,
+            "target_passes": passes,
+            "decode_tokens_per_target_pass": decoded / passes if passes else None,  # plain decoding: 1.0
+            "output": "identical to plain greedy decoding: a draft is kept only where it equals the target's "
+            "argmax",
+            # The draft model reads the prompt in the first decode pass, so that work counts as decode too.
+            "energy": "the draft model runs in this process, inside the decode windows: decode_j includes it",
+        }
+        return record, accepted / drafted if drafted else None
 
     def to_dict(self) -> dict:
         """Flat headline fields (medians over repeats), then the spread and per-repeat raw figures."""
@@ -134,4 +161,5 @@ class MeasureResult:
                 "config": self.config,
             }
         )
+        out["speculative"], out["acceptance_rate"] = self.speculative_record()
         return out

@@ -41,6 +41,14 @@ def run_measure(
     intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
     pue = validate_pue(config.pue)
     spec = resolve_model(config.model)
+    if config.speculative is not None and config.speculative.draft_model is not None:
+        resolve_model(config.speculative.draft_model)  # a missing draft file fails before the target loads
+    if engine is not None and config.speculative is not None and engine.speculative != config.speculative:
+        raise GreenlmError(
+            "the engine passed to run_measure decodes with speculative setting "
+            f"{engine.speculative_summary()}, the config asks for {config.speculative.to_dict()}: load the "
+            "engine with the config's setting (create_engine(..., speculative=...))"
+        )
     meter = get_meter(config.meter, watts_per_core=config.watts_per_core)
     owned = engine is None
     load = None
@@ -48,7 +56,12 @@ def run_measure(
         if owned:
             load_start = meter.begin_window()
             engine = create_engine(
-                config.engine, spec, threads=config.threads, device=config.device, dtype=config.dtype
+                config.engine,
+                spec,
+                threads=config.threads,
+                device=config.device,
+                dtype=config.dtype,
+                speculative=config.speculative,
             )
             engine.sync()
             load = meter.end_window(load_start)
@@ -81,6 +94,9 @@ def run_measure(
                 decode_tokens=0,
                 decode_steps=0,
                 generated_tokens=0,
+                drafted_tokens=0,
+                accepted_tokens=0,
+                target_passes=0,
             )
             for index, batch in enumerate(batches):
                 engine.sync()
@@ -100,6 +116,10 @@ def run_measure(
                 sums["decode_tokens"] += dec.decode_tokens
                 sums["decode_steps"] += dec.steps
                 sums["generated_tokens"] += sum(len(t) for t in dec.token_ids)
+                # A draft model runs inside the decode window, so its energy is in decode_j already.
+                sums["drafted_tokens"] += dec.drafted_tokens
+                sums["accepted_tokens"] += dec.accepted_tokens
+                sums["target_passes"] += dec.target_passes
                 progress(repeat * len(batches) + index + 1, total)
             records.append(RepeatRecord(ttft_s=sums["prefill_s"] / len(batches), **sums))
         peak_mb = peak_rss_mb()
@@ -136,6 +156,7 @@ def run_measure(
             engine_details=engine.describe(),
             model_identity=spec.identity(),
             config=config.to_dict(),
+            speculative=engine.speculative_summary(),
         )
     finally:
         meter.close()

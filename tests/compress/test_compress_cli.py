@@ -83,10 +83,13 @@ def test_recipe_file(monkeypatch, capsys, tiny_model_dir, tmp_path):
     assert (arch["num_attention_heads"], arch["intermediate_size"]) == (2, 96)
 
 
-def _bad_recipe(tmp_path):
+def _bad_recipe(tmp_path, step: str = "{method: drop_layers, cuont: 1}"):
     path = tmp_path / "typo.yaml"
-    path.write_text("steps:\n  - {method: drop_layers, cuont: 1}\n")
+    path.write_text(f"steps:\n  - {step}\n")
     return path
+
+
+BAD_RECIPES = {"TYPO": "{method: drop_layers, cuont: 1}", "TYPO_METHOD": "{method: gtpq, bits: 4}"}
 
 
 BITS_METHOD = next((m for m in ("rtn", "gptq") if m in method_names()), None)
@@ -111,20 +114,29 @@ BITS_METHOD = next((m for m in ("rtn", "gptq") if m in method_names()), None)
             "bits",
             marks=pytest.mark.skipif(BITS_METHOD is None, reason="no quantization method registered"),
         ),
+        (["--method", "rtn", "--bits", "9"], "bits must be one of 8, 4, 3, got 9"),
+        (["--method", "gptq", "--bits", "4", "--group-size", "0"], "group_size must be a whole number >= 1"),
+        # 48 is a valid group size, but not for the tiny model's 64-wide inputs: found once the model is loaded
+        (
+            ["--method", "rtn", "--bits", "4", "--group-size", "48"],
+            "group_size 48 does not divide the in_features 64",
+        ),
+        (["--method", "rtn", "--option", "kernel=int9"], "unknown kernel 'int9'"),
+        (["--recipe", "TYPO_METHOD"], "unknown method 'gtpq' (did you mean 'gptq'?)"),
     ],
 )
 def test_mistakes_are_one_line_exit_2_and_leave_nothing(
     monkeypatch, capsys, tiny_model_dir, tmp_path, args, message
 ):
-    args = [str(_bad_recipe(tmp_path)) if a == "TYPO" else a for a in args]
+    args = [str(_bad_recipe(tmp_path, BAD_RECIPES[a])) if a in BAD_RECIPES else a for a in args]
     out = tmp_path / "out" / "v"
     code, stdout, err = run_cli(
-        monkeypatch, capsys, "compress", "--model", tiny_model_dir, "--out", out, *args
+        monkeypatch, capsys, "compress", "--model", tiny_model_dir, "--out", out, *FAST, *args
     )
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], err
-    assert stdout == ""
+    assert "Traceback" not in err and stdout == ""
     assert not (tmp_path / "out").exists()
 
 
@@ -152,3 +164,35 @@ def test_interrupt_leaves_nothing(monkeypatch, capsys, tiny_model_dir, tmp_path)
     )
     assert code == 130
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["quantizing", "kernel timing", "saving"])
+def test_interrupted_quantization_leaves_nothing(monkeypatch, capsys, tiny_model_dir, tmp_path, where):
+    from greenlm.compress import quant_common, quant_rtn
+    from greenlm.models import variant
+
+    def interrupted(*_a, **_k):
+        raise KeyboardInterrupt
+
+    real_save = variant.save_variant_files
+
+    def save_then_interrupt(model, tokenizer, directory, manifest):
+        real_save(model, tokenizer, directory, manifest)  # the whole variant written, not yet renamed
+        raise KeyboardInterrupt
+
+    if where == "quantizing":
+        monkeypatch.setattr(quant_rtn, "rtn", interrupted)
+    elif where == "kernel timing":
+        monkeypatch.setattr(quant_common, "time_stacks", interrupted)
+    else:
+        monkeypatch.setattr(variant, "save_variant_files", save_then_interrupt)
+    out = tmp_path / "out" / "v"
+    code, stdout, err = run_cli(
+        monkeypatch, capsys, "compress", "--method", "rtn", "--bits", "8", "--model", tiny_model_dir,
+        "--out", out, *FAST,
+    )  # fmt: skip
+    assert code == 130 and stdout == ""
+    assert "interrupted" in err and "Traceback" not in err
+    # neither the variant nor its temporary directory is left; at most the empty parent the save made
+    assert not out.exists()
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

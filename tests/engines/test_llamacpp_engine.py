@@ -119,12 +119,23 @@ def test_hf_directory_is_exported_once_to_the_cache(tiny_model_dir):
         second.close()
 
 
-def test_gpu_device_without_offload_is_refused(tiny):
+def test_gpu_device_follows_the_build(tiny):
+    """--device cuda runs on the GPU with a GPU build of llama-cpp-python, and is refused in one line without."""
     lcpp, _hf = tiny
     if lcpp.lib.llama_supports_gpu_offload():
-        pytest.skip("this llama-cpp-python build has GPU offload")
-    with pytest.raises(GreenlmError, match="no GPU offload"):
-        type(lcpp)(lcpp.path, model_name="x", device="cuda")
+        gpu = type(lcpp)(lcpp.path, model_name="x", device="cuda")
+        try:
+            assert gpu.device == "gpu" and gpu.describe()["device"] == "gpu"
+        finally:
+            gpu.close()
+    else:
+        with pytest.raises(GreenlmError, match="no GPU offload"):
+            type(lcpp)(lcpp.path, model_name="x", device="cuda")
+    auto = type(lcpp)(lcpp.path, model_name="x", device="auto")
+    try:
+        assert auto.device == ("gpu" if lcpp.lib.llama_supports_gpu_offload() else "cpu")
+    finally:
+        auto.close()
 
 
 def test_measure_through_llamacpp_adds_quant_type_and_file_size(tiny_model_dir, tmp_path):

@@ -12,11 +12,6 @@ needs_llamacpp = pytest.mark.skipif(
     reason="llama-cpp-python is not installed (`make test` installs the llamacpp extra)",
 )
 
-# Round-trip tolerance for a float32 GGUF of a random tiny Llama run through llama.cpp against transformers
-# float32 on the same tokens. llama.cpp keeps its KV cache in f16, so logits differ by ~1e-4 (measured
-# 2.6e-4 at most); the bounds leave margin for other CPUs' kernels.
-TINY_MAX_ABS_LOGIT = 2e-3
-TINY_MAX_KLD = 1e-6
 
 SAMPLE_TEXT = (
     "def f(x):\n    return x + 1  # the function object\n\nThe with statement is used to wrap the execution "
@@ -50,3 +45,22 @@ def sample_ids(tokenizer, count: int = 48) -> list[int]:
     ids = tokenizer(SAMPLE_TEXT, add_special_tokens=False)["input_ids"]
     assert len(ids) >= count
     return ids[:count]
+
+
+def roundtrip_error(ref_logits, logits) -> dict:
+    """How far llama.cpp's logits are from transformers', in the terms RoundTripTolerance bounds."""
+    return {
+        "max_abs_logit": float((logits - ref_logits).abs().max()),
+        "mean_kld": kld(ref_logits, logits),
+        "top1_agreement": float((logits.argmax(-1) == ref_logits.argmax(-1)).float().mean()),
+    }
+
+
+def assert_roundtrip(ref_logits, logits, tolerance) -> dict:
+    """Fail unless `logits` reproduce `ref_logits` within `tolerance` (greenlm.export.verify)."""
+    assert logits.shape == ref_logits.shape
+    error = roundtrip_error(ref_logits, logits)
+    assert error["max_abs_logit"] <= tolerance.max_abs_logit, error
+    assert error["mean_kld"] <= tolerance.max_mean_kld, error
+    assert error["top1_agreement"] >= tolerance.min_top1_agreement, error
+    return error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +72,39 @@ def test_eval_through_llamacpp_matches_its_transformers_reference(tmp_path, tiny
     assert through_llamacpp.engine == "llamacpp"
     assert through_llamacpp.engine_info["quant_type"] == "f32"
     assert through_llamacpp.quality.windows == through_transformers.quality.windows == 4
+    # one reference, computed by the first evaluation and read from the cache by the second
+    assert through_llamacpp.reference_cache == through_transformers.reference_cache
+    assert through_transformers.reference_cached is True
     assert through_llamacpp.quality.ppl == pytest.approx(through_transformers.quality.ppl, rel=1e-3)
     assert abs(through_llamacpp.quality.kld) < 1e-4
     assert through_llamacpp.quality.top1_agreement > 0.98
+    row, hf_row = through_llamacpp.to_dict(), through_transformers.to_dict()
+    assert row["engine"] == "llamacpp" and row["quant_type"] == "f32"
+    assert row["file_mb"] == pytest.approx(Path(tiny_gguf).stat().st_size / 1e6, abs=0.01)
+    assert hf_row["engine"] == "transformers" and "quant_type" not in hf_row
+    assert row.keys() - {"quant_type", "file_mb"} == hf_row.keys()  # otherwise the same fields
+
+
+def test_eval_json_through_llamacpp(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    """`greenlm eval --engine llamacpp --json`, with a reference and perplexity only: engine, quant_type and
+    file_mb at the top level, as `greenlm measure --json` has them."""
+    gguf = tmp_path / "tiny-q8_0.gguf"
+    _run(monkeypatch, capsys, "export", "--model", str(tiny_model_dir), "--quant", "q8_0", "--out", str(gguf))
+    settings = ["--window-tokens", "64", "--max-eval-tokens", "128", "--top-k", "8", "--tail-samples", "4"]
+    for extra in (["--reference", str(tiny_model_dir)], []):
+        out, _err = _run(
+            monkeypatch,
+            capsys,
+            "eval",
+            "--model",
+            str(gguf),
+            "--engine",
+            "llamacpp",
+            *settings,
+            *extra,
+            "--json",
+        )
+        record = json.loads(out)
+        assert record["engine"] == "llamacpp" and record["quant_type"] == "q8_0"
+        assert record["file_mb"] == pytest.approx(gguf.stat().st_size / 1e6, abs=0.01)
+        assert record["windows"] == 2 and record["ppl"] > 1

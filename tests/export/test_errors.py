@@ -208,3 +208,255 @@ def test_engines_list_says_why_llamacpp_is_unusable(without_llama_cpp):
     assert found["transformers"]["usable"] is True
     assert found["llamacpp"]["usable"] is False
     assert "pip install" in found["llamacpp"]["reason"]
+
+
+# ---- as a user meets them on the command line: one line, exit 2, nothing written -------------------------
+
+
+def _cli(monkeypatch, capsys, *args) -> tuple[int, list[str]]:
+    """Run `greenlm ARGS` in-process; (exit code, stderr lines)."""
+    from greenlm.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["greenlm", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def _refuse_to_load(monkeypatch) -> None:
+    """Make loading the model an error: a test using this proves a check ran before the slow part."""
+    import greenlm.export.runner as runner
+
+    def load(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr(runner, "load_for_export", load)
+
+
+def test_unsupported_architecture_is_refused_before_loading(tmp_path, tiny_model_dir, monkeypatch):
+    gpt2 = _gpt2_dir(tmp_path, tiny_model_dir)
+    _refuse_to_load(monkeypatch)
+    with pytest.raises(GreenlmError, match="cannot export architecture GPT2LMHeadModel"):
+        export_gguf(gpt2, tmp_path / "g.gguf", quant="q8_0")
+    assert not (tmp_path / "g.gguf").exists()
+
+
+def test_gguf_of_another_architecture_is_refused(tmp_path, monkeypatch):
+    import gguf
+
+    path = tmp_path / "other.gguf"
+    writer = gguf.GGUFWriter(str(path), "gpt2")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    _refuse_to_load(monkeypatch)
+    with pytest.raises(GreenlmError, match="cannot export architecture gpt2 to GGUF"):
+        export_gguf(path, tmp_path / "out.gguf")
+    assert _no_leftovers(tmp_path) == ["other.gguf"]
+
+
+def test_cli_unknown_quant_type(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    code, err = _cli(
+        monkeypatch,
+        capsys,
+        "export",
+        "--model",
+        str(tiny_model_dir),
+        "--quant",
+        "q3_zz",
+        "--out",
+        str(tmp_path / "x.gguf"),
+    )
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: unknown quant type 'q3_zz': choose one of f32, f16, bf16, ")
+    assert _no_leftovers(tmp_path) == []
+
+
+def test_cli_existing_output_is_kept(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    target = tmp_path / "keep.gguf"
+    target.write_bytes(b"precious")
+    _refuse_to_load(monkeypatch)
+    code, err = _cli(monkeypatch, capsys, "export", "--model", str(tiny_model_dir), "--out", str(target))
+    assert code == 2 and len(err) == 1
+    assert (
+        err[0]
+        == f"error: {target} already exists: choose another --out, or pass --force to replace it (nothing was written)"
+    )
+    assert target.read_bytes() == b"precious" and _no_leftovers(tmp_path) == ["keep.gguf"]
+
+
+def test_output_under_a_file_is_refused_before_loading(tmp_path, tiny_model_dir, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    _refuse_to_load(monkeypatch)
+    with pytest.raises(GreenlmError, match="is not a writable folder"):
+        export_gguf(tiny_model_dir, tmp_path / "afile" / "x.gguf", quant="f16")
+
+
+def test_calibration_text_flags(tmp_path, tiny_model_dir, monkeypatch):
+    from greenlm.export import ExportConfig
+
+    with pytest.raises(GreenlmError, match="--text is calibration text for --imatrix"):
+        ExportConfig(out=str(tmp_path / "x.gguf"), quant="q8_0", text="notes.txt")
+    _refuse_to_load(monkeypatch)
+    with pytest.raises(GreenlmError, match="text file '.*missing.txt' not found"):
+        export_gguf(
+            tiny_model_dir,
+            tmp_path / "x.gguf",
+            quant="q4_k_m",
+            imatrix=True,
+            text=str(tmp_path / "missing.txt"),
+        )
+    assert _no_leftovers(tmp_path) == []
+
+
+# ---- interrupted: the temporary files go, the command says so in one line --------------------------------
+
+
+def test_interrupted_quantization_leaves_nothing(tmp_path, tiny_model_dir, monkeypatch):
+    import greenlm.export.quantize as quantize
+
+    def interrupt(src, dst, *_args, **_kwargs):
+        dst.write_bytes(b"half a model")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(quantize, "quantize_gguf", interrupt)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        export_gguf(tiny_model_dir, out / "x.gguf", quant="q8_0")
+    assert _no_leftovers(out) == []
+
+
+def test_cli_interrupted_export_says_so_in_one_line(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import greenlm.export.runner as runner
+
+    def interrupt(model, tokenizer, out_path, **_kwargs):
+        out_path.write_bytes(b"GGUF half a header")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "write_float_gguf", interrupt)
+    target = tmp_path / "x.gguf"
+    code, err = _cli(monkeypatch, capsys, "export", "--model", str(tiny_model_dir), "--out", str(target))
+    assert code == 130
+    assert err[-1] == f"interrupted: {target} was not written"
+    assert not any("Traceback" in line for line in err)
+    assert _no_leftovers(tmp_path) == []
+
+
+@needs_llamacpp
+def test_ctrl_c_inside_llama_cpp_is_not_swallowed(tmp_path, tiny_model_dir, monkeypatch):
+    """Python delivers a Ctrl-C pressed during a llama.cpp call inside our log callback, where ctypes would
+    print and drop it; it must still stop the export once llama.cpp returns."""
+    from greenlm.engines.llamacpp_runtime import LogCapture
+
+    original = LogCapture._add
+    fired = []
+
+    def add(self, level, text):
+        if not fired and "llama_model_quantize" in text:
+            fired.append(text)
+            raise KeyboardInterrupt
+        original(self, level, text)
+
+    monkeypatch.setattr(LogCapture, "_add", add)
+    with pytest.raises(KeyboardInterrupt):
+        export_gguf(tiny_model_dir, tmp_path / "x.gguf", quant="q8_0")
+    assert fired and _no_leftovers(tmp_path) == []
+
+
+@needs_llamacpp
+def test_ctrl_c_during_decode_is_raised(tiny_gguf, monkeypatch):
+    import greenlm.engines.llamacpp_runtime as runtime
+    from greenlm.engines.llamacpp_engine import LlamaCppEngine
+
+    engine = LlamaCppEngine(tiny_gguf, model_name="t", threads=1)
+    try:
+        monkeypatch.setattr(runtime, "_interrupted", True)  # as the log callback leaves it
+        with pytest.raises(KeyboardInterrupt):
+            engine.prefill([[1, 2, 3]])
+        assert runtime._interrupted is False
+        assert engine.prefill([[1, 2, 3]]).prompt_tokens == 3
+    finally:
+        engine.close()
+
+
+# ---- truncated or damaged GGUF files, wherever a model goes in -------------------------------------------
+
+
+@pytest.fixture
+def truncated_gguf(tmp_path, tiny_gguf):
+    data = open(tiny_gguf, "rb").read()
+    path = tmp_path / "models" / "truncated.gguf"
+    path.parent.mkdir()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def test_truncated_gguf_as_export_input(tmp_path, truncated_gguf):
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(GreenlmError, match="not a readable GGUF file") as info:
+        export_gguf(truncated_gguf, out / "x.gguf", quant="q8_0")
+    assert "\n" not in str(info.value)
+    assert _no_leftovers(out) == []
+
+
+@needs_llamacpp
+def test_eval_of_a_truncated_gguf_fails_before_the_reference_pass(
+    truncated_gguf, tiny_model_dir, capsys, monkeypatch
+):
+    import greenlm.evaluate.runner as runner
+
+    def reference(*_args, **_kwargs):
+        raise AssertionError("the reference ran before the damaged file was refused")
+
+    monkeypatch.setattr(runner, "reference_stats", reference)
+    code, err = _cli(
+        monkeypatch,
+        capsys,
+        "eval",
+        "--engine",
+        "llamacpp",
+        "--model",
+        str(truncated_gguf),
+        "--reference",
+        str(tiny_model_dir),
+    )
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {truncated_gguf} is not a readable GGUF file")
+
+
+def test_eval_without_the_extra_fails_before_the_reference_pass(
+    without_llama_cpp, tiny_gguf, tiny_model_dir, monkeypatch
+):
+    import greenlm.evaluate.runner as runner
+    from greenlm.evaluate import EvalConfig, evaluate
+
+    monkeypatch.setattr(runner, "reference_stats", lambda *a, **k: pytest.fail("the reference ran first"))
+    with pytest.raises(GreenlmError, match="needs the llama-cpp-python package"):
+        evaluate(EvalConfig(model=tiny_gguf, engine="llamacpp", reference=str(tiny_model_dir)))
+
+
+def test_engines_table_shows_the_install_command(without_llama_cpp, capsys, monkeypatch):
+    from greenlm.cli import main
+    from greenlm.cli.common import out
+
+    monkeypatch.setattr(sys, "argv", ["greenlm", "engines"])
+    monkeypatch.setattr(out, "_width", 250)  # one line per row, so the command is not wrapped
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 0
+    assert "pip install 'greenlm[llamacpp]'" in capsys.readouterr().out  # not eaten as rich markup
+
+
+@needs_llamacpp
+def test_llamacpp_engine_on_a_directory_it_cannot_export(tmp_path, tiny_model_dir):
+    from greenlm.engines import create_engine
+    from greenlm.models import resolve_model
+
+    spec = resolve_model(str(_gpt2_dir(tmp_path, tiny_model_dir)))
+    with pytest.raises(
+        GreenlmError, match="runs GGUF files and .*gpt2 is not one: cannot export architecture GPT2"
+    ):
+        create_engine("llamacpp", spec)

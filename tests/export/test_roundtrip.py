@@ -1,19 +1,15 @@
-"""A float GGUF export run through llama.cpp reproduces transformers' logits of the same model.
-
-Tolerances (float32 export, llama.cpp's default f16 KV cache): tiny random Llama, max |logit difference|
-<= 2e-3 and KL(transformers || llama.cpp) <= 1e-6 per position; built-in SmolLM2-135M on a 512-token
-window, max |logit difference| <= 0.15, mean KL <= 1e-4 and top-1 agreement >= 99%.
-"""
+"""A float GGUF export run through llama.cpp reproduces transformers' logits of the same model or variant,
+within the round-trip tolerances stated in greenlm/export/verify.py (ROUNDTRIP_TINY, ROUNDTRIP_BUILTIN)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+from greenlm.export.verify import ROUNDTRIP_BUILTIN, ROUNDTRIP_TINY
 from tests.conftest import build_tiny_model
 from tests.export.helpers import (
-    TINY_MAX_ABS_LOGIT,
-    TINY_MAX_KLD,
+    assert_roundtrip,
     export_gguf,
     hf_logits,
     kld,
@@ -39,9 +35,19 @@ def test_f32_export_reproduces_transformers_logits(tiny_loaded, tiny_gguf):
     windows = [ids[:40], ids[8:48]]
     ref = hf_logits(tiny_loaded.model, windows)
     got = _llamacpp_logits(tiny_gguf, windows)
-    assert got.shape == ref.shape
-    assert (got - ref).abs().max() <= TINY_MAX_ABS_LOGIT
-    assert kld(ref, got) <= TINY_MAX_KLD
+    assert_roundtrip(ref, got, ROUNDTRIP_TINY)
+
+
+def test_the_tolerance_catches_an_export_fault(tiny_loaded, tmp_path, monkeypatch):
+    """The bound is tight enough to fail a real fault: q/k rows left in Hugging Face's rotary order."""
+    import greenlm.export.gguf_writer as writer
+
+    monkeypatch.setattr(writer, "permute_rotary", lambda weight, _n_head: weight)
+    written = writer.write_float_gguf(tiny_loaded.model, tiny_loaded.tokenizer, tmp_path / "wrong.gguf")
+    ids = sample_ids(tiny_loaded.tokenizer)
+    got = _llamacpp_logits(written.path, [ids])
+    with pytest.raises(AssertionError):
+        assert_roundtrip(hf_logits(tiny_loaded.model, [ids]), got, ROUNDTRIP_TINY)
 
 
 def test_f16_export_is_close_but_coarser(tiny_model_dir, tiny_loaded, tmp_path):
@@ -95,8 +101,7 @@ def test_layers_of_different_sizes_export_as_deci(tmp_path):
     assert written.arch == "deci"
     assert [(s.n_head, s.n_head_kv, s.n_ff) for s in written.layers] == [(4, 2, 64), (2, 2, 96), (4, 2, 128)]
     got = _llamacpp_logits(written.path, [ids])
-    assert (got - ref).abs().max() <= TINY_MAX_ABS_LOGIT
-    assert kld(ref, got) <= TINY_MAX_KLD
+    assert_roundtrip(ref, got, ROUNDTRIP_TINY)
 
 
 def test_uniformly_pruned_heads_keep_llama_with_explicit_head_dim(tmp_path):
@@ -116,7 +121,7 @@ def test_uniformly_pruned_heads_keep_llama_with_explicit_head_dim(tmp_path):
     written = write_float_gguf(model, loaded.tokenizer, tmp_path / "heads.gguf")
     assert written.arch == "llama" and written.layers[0].n_head == 2
     got = _llamacpp_logits(written.path, [ids])
-    assert (got - ref).abs().max() <= TINY_MAX_ABS_LOGIT
+    assert_roundtrip(ref, got, ROUNDTRIP_TINY)
 
 
 def test_dropped_layers_variant_directory(tmp_path):
@@ -134,7 +139,7 @@ def test_dropped_layers_variant_directory(tmp_path):
     reloaded = load_model(resolve_model(str(tmp_path / "dropped")))
     ids = sample_ids(source.tokenizer)
     got = _llamacpp_logits(result.out, [ids])
-    assert (got - hf_logits(reloaded.model, [ids])).abs().max() <= TINY_MAX_ABS_LOGIT
+    assert_roundtrip(hf_logits(reloaded.model, [ids]), got, ROUNDTRIP_TINY)
 
 
 @pytest.mark.realmodel
@@ -149,6 +154,34 @@ def test_builtin_model_f32_export_roundtrip(tmp_path):
     ids = loaded.tokenizer(text[:20000], add_special_tokens=False)["input_ids"][:512]
     ref = hf_logits(loaded.model, [ids])
     got = _llamacpp_logits(result.out, [ids])
-    assert (got - ref).abs().max() <= 0.15
-    assert kld(ref, got) <= 1e-4
-    assert float((got.argmax(-1) == ref.argmax(-1)).float().mean()) >= 0.99
+    error = assert_roundtrip(ref, got, ROUNDTRIP_BUILTIN)
+    print(f"built-in f32 round trip: {error}")
+
+
+@pytest.mark.realmodel
+def test_builtin_variant_with_layers_dropped_round_trips(tmp_path):
+    """The issue's example: the built-in model with 4 decoder layers removed, exported from its variant
+    directory, against transformers running that variant."""
+    from greenlm.compress.pipeline import CompressConfig, compress
+    from greenlm.data import load_text, split_text
+    from greenlm.models import load_model, resolve_model
+
+    variant_dir = tmp_path / "drop4"
+    compress(
+        CompressConfig(
+            recipe=[{"method": "drop_layers", "count": 4}],
+            out=str(variant_dir),
+            calibration_samples=8,
+            calibration_tokens=128,
+            evaluate=False,
+        )
+    )
+    result = export_gguf(variant_dir, tmp_path / "drop4-f32.gguf")
+    assert result.layers == 26 and result.variant["execution"] == "real"
+    variant = load_model(resolve_model(str(variant_dir)))
+    text = split_text(load_text(None)).text("evaluation")
+    ids = variant.tokenizer(text[:20000], add_special_tokens=False)["input_ids"][:512]
+    error = assert_roundtrip(
+        hf_logits(variant.model, [ids]), _llamacpp_logits(result.out, [ids]), ROUNDTRIP_BUILTIN
+    )
+    print(f"built-in drop4 f32 round trip: {error}")

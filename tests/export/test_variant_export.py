@@ -3,8 +3,9 @@ as the same model transformers loads from the variant directory."""
 
 from __future__ import annotations
 
+from greenlm.export.verify import ROUNDTRIP_TINY
 from tests.conftest import build_tiny_model
-from tests.export.helpers import TINY_MAX_ABS_LOGIT, export_gguf, hf_logits, kld, needs_llamacpp, sample_ids
+from tests.export.helpers import assert_roundtrip, export_gguf, hf_logits, needs_llamacpp, sample_ids
 
 pytestmark = needs_llamacpp
 
@@ -42,6 +43,4 @@ def test_compressed_variant_round_trips(tmp_path):
         got = engine.logits([ids])
     finally:
         engine.close()
-    ref = hf_logits(variant.model, [ids])
-    assert (got - ref).abs().max() <= TINY_MAX_ABS_LOGIT
-    assert kld(ref, got) <= 1e-6
+    assert_roundtrip(hf_logits(variant.model, [ids]), got, ROUNDTRIP_TINY)

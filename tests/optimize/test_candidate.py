@@ -11,8 +11,15 @@ from greenlm.optimize.space import Candidate
 @pytest.fixture
 def settings(tiny_model_dir, tmp_path):
     return EvalSettings(
-        model=str(tiny_model_dir), workdir=str(tmp_path / "work"), screen_eval_tokens=512, eval_tokens=1024,
-        num_prompts=1, prompt_tokens=16, max_new_tokens=4, repeats=2, meter="cpu-model",
+        model=str(tiny_model_dir),
+        workdir=str(tmp_path / "work"),
+        screen_eval_tokens=512,
+        eval_tokens=1024,
+        num_prompts=1,
+        prompt_tokens=16,
+        max_new_tokens=4,
+        repeats=2,
+        meter="cpu-model",
         budget=QualityBudget(1000.0, 1000.0),
     )
 
@@ -50,4 +57,7 @@ def test_dominance_needs_same_engine_better_quality_and_smaller_size():
     assert dominated_by(big, 130.0, 0.02, [member]) is member
     assert dominated_by(big, 110.0, 0.02, [member]) is None  # not clearly bigger
     assert dominated_by(big, 130.0, 0.005, [member]) is None  # better quality: may be on the front
-    assert dominated_by(Candidate(engine="llamacpp", quant_type="q8_0", threads=2), 130.0, 0.02, [member]) is None
+    assert (
+        dominated_by(Candidate(engine="llamacpp", quant_type="q8_0", threads=2), 130.0, 0.02, [member])
+        is None
+    )
