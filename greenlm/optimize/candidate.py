@@ -121,6 +121,7 @@ MEASURE_FIELDS = (
     "peak_rss_mb",
     "repeats",
     "spread",
+    "acceptance_rate",  # speculative decoding only
 )
 QUALITY_FIELDS = (
     "ppl",
@@ -137,6 +138,7 @@ QUALITY_FIELDS = (
 
 def evaluate_candidate(settings: EvalSettings, candidate: Candidate, front: list[dict]) -> dict:
     from greenlm.engines import create_engine
+    from greenlm.engines.speculative import SpeculativeConfig
     from greenlm.evaluate import compare_to_reference, reference_stats
     from greenlm.models import resolve_model
     from greenlm.workload import MeasureConfig, run_measure
@@ -163,7 +165,8 @@ def evaluate_candidate(settings: EvalSettings, candidate: Candidate, front: list
             path = variant
         model_path = str(path) if path is not None else settings.model
         spec = resolve_model(model_path)
-        engine = create_engine(candidate.engine, spec, threads=candidate.threads)
+        speculative = SpeculativeConfig(candidate.speculative) if candidate.speculative else None
+        engine = create_engine(candidate.engine, spec, threads=candidate.threads, speculative=speculative)
         record["size_mb"] = model_bytes(engine) / 2**20
         record["threads"] = candidate.threads
         record["threads_used"] = engine.threads
@@ -205,10 +208,11 @@ def evaluate_candidate(settings: EvalSettings, candidate: Candidate, front: list
                 region=settings.region,
                 carbon_intensity=settings.carbon_intensity,
                 pue=settings.pue,
+                speculative=speculative,
             ),
             engine=engine,
         ).to_dict()
-        record.update({k: measure[k] for k in MEASURE_FIELDS})
+        record.update({k: measure.get(k) for k in MEASURE_FIELDS})
         record["phase_j_per_token"] = _phase_j_per_token(measure)
         record["model_path"] = model_path
         record["status"] = "measured"

@@ -18,6 +18,7 @@ import yaml
 from greenlm.errors import GreenlmError
 
 ENGINES = ("transformers", "llamacpp")
+SPECULATIVE = ("prompt-lookup",)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class Candidate:
     engine: str = "transformers"
     quant_type: str | None = None  # llama.cpp quantization of the exported GGUF; None = the engine's float
     threads: int | None = None
+    # Decoding that keeps greedy output unchanged: "prompt-lookup" (n-gram drafts, llamacpp). None = plain.
+    speculative: str | None = None
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -36,11 +39,21 @@ class Candidate:
             raise GreenlmError(
                 f"quant_type '{self.quant_type}' needs engine llamacpp (it is a llama.cpp file type)"
             )
+        if self.speculative is not None:
+            if self.speculative not in SPECULATIVE:
+                raise GreenlmError(
+                    f"candidate speculative '{self.speculative}' is unknown: use {', '.join(SPECULATIVE)}"
+                )
+            if self.engine != "llamacpp":
+                raise GreenlmError("speculative decoding candidates need engine llamacpp")
         if self.threads is not None and self.threads < 1:
             raise GreenlmError(f"candidate threads must be at least 1, got {self.threads}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "recipe": [dict(s) for s in self.recipe]}
+        d = {**asdict(self), "recipe": [dict(s) for s in self.recipe]}
+        if d["speculative"] is None:  # plain decoding: keys stay those of searches stored before the field
+            del d["speculative"]
+        return d
 
     @property
     def key(self) -> str:
@@ -62,7 +75,8 @@ class Candidate:
         else:
             engine = self.engine
         threads = f"@{self.threads}t" if self.threads else ""
-        return f"{steps} / {engine}{threads}"
+        decoding = f" +{self.speculative}" if self.speculative else ""
+        return f"{steps} / {engine}{threads}{decoding}"
 
 
 def _step_label(step: dict) -> str:
@@ -87,10 +101,11 @@ class SearchSpace:
 
 def expand(grid: dict[str, Any]) -> list[Candidate]:
     """`{recipes: [...], engine: transformers|llamacpp, quant_types: [...], threads: [...]}` → candidates."""
-    unknown = set(grid) - {"recipes", "engine", "quant_types", "threads"}
+    unknown = set(grid) - {"recipes", "engine", "quant_types", "threads", "speculative"}
     if unknown:
         raise GreenlmError(
-            f"search space entry has unknown key(s) {sorted(unknown)}: use recipes, engine, quant_types, threads"
+            f"search space entry has unknown key(s) {sorted(unknown)}: use recipes, engine, quant_types, "
+            "threads, speculative"
         )
     recipes = grid.get("recipes", [[]])
     if not isinstance(recipes, list) or not all(isinstance(r, list) for r in recipes):
@@ -103,10 +118,11 @@ def expand(grid: dict[str, Any]) -> list[Candidate]:
                 raise GreenlmError(f"search space step {step!r} needs a 'method' key")
     quant_types = grid.get("quant_types", [None])
     threads = grid.get("threads", [None])
+    speculative = grid.get("speculative", [None])
     engine = grid.get("engine", "transformers")
     return [
-        Candidate(tuple(recipe), engine, quant, thr)
-        for recipe, quant, thr in itertools.product(recipes, quant_types, threads)
+        Candidate(tuple(recipe), engine, quant, thr, spec)
+        for recipe, quant, thr, spec in itertools.product(recipes, quant_types, threads, speculative)
     ]
 
 
@@ -146,6 +162,13 @@ def default_space() -> SearchSpace:
             "threads": [1, None],
         },
         {"engine": "llamacpp", "recipes": drop[:1], "quant_types": ["q8_0", "q5_k_m"], "threads": [1]},
+        {  # same output as plain greedy decoding: only speed and energy can change
+            "engine": "llamacpp",
+            "recipes": [[]],
+            "quant_types": ["q8_0"],
+            "threads": [1],
+            "speculative": ["prompt-lookup"],
+        },
         {"engine": "transformers", "recipes": drop},
     ]
     return SearchSpace([c for g in grids for c in expand(g)], source="default")

@@ -61,3 +61,16 @@ def test_dominance_needs_same_engine_better_quality_and_smaller_size():
         dominated_by(Candidate(engine="llamacpp", quant_type="q8_0", threads=2), 130.0, 0.02, [member])
         is None
     )
+
+
+def test_speculative_candidates_need_llamacpp_and_keep_plain_keys():
+    from greenlm.errors import GreenlmError
+
+    plain = Candidate(engine="llamacpp", quant_type="q8_0", threads=1)
+    fast = Candidate(engine="llamacpp", quant_type="q8_0", threads=1, speculative="prompt-lookup")
+    assert "speculative" not in plain.to_dict() and fast.key != plain.key
+    assert fast.label.endswith("+prompt-lookup")
+    with pytest.raises(GreenlmError, match="llamacpp"):
+        Candidate(speculative="prompt-lookup")
+    with pytest.raises(GreenlmError, match="unknown"):
+        Candidate(engine="llamacpp", speculative="medusa")
