@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -27,8 +28,33 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="greenlm-bench-") as scratch:
         settings = EvalSettings(budget=QualityBudget(3.0, 0.05), workdir=str(Path(scratch) / "work"))
         config = OptimizeConfig(settings=settings, time_budget_s=budget_s, out=args.out)
+        load_start = os.getloadavg()[0]
         with Store(Path(scratch) / "bench.db") as store:
-            result = optimize(config, store=store).to_dict()
+            found = optimize(config, store=store)
+        result = found.to_dict()
+    # every candidate in one line each: what it cost, what it lost, or why it was not measured
+    result["candidates"] = [
+        {
+            k: r.get(k)
+            for k in (
+                "label",
+                "status",
+                "decode_j_per_token",
+                "decode_tokens_per_s",
+                "ppl_increase_pct",
+                "kld",
+                "size_mb",
+                "acceptance_rate",
+                "reason",
+                "wall_s",
+            )
+        }
+        for r in found.rows
+    ]
+    # other work on the machine slows the baseline most (torch's threads wait for busy cores), which would
+    # inflate the ratio: say how busy the machine was
+    result["load_average_1m"] = {"start": load_start, "end": os.getloadavg()[0]}
+    result["cpu_count"] = os.cpu_count()
     ratio = result["j_per_token_ratio"]
     result["targets"] = {
         "j_per_token_ratio_at_least_3x": bool(ratio and ratio >= 3.0),

@@ -204,15 +204,24 @@ class DraftModelDrafter:
         self.engine.close()
 
 
+def resolve_draft(config: SpeculativeConfig):
+    """The draft model's spec (kind draft), or a GreenlmError that names --draft-model."""
+    from greenlm.models import resolve_model
+
+    try:
+        return resolve_model(config.draft_model)
+    except GreenlmError as exc:
+        raise GreenlmError(f"--draft-model: {exc}") from None
+
+
 def make_drafter(config: SpeculativeConfig, target: LlamaCppEngine) -> Drafter:
     """The drafter `config` describes; a draft model is loaded with the target's threads, device and context
     and must tokenize exactly as the target does."""
     if config.kind == "prompt-lookup":
         return PromptLookupDrafter(config.ngram_min, config.ngram_max)
     from greenlm.engines.llamacpp_engine import LlamaCppEngine
-    from greenlm.models import resolve_model
 
-    spec = resolve_model(config.draft_model)
+    spec = resolve_draft(config)
     draft = LlamaCppEngine.load(
         spec, threads=target.threads, device=target.device, context_tokens=target.context_tokens
     )

@@ -24,7 +24,8 @@ class LoadedModel:
     tokenizer: Any
     spec: ModelSpec
     load_s: float
-    load_source: str  # "gguf-dequantize" (first load of a GGUF), "cache" (its safetensors copy), "hf-dir", "variant"
+    # "gguf-dequantize" (first load of a GGUF), "cache" (its safetensors copy), "hf-dir", "variant"
+    load_source: str
 
 
 def _offline() -> None:

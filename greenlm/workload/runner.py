@@ -7,6 +7,7 @@ from collections.abc import Callable
 from greenlm.energy import get_meter
 from greenlm.energy.carbon import resolve_intensity, validate_pue
 from greenlm.engines import Engine, create_engine
+from greenlm.engines.speculative import resolve_draft
 from greenlm.errors import GreenlmError
 from greenlm.models import resolve_model
 from greenlm.workload.config import MeasureConfig
@@ -41,8 +42,8 @@ def run_measure(
     intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
     pue = validate_pue(config.pue)
     spec = resolve_model(config.model)
-    if config.speculative is not None and config.speculative.draft_model is not None:
-        resolve_model(config.speculative.draft_model)  # a missing draft file fails before the target loads
+    if config.speculative is not None and config.speculative.kind == "draft":
+        resolve_draft(config.speculative)  # a missing draft file fails before the target loads
     if engine is not None and config.speculative is not None and engine.speculative != config.speculative:
         raise GreenlmError(
             "the engine passed to run_measure decodes with speculative setting "

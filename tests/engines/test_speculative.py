@@ -250,7 +250,7 @@ def test_switching_speculative_off_and_short_decodes(ggufs, plain):
 @needs_llamacpp
 def test_missing_draft_model_is_one_clear_error(ggufs, tmp_path):
     target, _other, _prompts = ggufs
-    with pytest.raises(GreenlmError, match="not found"):
+    with pytest.raises(GreenlmError, match="--draft-model: .* not found"):
         _engine(target, SpeculativeConfig("draft", draft_model=str(tmp_path / "none.gguf")))
 
 
@@ -313,7 +313,10 @@ def test_measure_reports_speculative_and_acceptance(ggufs, monkeypatch, capsys):
             ["--engine", "llamacpp", "--speculative", "prompt-lookup", "--draft-model", "d.gguf"],
             "only used by",
         ),
-        (["--engine", "llamacpp", "--speculative", "draft", "--draft-model", "/no/such.gguf"], "not found"),
+        (
+            ["--engine", "llamacpp", "--speculative", "draft", "--draft-model", "/no/such.gguf"],
+            "--draft-model: model",
+        ),
         (["--engine", "llamacpp", "--speculative", "prompt-lookup", "--draft-tokens", "x"], "Invalid value"),
         (["--engine", "llamacpp", "--speculative", "prompt-lookup", "--batch-size", "2"], "--batch-size 1"),
     ],
