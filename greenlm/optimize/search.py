@@ -161,9 +161,14 @@ def optimize(
         )
         rows.append(record)
         durations.append(record.get("wall_s", 0.0))
+
+        def num(key: str, spec: str) -> str:  # a missing figure must not crash the search after the work
+            value = record.get(key)
+            return "n/a" if value is None else format(value, spec)
+
         figures = (
-            f"decode {record['decode_j_per_token']:.4g} J/token, KLD {record['kld']:.4f}, "
-            f"PPL {record['ppl_increase_pct']:+.2f}%"
+            f"decode {num('decode_j_per_token', '.4g')} J/token, KLD {num('kld', '.4f')}, "
+            f"PPL {num('ppl_increase_pct', '+.2f')}%"
             if record["status"] == MEASURED
             else record.get("reason", "")
         )
