@@ -25,7 +25,7 @@ from greenlm.data import load_text, split_text
 from greenlm.evaluate import DEFAULT_MAX_EVAL_TOKENS, reference_stats
 from greenlm.models import resolve_model
 from greenlm.models.loader import gguf_cache_path
-from greenlm.models.variant import dir_size_bytes
+from greenlm.models.manifest import dir_size_bytes
 from greenlm.workload import MeasureConfig, run_measure
 
 # (name, label, recipe steps). The last entry is the best combination found while writing this benchmark.

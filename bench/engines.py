@@ -26,8 +26,9 @@ from pathlib import Path
 
 from greenlm.engines.llamacpp_engine import default_threads
 from greenlm.evaluate import DEFAULT_MAX_EVAL_TOKENS, EvalConfig, evaluate
-from greenlm.export import ExportConfig, export_model, tensor_type_report
-from greenlm.export.imatrix import DEFAULT_IMATRIX_SAMPLES, DEFAULT_IMATRIX_TOKENS
+from greenlm.export import ExportConfig, export_model
+from greenlm.llamacpp import tensor_type_report
+from greenlm.llamacpp.imatrix import DEFAULT_IMATRIX_SAMPLES, DEFAULT_IMATRIX_TOKENS
 from greenlm.models import DEFAULT_MODEL, resolve_model
 from greenlm.paths import cache_dir
 from greenlm.workload import MeasureConfig, run_measure

@@ -1,6 +1,6 @@
 """Every low-bit matmul path PyTorch offers on this CPU, timed against float32 on a model's real linear shapes.
 
-Each kernel in `greenlm.compress.quant_kernels.KERNELS` runs with the weight settings it takes (int8 per
+Each kernel in `greenlm.kernels.linear.KERNELS` runs with the weight settings it takes (int8 per
 output channel; int4 with groups of 32; the dequantize paths at both), through `quant_timing.time_kernels`:
 layers of the model's own linear shapes (the output head excluded, as `compress` skips it) with random
 weights, each called once per round, interleaved with float32 nn.Linear layers of the same shapes, fastest
@@ -27,10 +27,10 @@ from collections import Counter
 
 import torch
 
-from greenlm.compress.calibration import linear_names
 from greenlm.compress.quant_common import DEFAULT_SKIP, REAL_MIN_SPEEDUP
-from greenlm.compress.quant_kernels import KERNELS, available_kernels
-from greenlm.compress.quant_timing import Shape, time_kernels
+from greenlm.data.calibration import linear_names
+from greenlm.kernels.linear import KERNELS, available_kernels
+from greenlm.kernels.timing import Shape, time_kernels
 from greenlm.models import resolve_model
 from greenlm.models.loader import gguf_cache_path
 

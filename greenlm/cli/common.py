@@ -4,16 +4,42 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import MISSING, fields
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from greenlm.workload.config import MeasureConfig
+
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
+
+def default(config_cls: type, name: str):
+    """The default of field `name` of a library config dataclass: a CLI flag takes it from there, so the CLI
+    and the library function of a verb run with the same settings."""
+    for f in fields(config_cls):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+    raise KeyError(f"{config_cls.__name__} has no field {name!r} with a default")
+
+
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of a table.")
 DbOpt = typer.Option(None, "--db", help="Results store (SQLite). Default: the user data dir, or $GREENLM_DB.")
+# Energy and carbon flags every metered verb takes (defaults: the library's, see MeasureConfig).
+MeterOpt = typer.Option(
+    default(MeasureConfig, "meter"), "--meter", help="auto, rapl, nvml, rapl+nvml or cpu-model."
+)
+CountryOpt = typer.Option(None, "--country", help="ISO 3166 country code for grid carbon intensity.")
+RegionOpt = typer.Option(None, "--region", help="Cloud region, e.g. gcp:europe-west1.")
+IntensityOpt = typer.Option(None, "--carbon-intensity", help="Grid intensity in gCO2e/kWh.")
+PueOpt = typer.Option(
+    default(MeasureConfig, "pue"), "--pue", help="Data-centre power usage effectiveness (>= 1)."
+)
 
 
 def emit_json(payload) -> None:
@@ -25,12 +51,18 @@ def note(message: str) -> None:
 
 
 class LazyProgress:
-    """A progress bar on stderr that appears with the first update, so an early error prints alone."""
+    """A progress bar on stderr that appears with the first update, so an early error prints alone.
+    `update(done, total)` keeps the description; `labelled(label, done, total)` changes it with the phase
+    (calibrating, step 2/3: gptq, ...)."""
 
-    def __init__(self, description: str):
+    def __init__(self, description: str = ""):
         self.description = description
         self._bar: Progress | None = None
         self._task = None
+
+    def labelled(self, label: str, done: int, total: int) -> None:
+        self.description = label
+        self.update(done, total)
 
     def update(self, done: int, total: int) -> None:
         if self._bar is None:
@@ -44,7 +76,7 @@ class LazyProgress:
             )
             self._bar.start()
             self._task = self._bar.add_task(self.description, total=total)
-        self._bar.update(self._task, completed=done, total=total)
+        self._bar.update(self._task, description=self.description, completed=done, total=total)
 
     def __enter__(self) -> LazyProgress:
         return self

@@ -5,94 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from greenlm.cli.app import app
-from greenlm.cli.common import DbOpt, JsonOpt, emit_json, err, fmt, note, out
-from greenlm.compress.pipeline import DEFAULT_EVAL_TOKENS
-from greenlm.errors import GreenlmError
-
-
-class StepProgress:
-    """One transient bar on stderr whose label follows the phase (calibrating, step 2/3: gptq, ...)."""
-
-    def __init__(self) -> None:
-        self._bar: Progress | None = None
-        self._task = None
-
-    def __call__(self, label: str, done: int, total: int) -> None:
-        if self._bar is None:
-            self._bar = Progress(
-                TextColumn("[progress.description]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err,
-                transient=True,
-            )
-            self._bar.start()
-            self._task = self._bar.add_task(label, total=total)
-        self._bar.update(self._task, description=label, completed=done, total=total)
-
-    def __enter__(self) -> StepProgress:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
-def _parse_option(text: str):
-    """`KEY=VALUE` with VALUE read as YAML (numbers, true/false, [lists])."""
-    import yaml
-
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise GreenlmError(f"--option '{text}' must look like KEY=VALUE, e.g. --option damp=0.01")
-    try:
-        return key.strip(), yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
-        return key.strip(), value
-
-
-def step_from_flags(method: str, flags: dict, options: list[str]) -> dict:
-    """The step mapping for `--method` and its flags: each generic flag must be a setting of that method."""
-    from dataclasses import fields
-
-    from greenlm.compress import config_class, method_names
-    from greenlm.compress.recipe import parse_step
-
-    if method not in method_names():
-        parse_step({"method": method}, f"--method {method}")  # raises with a did-you-mean
-    known = {f.name for f in fields(config_class(method))}
-    step: dict = {"method": method}
-    for flag, (setting, value) in flags.items():
-        if value is None:
-            continue
-        targets = setting if isinstance(setting, tuple) else (setting,)
-        missing = [t for t in targets if t not in known]
-        if missing:
-            raise GreenlmError(
-                f"{flag} does not apply to method '{method}': its settings are {', '.join(sorted(known)) or 'none'}"
-            )
-        if isinstance(setting, tuple):
-            step.update(zip(setting, value, strict=True))
-        else:
-            step[setting] = value
-    for text in options:
-        key, value = _parse_option(text)
-        step[key] = value
-    return step
-
-
-def _pattern(text: str | None):
-    if text is None:
-        return None
-    n, sep, m = text.partition(":")
-    if not sep or not n.strip().isdigit() or not m.strip().isdigit():
-        raise GreenlmError(f"--pattern must look like N:M (e.g. 2:4), got '{text}'")
-    return int(n), int(m)
+from greenlm.cli.common import DbOpt, JsonOpt, LazyProgress, default, emit_json, fmt, note, out
+from greenlm.compress.config import CompressConfig
 
 
 @app.command()
@@ -126,23 +43,30 @@ def compress(
         "--text",
         help=".txt or .jsonl: calibration from its calibration split, quality from its evaluation split.",
     ),
-    calibration_samples: int = typer.Option(64, "--calibration-samples", help="Calibration windows."),
+    calibration_samples: int = typer.Option(
+        default(CompressConfig, "calibration_samples"), "--calibration-samples", help="Calibration windows."
+    ),
     calibration_tokens: int = typer.Option(
-        256, "--calibration-tokens", help="Tokens per calibration window."
+        default(CompressConfig, "calibration_tokens"),
+        "--calibration-tokens",
+        help="Tokens per calibration window.",
     ),
     eval_tokens: int = typer.Option(
-        DEFAULT_EVAL_TOKENS, "--eval-tokens", help="Evaluation tokens for the quality measured at creation."
+        default(CompressConfig, "eval_tokens"),
+        "--eval-tokens",
+        help="Evaluation tokens for the quality measured at creation.",
     ),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the quality measurement at creation."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
+    device: str = typer.Option(
+        default(CompressConfig, "device"), "--device", help="cpu, cuda, cuda:N or auto."
+    ),
     db: str | None = DbOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Compress a model with a recipe (or one --method) and save it as a loadable variant directory."""
-    from greenlm.compress.pipeline import CompressConfig
     from greenlm.compress.pipeline import compress as run_compress
-    from greenlm.compress.recipe import Recipe, load_recipe, parse_step
+    from greenlm.compress.recipe import parse_pattern, recipe_from_flags
     from greenlm.store import Store
 
     flags = {
@@ -151,28 +75,10 @@ def compress(
         "--symmetric/--asymmetric": ("symmetric", symmetric),
         "--ratio": ("ratio", ratio),
         "--count": ("count", count),
-        "--pattern": (("n", "m"), _pattern(pattern)),
+        "--pattern": (("n", "m"), parse_pattern(pattern)),
         "--skip": ("skip", list(skip) if skip else None),
     }
-    if recipe and method:
-        raise GreenlmError(
-            "--recipe and --method both given: use a recipe file, or one --method with its flags"
-        )
-    if recipe:
-        given = [f for f, (_s, v) in flags.items() if v is not None] + (["--option"] if option else [])
-        if given:
-            raise GreenlmError(
-                f"{given[0]} sets a --method step: with --recipe, put settings in the recipe file"
-            )
-        parsed = load_recipe(recipe)
-    elif method:
-        parsed = Recipe(
-            steps=[parse_step(step_from_flags(method, flags, list(option or [])), f"--method {method}")]
-        )
-    else:
-        raise GreenlmError(
-            "nothing to do: pass --recipe FILE or --method NAME (see `greenlm compress --help`)"
-        )
+    parsed = recipe_from_flags(recipe, method, flags, list(option or []))
     config = CompressConfig(
         recipe=parsed,
         out=out_dir,
@@ -186,8 +92,8 @@ def compress(
         device=device,
     )
     try:
-        with Store(db) as store, StepProgress() as bar:
-            result = run_compress(config, store=store, progress=bar, announce=note)
+        with Store(db) as store, LazyProgress() as bar:
+            result = run_compress(config, store=store, progress=bar.labelled, announce=note)
     except KeyboardInterrupt:
         # typer turns a bare KeyboardInterrupt into a silent exit 130; Abort reaches greenlm's main, which
         # says "interrupted" (the variant's temporary directory is already gone: see atomic_directory)

@@ -6,13 +6,8 @@ import typer
 from rich.table import Table
 
 from greenlm.cli.app import app
-from greenlm.cli.common import DbOpt, JsonOpt, LazyProgress, emit_json, fmt, note, out
-from greenlm.evaluate.reference import (
-    DEFAULT_MAX_EVAL_TOKENS,
-    DEFAULT_TAIL_SAMPLES,
-    DEFAULT_TOP_K,
-    DEFAULT_WINDOW_TOKENS,
-)
+from greenlm.cli.common import DbOpt, JsonOpt, LazyProgress, default, emit_json, fmt, note, out
+from greenlm.evaluate.config import EvalConfig
 
 
 @app.command(name="eval")
@@ -32,28 +27,36 @@ def eval_command(
     text: str | None = typer.Option(
         None, "--text", help=".txt or .jsonl text; only its evaluation split is read."
     ),
-    engine: str = typer.Option("transformers", "--engine", help="Engine that runs the model."),
+    engine: str = typer.Option(default(EvalConfig, "engine"), "--engine", help="Engine that runs the model."),
     reference_engine: str = typer.Option(
-        "transformers", "--reference-engine", help="Engine that runs the reference (float32)."
+        default(EvalConfig, "reference_engine"),
+        "--reference-engine",
+        help="Engine that runs the reference (float32).",
     ),
     window_tokens: int = typer.Option(
-        DEFAULT_WINDOW_TOKENS, "--window-tokens", help="Tokens per window (non-overlapping)."
+        default(EvalConfig, "window_tokens"), "--window-tokens", help="Tokens per window (non-overlapping)."
     ),
     max_eval_tokens: int = typer.Option(
-        DEFAULT_MAX_EVAL_TOKENS,
+        default(EvalConfig, "max_eval_tokens"),
         "--max-eval-tokens",
         help="Tokens fed to each model, in windows spread through the text; 0 = the whole split.",
     ),
     top_k: int = typer.Option(
-        DEFAULT_TOP_K, "--top-k", help="Reference tokens kept per position for the KLD."
+        default(EvalConfig, "top_k"), "--top-k", help="Reference tokens kept per position for the KLD."
     ),
     tail_samples: int = typer.Option(
-        DEFAULT_TAIL_SAMPLES, "--tail-samples", help="Reference tail tokens sampled per position for the KLD."
+        default(EvalConfig, "tail_samples"),
+        "--tail-samples",
+        help="Reference tail tokens sampled per position for the KLD.",
     ),
-    batch_windows: int = typer.Option(1, "--batch-windows", help="Windows per forward pass."),
+    batch_windows: int = typer.Option(
+        default(EvalConfig, "batch_windows"), "--batch-windows", help="Windows per forward pass."
+    ),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
-    dtype: str = typer.Option("float32", "--dtype", help="Model dtype: float32, bfloat16 or float16."),
+    device: str = typer.Option(default(EvalConfig, "device"), "--device", help="cpu, cuda, cuda:N or auto."),
+    dtype: str = typer.Option(
+        default(EvalConfig, "dtype"), "--dtype", help="Model dtype: float32, bfloat16 or float16."
+    ),
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Recompute cached statistics (and rewrite the cache)."
     ),
@@ -61,16 +64,9 @@ def eval_command(
     as_json: bool = JsonOpt,
 ) -> None:
     """Perplexity on the evaluation split; with a reference, also KL divergence and top-1 agreement."""
-    from greenlm.errors import GreenlmError
-    from greenlm.evaluate import EvalConfig, evaluate
+    from greenlm.evaluate.runner import evaluate
     from greenlm.store import Store
 
-    if max_eval_tokens < 0:
-        raise GreenlmError(
-            f"--max-eval-tokens must be positive (or 0 for the whole split), got {max_eval_tokens}"
-        )
-    if no_reference and reference is not None:
-        raise GreenlmError("--reference and --no-reference contradict each other: pass one")
     config = EvalConfig(
         model=model,
         reference=reference,
@@ -82,7 +78,7 @@ def eval_command(
         device=device,
         dtype=dtype,
         window_tokens=window_tokens,
-        max_eval_tokens=max_eval_tokens or None,
+        max_eval_tokens=max_eval_tokens,
         top_k=top_k,
         tail_samples=tail_samples,
         batch_windows=batch_windows,

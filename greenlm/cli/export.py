@@ -6,8 +6,8 @@ import typer
 from rich.table import Table
 
 from greenlm.cli.app import app
-from greenlm.cli.common import JsonOpt, LazyProgress, emit_json, err, note, out
-from greenlm.export.imatrix import DEFAULT_IMATRIX_SAMPLES, DEFAULT_IMATRIX_TOKENS
+from greenlm.cli.common import JsonOpt, LazyProgress, default, emit_json, err, note, out
+from greenlm.export.config import ExportConfig
 
 
 @app.command()
@@ -16,9 +16,9 @@ def export(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Built-in name, HF directory or variant directory (default smollm2-135m)."
     ),
-    fmt: str = typer.Option("gguf", "--format", help="Output format (gguf)."),
+    fmt: str = typer.Option(default(ExportConfig, "format"), "--format", help="Output format (gguf)."),
     quant: str = typer.Option(
-        "f16",
+        default(ExportConfig, "quant"),
         "--quant",
         "-q",
         help="f32, f16, bf16, or a llama.cpp type: q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... (see the error for all).",
@@ -30,17 +30,19 @@ def export(
         None, "--text", help=".txt or .jsonl text for --imatrix; only its calibration split is read."
     ),
     imatrix_samples: int = typer.Option(
-        DEFAULT_IMATRIX_SAMPLES, "--imatrix-samples", help="Calibration windows for --imatrix."
+        default(ExportConfig, "imatrix_samples"),
+        "--imatrix-samples",
+        help="Calibration windows for --imatrix.",
     ),
     imatrix_tokens: int = typer.Option(
-        DEFAULT_IMATRIX_TOKENS, "--imatrix-tokens", help="Tokens per calibration window."
+        default(ExportConfig, "imatrix_tokens"), "--imatrix-tokens", help="Tokens per calibration window."
     ),
     threads: int | None = typer.Option(None, "--threads", help="Quantizer threads (default: llama.cpp's)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Write a model as GGUF (float, or quantized by llama.cpp) and report the tensor types it holds."""
-    from greenlm.export import ExportConfig, export_model
+    from greenlm.export.runner import export_model
 
     config = ExportConfig(
         out=out_path,
@@ -58,7 +60,7 @@ def export(
         with LazyProgress("exporting") as bar:
             result = export_model(config, progress=bar.update, announce=note)
     except KeyboardInterrupt:
-        # typer would exit 130 silently; the temporary files are already gone (see export/files.py)
+        # typer would exit 130 silently; the temporary files are already gone (see greenlm/io.py)
         err.print(f"interrupted: {out_path} was not written", markup=False, style="red", soft_wrap=True)
         raise SystemExit(130) from None  # not typer.Exit: main() would add a second "interrupted" line
     record = result.to_dict()

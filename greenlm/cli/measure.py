@@ -6,7 +6,22 @@ import typer
 from rich.table import Table
 
 from greenlm.cli.app import app
-from greenlm.cli.common import DbOpt, JsonOpt, LazyProgress, emit_json, fmt, note, out
+from greenlm.cli.common import (
+    CountryOpt,
+    DbOpt,
+    IntensityOpt,
+    JsonOpt,
+    LazyProgress,
+    MeterOpt,
+    PueOpt,
+    RegionOpt,
+    default,
+    emit_json,
+    fmt,
+    note,
+    out,
+)
+from greenlm.workload.config import MeasureConfig
 
 
 @app.command()
@@ -15,7 +30,7 @@ def measure(
         None, "--model", "-m", help="Built-in name, HF directory or .gguf (default smollm2-135m)."
     ),
     engine: str = typer.Option(
-        "transformers", "--engine", help="transformers or llamacpp (see `greenlm engines`)."
+        default(MeasureConfig, "engine"), "--engine", help="transformers or llamacpp (see `greenlm engines`)."
     ),
     text: str | None = typer.Option(
         None, "--text", help=".txt or .jsonl text; prompts come from its evaluation split."
@@ -24,34 +39,42 @@ def measure(
         None, "--prompts", help=".jsonl ({'prompt': ...} per line) or .txt (one per line)."
     ),
     num_prompts: int = typer.Option(
-        4, "--num-prompts", help="Prompts cut from the evaluation text (ignored with --prompts)."
+        default(MeasureConfig, "num_prompts"),
+        "--num-prompts",
+        help="Prompts cut from the evaluation text (ignored with --prompts).",
     ),
     prompt_tokens: int = typer.Option(
-        128, "--prompt-tokens", help="Length of each generated prompt in tokens."
+        default(MeasureConfig, "prompt_tokens"),
+        "--prompt-tokens",
+        help="Length of each generated prompt in tokens.",
     ),
-    batch_size: int = typer.Option(1, "--batch-size", help="Sequences per forward pass."),
+    batch_size: int = typer.Option(
+        default(MeasureConfig, "batch_size"), "--batch-size", help="Sequences per forward pass."
+    ),
     max_new_tokens: int = typer.Option(
-        64, "--max-new-tokens", help="Tokens generated per prompt (end-of-text ignored)."
+        default(MeasureConfig, "max_new_tokens"),
+        "--max-new-tokens",
+        help="Tokens generated per prompt (end-of-text ignored).",
     ),
     repeats: int = typer.Option(
-        3, "--repeats", help="Measured passes over all prompts; median and spread reported."
+        default(MeasureConfig, "repeats"),
+        "--repeats",
+        help="Measured passes over all prompts; median and spread reported.",
     ),
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads (default: torch's choice; llamacpp: the cores available)."
     ),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda, cuda:N or auto."),
-    meter: str = typer.Option("auto", "--meter", help="auto, rapl, nvml, rapl+nvml or cpu-model."),
+    device: str = typer.Option(
+        default(MeasureConfig, "device"), "--device", help="cpu, cuda, cuda:N or auto."
+    ),
+    meter: str = MeterOpt,
     watts_per_core: float | None = typer.Option(
         None, "--watts-per-core", help="cpu-model: watts per busy core."
     ),
-    country: str | None = typer.Option(
-        None, "--country", help="ISO 3166 country code for grid carbon intensity."
-    ),
-    region: str | None = typer.Option(None, "--region", help="Cloud region, e.g. gcp:europe-west1."),
-    carbon_intensity: float | None = typer.Option(
-        None, "--carbon-intensity", help="Grid intensity in gCO2e/kWh."
-    ),
-    pue: float = typer.Option(1.0, "--pue", help="Data-centre power usage effectiveness (>= 1)."),
+    country: str | None = CountryOpt,
+    region: str | None = RegionOpt,
+    carbon_intensity: float | None = IntensityOpt,
+    pue: float = PueOpt,
     speculative: str | None = typer.Option(
         None,
         "--speculative",
@@ -75,7 +98,7 @@ def measure(
     """Measure energy, speed and carbon per token of a model on a generation workload."""
     from greenlm.engines.speculative import speculative_from_flags
     from greenlm.store import Store
-    from greenlm.workload import MeasureConfig, run_measure
+    from greenlm.workload.runner import run_measure
 
     config = MeasureConfig(
         model=model,

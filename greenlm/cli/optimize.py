@@ -6,7 +6,23 @@ import typer
 from rich.table import Table
 
 from greenlm.cli.app import app
-from greenlm.cli.common import DbOpt, JsonOpt, LazyProgress, emit_json, fmt, note, out
+from greenlm.cli.common import (
+    CountryOpt,
+    DbOpt,
+    IntensityOpt,
+    JsonOpt,
+    LazyProgress,
+    MeterOpt,
+    PueOpt,
+    RegionOpt,
+    default,
+    emit_json,
+    fmt,
+    note,
+    out,
+)
+from greenlm.optimize.config import EvalSettings, OptimizeConfig
+from greenlm.optimize.pareto import QualityBudget
 
 
 @app.command()
@@ -18,13 +34,17 @@ def optimize(
         None, "--text", help=".txt or .jsonl text for calibration, evaluation and prompts."
     ),
     max_ppl_increase: str = typer.Option(
-        "3%", "--max-ppl-increase", help="Quality budget: perplexity increase, e.g. 3%."
+        f"{QualityBudget.max_ppl_increase_pct:g}%",
+        "--max-ppl-increase",
+        help="Quality budget: perplexity increase, e.g. 3%.",
     ),
     max_kld: float = typer.Option(
-        0.05, "--max-kld", help="Quality budget: KL divergence from the reference."
+        QualityBudget.max_kld, "--max-kld", help="Quality budget: KL divergence from the reference."
     ),
     time_budget: str = typer.Option(
-        "20m", "--time-budget", help="Stop starting candidates after this, e.g. 20m, 1h."
+        f"{default(OptimizeConfig, 'time_budget_s') / 60:g}m",
+        "--time-budget",
+        help="Stop starting candidates after this, e.g. 20m, 1h.",
     ),
     max_candidates: int | None = typer.Option(
         None, "--max-candidates", help="Evaluate at most this many candidates."
@@ -33,33 +53,43 @@ def optimize(
         None, "--space", help="Search space YAML (default: the built-in space)."
     ),
     eval_tokens: int = typer.Option(
-        8192, "--eval-tokens", help="Held-out tokens for each full quality evaluation."
+        default(EvalSettings, "eval_tokens"),
+        "--eval-tokens",
+        help="Held-out tokens for each full quality evaluation.",
     ),
     screen_tokens: int = typer.Option(
-        2048, "--screen-tokens", help="Held-out tokens for the cheap KLD screen."
+        default(EvalSettings, "screen_eval_tokens"),
+        "--screen-tokens",
+        help="Held-out tokens for the cheap KLD screen.",
     ),
-    repeats: int = typer.Option(3, "--repeats", help="Energy measurement repeats per candidate."),
+    repeats: int = typer.Option(
+        default(EvalSettings, "repeats"), "--repeats", help="Energy measurement repeats per candidate."
+    ),
     max_new_tokens: int = typer.Option(
-        48, "--max-new-tokens", help="Decode tokens per prompt in the energy workload."
+        default(EvalSettings, "max_new_tokens"),
+        "--max-new-tokens",
+        help="Decode tokens per prompt in the energy workload.",
     ),
-    meter: str = typer.Option("auto", "--meter", help="auto, rapl, nvml, rapl+nvml or cpu-model."),
-    country: str | None = typer.Option(
-        None, "--country", help="ISO 3166 country code for grid carbon intensity."
+    meter: str = MeterOpt,
+    country: str | None = CountryOpt,
+    region: str | None = RegionOpt,
+    carbon_intensity: float | None = IntensityOpt,
+    pue: float = PueOpt,
+    executor: str = typer.Option(
+        default(OptimizeConfig, "executor"), "--executor", help="local, or ray (candidates as Ray tasks)."
     ),
-    region: str | None = typer.Option(None, "--region", help="Cloud region, e.g. gcp:europe-west1."),
-    carbon_intensity: float | None = typer.Option(
-        None, "--carbon-intensity", help="Grid intensity in gCO2e/kWh."
-    ),
-    pue: float = typer.Option(1.0, "--pue", help="Data-centre power usage effectiveness (>= 1)."),
-    executor: str = typer.Option("local", "--executor", help="local, or ray (candidates as Ray tasks)."),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster address, e.g. auto or HOST:6379."
     ),
     ray_cpus_per_task: float = typer.Option(
-        1.0, "--ray-cpus-per-task", help="CPUs each candidate task asks Ray for."
+        default(OptimizeConfig, "ray_cpus_per_task"),
+        "--ray-cpus-per-task",
+        help="CPUs each candidate task asks Ray for.",
     ),
     ray_gpus_per_task: float = typer.Option(
-        0.0, "--ray-gpus-per-task", help="GPUs each candidate task asks Ray for (e.g. 1 on GPU workers)."
+        default(OptimizeConfig, "ray_gpus_per_task"),
+        "--ray-gpus-per-task",
+        help="GPUs each candidate task asks Ray for (e.g. 1 on GPU workers).",
     ),
     out_dir: str | None = typer.Option(None, "--out", help="Save the chosen variant here."),
     resume: bool = typer.Option(
@@ -72,9 +102,8 @@ def optimize(
     as_json: bool = JsonOpt,
 ) -> None:
     """Search compression recipes and engines for the least decode J/token inside a quality budget."""
-    from greenlm.optimize import EvalSettings, OptimizeConfig, QualityBudget
-    from greenlm.optimize import optimize as run_search
     from greenlm.optimize.config import parse_duration_s, parse_percent
+    from greenlm.optimize.search import optimize as run_search
     from greenlm.store import Store
 
     settings = EvalSettings(

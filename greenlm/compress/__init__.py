@@ -1,30 +1,26 @@
-"""Compression methods: each module registers a config dataclass and the function that applies it."""
+"""Compression methods: each module registers a config dataclass and the function that applies it; a recipe is
+an ordered list of them; `compress(CompressConfig(...))` applies one to a model and saves the variant."""
 
-from greenlm.compress import layers, prune, structured  # noqa: F401  (each registers its methods)
-from greenlm.compress.base import (
-    CompressContext,
-    StepConfig,
-    StepReport,
-    apply_step,
-    config_class,
-    method_names,
-    register,
+from greenlm._lazy import lazy
+
+__getattr__, __dir__, __all__ = lazy(
+    __name__,
+    {
+        "AWQ": "greenlm.compress.quant_awq",
+        "GPTQ": "greenlm.compress.quant_gptq",
+        "RTN": "greenlm.compress.quant_rtn",
+        "CompressConfig": "greenlm.compress.config",
+        "CompressContext": "greenlm.compress.base",
+        "CompressResult": "greenlm.compress.pipeline",
+        "Recipe": "greenlm.compress.recipe",
+        "StepConfig": "greenlm.compress.base",
+        "StepReport": "greenlm.compress.base",
+        "apply_step": "greenlm.compress.methods",
+        "compress": "greenlm.compress.pipeline",
+        "config_class": "greenlm.compress.methods",
+        "load_recipe": "greenlm.compress.recipe",
+        "method_names": "greenlm.compress.methods",
+        "register": "greenlm.compress.base",
+    },
+    call="greenlm.compress.pipeline:compress",
 )
-from greenlm.compress.quant_awq import AWQ
-from greenlm.compress.quant_gptq import GPTQ
-from greenlm.compress.quant_kernels import KERNELS as QUANT_KERNELS
-from greenlm.compress.quant_rtn import RTN
-
-__all__ = [
-    "AWQ",
-    "GPTQ",
-    "QUANT_KERNELS",
-    "RTN",
-    "CompressContext",
-    "StepConfig",
-    "StepReport",
-    "apply_step",
-    "config_class",
-    "method_names",
-    "register",
-]

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal
 
+from greenlm.compress.config import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_CALIBRATION_TOKENS
+from greenlm.data.calibration import calibration_windows
 from greenlm.errors import GreenlmError
 
 Execution = Literal["real", "simulated"]
@@ -54,16 +56,14 @@ class CompressContext:
 
     tokenizer: Any
     text: str | None = None  # text spec as for --text; the calibration split of it is used
-    calibration_samples: int = 64
-    calibration_tokens: int = 256
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
+    calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
     progress: Callable[[str, int, int], None] = lambda _label, _done, _total: None
     _windows: Any = None
 
     def calibration_windows(self):
         """[samples, tokens] token ids from the calibration split, built once per compression run."""
         if self._windows is None:
-            from greenlm.compress.calibration import calibration_windows
-
             self._windows = calibration_windows(
                 self.tokenizer, self.text, samples=self.calibration_samples, tokens=self.calibration_tokens
             )
@@ -80,46 +80,3 @@ def register(config_cls: type[StepConfig]) -> Callable[[ApplyFn], ApplyFn]:
         return fn
 
     return decorate
-
-
-def method_names() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def config_class(method: str) -> type[StepConfig]:
-    try:
-        return _REGISTRY[method][0]
-    except KeyError:
-        raise GreenlmError(
-            f"unknown compression method '{method}': choose one of {', '.join(method_names())}"
-        ) from None
-
-
-def apply_step(model, step: StepConfig, ctx: CompressContext) -> StepReport:
-    """Apply one step to `model` in place."""
-    return _REGISTRY[step.method][1](model, step, ctx)
-
-
-class QuantizedModule:
-    """Mixin for modules that replace nn.Linear with low-bit storage.
-
-    A variant's manifest records each replaced module's `kind` and `spec()`; loading rebuilds it empty with
-    `from_spec` and fills it from the safetensors state dict, so quantized variants reload exactly.
-    """
-
-    kind: ClassVar[str]
-
-    def spec(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    @classmethod
-    def from_spec(cls, spec: dict[str, Any]):
-        raise NotImplementedError
-
-
-QUANTIZED_MODULES: dict[str, type[QuantizedModule]] = {}
-
-
-def register_module(cls: type[QuantizedModule]) -> type[QuantizedModule]:
-    QUANTIZED_MODULES[cls.kind] = cls
-    return cls

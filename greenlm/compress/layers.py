@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from greenlm.compress.base import CompressContext, StepConfig, StepReport, register
-from greenlm.compress.calibration import block_influence, decoder_layers
+from greenlm.data.calibration import block_influence, decoder_layers
 from greenlm.errors import GreenlmError
 
 

@@ -17,44 +17,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from greenlm.compress.base import CompressContext, StepConfig, StepReport, apply_step
+from greenlm.compress.base import CompressContext, StepReport
+from greenlm.compress.config import CompressConfig
+from greenlm.compress.methods import apply_step
 from greenlm.compress.recipe import Recipe, as_recipe
-from greenlm.errors import GreenlmError
+from greenlm.data.sources import load_text
+from greenlm.data.split import split_text
+from greenlm.engines.transformers_engine import TransformersEngine, resolve_device, set_threads
+from greenlm.evaluate.compare import compare_to_reference
+from greenlm.evaluate.config import DEFAULT_MAX_EVAL_TOKENS, DEFAULT_WINDOW_TOKENS
+from greenlm.evaluate.reference import reference_stats
+from greenlm.io import atomic_directory, noop, refuse_existing
+from greenlm.models.loader import LoadedModel, load_model
+from greenlm.models.manifest import dir_size_bytes
+from greenlm.models.spec import ModelSpec, resolve_model
+from greenlm.models.variant import save_variant_files
 
-DEFAULT_EVAL_TOKENS = 4096  # 8 windows of 512: ~5 s for the built-in model on 2 cores
 Progress = Callable[[str, int, int], None]  # (label, done, total)
-
-
-def _noop(*_args) -> None:
-    pass
-
-
-@dataclass
-class CompressConfig:
-    recipe: Recipe | StepConfig | list | dict | str  # a Recipe, one step, step dicts, or a YAML path
-    out: str  # the variant directory to create; must not exist
-    model: str | None = None  # parent: built-in name, HF directory (a variant too) or .gguf
-    text: str | None = None  # calibration comes from its calibration split, quality from its evaluation split
-    calibration_samples: int = CompressContext.calibration_samples
-    calibration_tokens: int = CompressContext.calibration_tokens
-    evaluate: bool = True  # measure quality against the parent at creation
-    eval_tokens: int = DEFAULT_EVAL_TOKENS
-    threads: int | None = None
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        self.recipe = as_recipe(self.recipe)
-        if not isinstance(self.out, (str, Path)) or not str(self.out).strip():
-            raise GreenlmError("--out is required: the directory to write the variant to")
-        for flag, value, low in (
-            ("--calibration-samples", self.calibration_samples, 1),
-            ("--calibration-tokens", self.calibration_tokens, 2),
-            ("--eval-tokens", self.eval_tokens, 2),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise GreenlmError(f"{flag} must be a whole number of at least {low}, got {value!r}")
-        if self.threads is not None and self.threads < 1:
-            raise GreenlmError(f"--threads must be at least 1, got {self.threads}")
 
 
 @dataclass
@@ -111,8 +90,6 @@ def _architecture(model) -> dict[str, Any]:
 
 
 def _parent_size(spec) -> int | None:
-    from greenlm.models.variant import dir_size_bytes
-
     if spec.path.is_file():
         return spec.path.stat().st_size
     return dir_size_bytes(spec.path)
@@ -126,13 +103,8 @@ def compress(
     announce: Callable[[str], None] | None = None,
 ) -> CompressResult:
     """Make the variant `config.recipe` describes from `config.model` and save it to `config.out`."""
-    from greenlm.data import load_text, split_text
-    from greenlm.engines.transformers_engine import TransformersEngine, resolve_device, set_threads
-    from greenlm.models import LoadedModel, ModelSpec, load_model, resolve_model
-    from greenlm.models.variant import atomic_directory, dir_size_bytes, refuse_existing, save_variant_files
-
-    progress = progress or _noop
-    announce = announce or _noop
+    progress = progress or noop
+    announce = announce or noop
     start = time.perf_counter()
     notes: list[str] = []
 
@@ -144,7 +116,7 @@ def compress(
     # Cheap checks first: a bad --out, model or text fails before anything loads.
     out = Path(config.out).expanduser()
     refuse_existing(out)
-    recipe: Recipe = config.recipe  # type: ignore[assignment]
+    recipe: Recipe = as_recipe(config.recipe)
     parent = resolve_model(config.model)
     split = split_text(load_text(config.text))
     set_threads(config.threads)
@@ -160,8 +132,6 @@ def compress(
 
     reference = None
     if config.evaluate:
-        from greenlm.evaluate import DEFAULT_MAX_EVAL_TOKENS, DEFAULT_WINDOW_TOKENS, reference_stats
-
         # The parent's statistics are computed once and cached under the same key `greenlm eval` uses.
         reference = reference_stats(
             parent,
@@ -198,8 +168,6 @@ def compress(
     variant_id = uuid.uuid4().hex[:12]
     quality = None
     if reference is not None:
-        from greenlm.evaluate import compare_to_reference
-
         engine = TransformersEngine(
             LoadedModel(model, tokenizer, ModelSpec(str(config.out), "variant", out), 0.0, "in-memory"),
             threads=config.threads,

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from greenlm.compress.base import CompressContext, StepConfig, StepReport, register
-from greenlm.compress.calibration import capture_linear_inputs, linear_names
+from greenlm.data.calibration import capture_linear_inputs, linear_names
 from greenlm.errors import GreenlmError
 
 # Tied to the input embedding in most small models: pruning it would prune the embedding too.
@@ -83,10 +83,9 @@ def _check_skip(skip) -> tuple[str, ...]:
 
 
 @dataclass
-class Magnitude(StepConfig):
-    """Zero the smallest-magnitude `ratio` of weights in each output row."""
+class _RowSparsity(StepConfig):
+    """Settings shared by the unstructured methods: the share of each output row to zero, and what to skip."""
 
-    method = "magnitude"
     ratio: float = 0.5
     skip: tuple[str, ...] = DEFAULT_SKIP
 
@@ -96,16 +95,17 @@ class Magnitude(StepConfig):
 
 
 @dataclass
-class Wanda(StepConfig):
+class Magnitude(_RowSparsity):
+    """Zero the smallest-magnitude `ratio` of weights in each output row."""
+
+    method = "magnitude"
+
+
+@dataclass
+class Wanda(_RowSparsity):
     """Zero the `ratio` of weights per output row with the lowest |W| * ||X|| on calibration text."""
 
     method = "wanda"
-    ratio: float = 0.5
-    skip: tuple[str, ...] = DEFAULT_SKIP
-
-    def __post_init__(self) -> None:
-        _check_ratio(self.ratio, self.method)
-        self.skip = _check_skip(self.skip)
 
 
 @dataclass

@@ -20,12 +20,12 @@ from typing import Any
 import torch
 
 from greenlm.compress.base import CompressContext, StepConfig, StepReport
-from greenlm.compress.calibration import LinearInputStats, capture_linear_inputs, linear_names
-from greenlm.compress.calibration import sequential_linear_inputs as _sequential
-from greenlm.compress.quant_kernels import DENSE, KERNEL_CHOICES, KERNELS, available_kernels
-from greenlm.compress.quant_math import BITS, QuantizedWeight
-from greenlm.compress.quant_timing import FLOAT, KernelTiming, Stack, time_stacks
+from greenlm.data.calibration import LinearInputStats, capture_linear_inputs, linear_names
+from greenlm.data.calibration import sequential_linear_inputs as _sequential
 from greenlm.errors import GreenlmError
+from greenlm.kernels.grid import BITS, QuantizedWeight
+from greenlm.kernels.linear import DENSE, KERNEL_CHOICES, KERNELS, available_kernels
+from greenlm.kernels.timing import FLOAT, KernelTiming, Stack, time_stacks
 
 DEFAULT_SKIP = ("lm_head",)  # SmolLM2 and most small models tie it to the input embedding
 # A kernel counts as faster only beyond timing noise: repeated timings on a shared 2-core machine still

@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from greenlm.compress.base import StepConfig, config_class, method_names
+from greenlm.compress.base import StepConfig
+from greenlm.compress.methods import config_class, method_names
 from greenlm.errors import GreenlmError
 
 RECIPE_KEYS = ("name", "steps")
@@ -219,3 +220,71 @@ def as_recipe(value: Recipe | StepConfig | list | dict | str | Path) -> Recipe:
     if isinstance(value, (list, tuple)) and all(isinstance(s, StepConfig) for s in value) and value:
         return Recipe(steps=list(value))
     return parse_recipe(list(value) if isinstance(value, tuple) else value)
+
+
+def parse_option(text: str):
+    """`KEY=VALUE` with VALUE read as YAML (numbers, true/false, [lists])."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise GreenlmError(f"--option '{text}' must look like KEY=VALUE, e.g. --option damp=0.01")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        return key.strip(), value
+
+
+def step_from_flags(method: str, flags: dict, options: list[str]) -> dict:
+    """The step mapping for `--method` and its flags: each generic flag must be a setting of that method."""
+    if method not in method_names():
+        parse_step({"method": method}, f"--method {method}")  # raises with a did-you-mean
+    known = {f.name for f in fields(config_class(method))}
+    step: dict = {"method": method}
+    for flag, (setting, value) in flags.items():
+        if value is None:
+            continue
+        targets = setting if isinstance(setting, tuple) else (setting,)
+        missing = [t for t in targets if t not in known]
+        if missing:
+            raise GreenlmError(
+                f"{flag} does not apply to method '{method}': its settings are {', '.join(sorted(known)) or 'none'}"
+            )
+        if isinstance(setting, tuple):
+            step.update(zip(setting, value, strict=True))
+        else:
+            step[setting] = value
+    for text in options:
+        key, value = parse_option(text)
+        step[key] = value
+    return step
+
+
+def parse_pattern(text: str | None) -> tuple[int, int] | None:
+    """`N:M` (e.g. 2:4) as a pair; None stays None."""
+    if text is None:
+        return None
+    n, sep, m = text.partition(":")
+    if not sep or not n.strip().isdigit() or not m.strip().isdigit():
+        raise GreenlmError(f"--pattern must look like N:M (e.g. 2:4), got '{text}'")
+    return int(n), int(m)
+
+
+def recipe_from_flags(
+    recipe: str | None, method: str | None, flags: dict[str, tuple], options: list[str]
+) -> Recipe:
+    """The recipe `greenlm compress` was asked for: a YAML file, or one `method` whose settings come from
+    `flags` ({flag: (setting name or names, value or None)}) and `options` (KEY=VALUE). Mixing the two, or
+    neither, is refused with the fix."""
+    if recipe and method:
+        raise GreenlmError(
+            "--recipe and --method both given: use a recipe file, or one --method with its flags"
+        )
+    if recipe:
+        given = [f for f, (_s, v) in flags.items() if v is not None] + (["--option"] if options else [])
+        if given:
+            raise GreenlmError(
+                f"{given[0]} sets a --method step: with --recipe, put settings in the recipe file"
+            )
+        return load_recipe(recipe)
+    if method:
+        return Recipe(steps=[parse_step(step_from_flags(method, flags, options), f"--method {method}")])
+    raise GreenlmError("nothing to do: pass --recipe FILE or --method NAME (see `greenlm compress --help`)")

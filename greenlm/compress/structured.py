@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from greenlm.compress.base import CompressContext, StepConfig, StepReport, register
-from greenlm.compress.calibration import capture_linear_inputs, decoder_layers
+from greenlm.data.calibration import capture_linear_inputs, decoder_layers
 from greenlm.errors import GreenlmError
 
 REFIT_DAMP = 0.01  # of the mean Hessian diagonal: keeps the solve stable when inputs are nearly collinear

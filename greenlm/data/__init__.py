@@ -1,6 +1,15 @@
-"""Text sources and their deterministic calibration / evaluation split."""
+"""Text sources, their deterministic calibration / evaluation split, and the calibration-capture helper."""
 
-from greenlm.data.sources import BUILTIN_TEXT, TextSource, load_text
-from greenlm.data.split import TextSplit, split_text
+from greenlm._lazy import lazy
 
-__all__ = ["BUILTIN_TEXT", "TextSource", "TextSplit", "load_text", "split_text"]
+__getattr__, __dir__, __all__ = lazy(
+    __name__,
+    {
+        "BUILTIN_TEXT": "greenlm.data.sources",
+        "TextSource": "greenlm.data.sources",
+        "TextSplit": "greenlm.data.split",
+        "calibration_windows": "greenlm.data.calibration",
+        "load_text": "greenlm.data.sources",
+        "split_text": "greenlm.data.split",
+    },
+)

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+import torch
+
+from greenlm.llamacpp.cache import check_convertible
+from greenlm.llamacpp.inspect import tensor_type_counts
+from greenlm.llamacpp.runtime import import_llama_cpp, llama_cpp_status
+
 
 def _version(package: str) -> str | None:
     try:
@@ -14,13 +20,6 @@ def _version(package: str) -> str | None:
 
 def _transformers() -> dict:
     info = {"engine": "transformers", "package": "transformers", "version": _version("transformers")}
-    try:
-        import torch
-        import transformers  # noqa: F401
-    except Exception as exc:  # a core dependency: broken installs only
-        return dict(
-            info, installed=info["version"] is not None, usable=False, reason=str(exc).splitlines()[0]
-        )
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     return dict(
         info,
@@ -32,8 +31,6 @@ def _transformers() -> dict:
 
 
 def _llamacpp() -> dict:
-    from greenlm.engines.llamacpp_runtime import llama_cpp_status
-
     info = {"engine": "llamacpp", "package": "llama-cpp-python", "version": _version("llama-cpp-python")}
     status = llama_cpp_status()
     if not status["usable"]:
@@ -64,14 +61,8 @@ def check_engine_ready(name: str, spec) -> None:
     missing, a GGUF it could not read (truncated, damaged), or a model it would have to export and cannot."""
     if name != "llamacpp":
         return
-    from greenlm.engines.llamacpp_runtime import import_llama_cpp
-
     import_llama_cpp()
     if spec.is_gguf:
-        from greenlm.export.inspect import tensor_type_counts
-
         tensor_type_counts(spec.path)  # reads every tensor's header: a damaged file fails here
     else:
-        from greenlm.export.cache import check_convertible
-
         check_convertible(spec)

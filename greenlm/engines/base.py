@@ -7,8 +7,9 @@ serves evaluation (perplexity, KL divergence) with the same tokenization the wor
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 
 @dataclass
@@ -76,3 +77,40 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release the model."""
+
+
+# (token id, position, sequence id, wants logits): one token of a batch that several sequences share
+BatchEntry = tuple[int, int, int, bool]
+
+
+class StepEngine(Protocol):
+    """An engine a caller can drive token by token in its KV cache (what a draft model's drafter needs): feed
+    entries of several sequences in one batch, read the logits of those that want them, drop a sequence's
+    tail. The llama.cpp engine is one."""
+
+    model_name: str
+    threads: int
+    device: str
+    n_vocab: int
+    context_tokens: int
+
+    @property
+    def cache_generation(self) -> int:
+        """Changes whenever the KV cache is replaced or emptied."""
+        ...
+
+    def decode_entries(
+        self, entries: list[BatchEntry], on_outputs: Callable[[list[BatchEntry], Any], None]
+    ) -> None:
+        """Decode `entries`; after each chunk call `on_outputs(chunk, logits)`, logits [outputs, vocab]."""
+        ...
+
+    def remove_from(self, seq: int, position: int) -> None:
+        """Drop sequence `seq`'s cached tokens at `position` and after."""
+        ...
+
+    def tokenize(self, text: str) -> list[int]: ...
+
+    def describe(self) -> dict: ...
+
+    def close(self) -> None: ...

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from greenlm.engines.base import DecodeResult, Engine, PrefillResult
-from greenlm.engines.llamacpp_runtime import captured_log, import_llama_cpp, raise_pending_interrupt
 from greenlm.engines.speculative import (
     SPECULATIVE_BATCH_MESSAGE,
     Drafter,
@@ -25,7 +25,10 @@ from greenlm.engines.speculative import (
     make_drafter,
 )
 from greenlm.errors import GreenlmError
-from greenlm.models import ModelSpec
+from greenlm.llamacpp.cache import cached_float_gguf
+from greenlm.llamacpp.inspect import file_quant_type, tensor_type_counts
+from greenlm.llamacpp.runtime import captured_log, import_llama_cpp, raise_pending_interrupt
+from greenlm.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,6 @@ def _gguf_path(spec: ModelSpec, dtype: str) -> tuple[Path, str]:
     outtype = DTYPE_TO_GGUF.get(dtype)
     if outtype is None:
         raise GreenlmError(f"unknown dtype '{dtype}': use float32, bfloat16 or float16")
-    from greenlm.export.cache import cached_float_gguf
-
     path, fresh = cached_float_gguf(spec, outtype)
     return path, f"exported-{outtype}-gguf" if fresh else f"cache-{outtype}-gguf"
 
@@ -172,6 +173,11 @@ class LlamaCppEngine(Engine):
             return "gpu"
         raise GreenlmError(f"unknown device '{device}': use cpu, cuda, cuda:N or auto")
 
+    @property
+    def cache_generation(self) -> int:
+        """Changes whenever the KV cache is replaced or emptied: state kept against the old one is stale."""
+        return self._ctx_generation
+
     # ---- context and batches ---------------------------------------------------------------------------
     def _ensure_context(self, n_seq: int) -> None:
         """A context whose KV cache holds `n_seq` sequences of `context_tokens` each (rebuilt only to grow)."""
@@ -213,7 +219,7 @@ class LlamaCppEngine(Engine):
     def _clear_cache(self) -> None:
         self.lib.llama_memory_clear(self.lib.llama_get_memory(self._ctx), True)
 
-    def _remove_from(self, seq: int, position: int) -> None:
+    def remove_from(self, seq: int, position: int) -> None:
         """Drop sequence `seq`'s cached tokens at `position` and after (rejected drafts)."""
         if not self.lib.llama_memory_seq_rm(self.lib.llama_get_memory(self._ctx), seq, position, -1):
             raise GreenlmError(
@@ -221,7 +227,7 @@ class LlamaCppEngine(Engine):
                 "architecture?): speculative decoding does not apply to this model; drop --speculative"
             )
 
-    def _run(self, entries: list[tuple[int, int, int, bool]], on_outputs) -> None:
+    def decode_entries(self, entries: list[tuple[int, int, int, bool]], on_outputs) -> None:
         """Decode (token, position, sequence, wants logits) entries in chunks of BATCH_TOKENS; after each chunk
         call `on_outputs(chunk, logits)` with that chunk's [outputs, vocab] logits (a view: copy to keep)."""
         lib, batch = self.lib, self._batch
@@ -305,7 +311,7 @@ class LlamaCppEngine(Engine):
             for row, seq in enumerate(rows):
                 first[seq] = int(np.argmax(logits[row]))
 
-        self._run(entries, take)
+        self.decode_entries(entries, take)
         next_ids = [first[s] for s in range(len(prompts))]
         state = {
             "generation": self._ctx_generation,
@@ -340,7 +346,7 @@ class LlamaCppEngine(Engine):
                 generated[seq].append(nxt[seq])
 
         for _ in range(new_tokens):
-            self._run([(nxt[s], positions[s], s, True) for s in range(n_seq)], take)
+            self.decode_entries([(nxt[s], positions[s], s, True) for s in range(n_seq)], take)
             positions = [p + 1 for p in positions]
         # The cache now holds the generated tokens too; a later decode of this prefill would be wrong.
         state["generation"] = -1
@@ -362,7 +368,7 @@ class LlamaCppEngine(Engine):
             draft = self._drafter.propose(history, room)[:room] if room else []
             self._check_ids(draft)
             target: list[int] = []
-            self._run(
+            self.decode_entries(
                 [(t, position + i, 0, True) for i, t in enumerate([history[-1], *draft])],
                 lambda _chunk, logits, out=target: out.extend(np.argmax(logits, 1).tolist()),
             )
@@ -372,7 +378,7 @@ class LlamaCppEngine(Engine):
                 kept += 1
             if kept < len(draft):  # the positions after the last kept draft hold rejected tokens
                 # llama.cpp refills the freed cells next, so position p stays in cell p as in plain decoding
-                self._remove_from(0, position + kept + 1)
+                self.remove_from(0, position + kept + 1)
             new = [*draft[:kept], target[kept]]
             position += kept + 1
             generated += new
@@ -392,8 +398,6 @@ class LlamaCppEngine(Engine):
 
     def logits(self, token_ids: list[list[int]]):
         """[batch, seq, vocab] float32 logits; windows run one after another, each from an empty cache."""
-        import torch
-
         if not token_ids or len({len(t) for t in token_ids}) != 1 or not token_ids[0]:
             raise GreenlmError("logits needs one or more non-empty token windows of equal length")
         width = len(token_ids[0])
@@ -412,7 +416,7 @@ class LlamaCppEngine(Engine):
                 out[b, filled : filled + logits.shape[0]] = torch.from_numpy(logits)
                 filled += logits.shape[0]
 
-            self._run([(tok, pos, 0, True) for pos, tok in enumerate(ids)], take)
+            self.decode_entries([(tok, pos, 0, True) for pos, tok in enumerate(ids)], take)
         self._ctx_generation += 1  # the cache no longer holds any prefill's state
         return out
 
@@ -422,8 +426,6 @@ class LlamaCppEngine(Engine):
 
     # ---- what ran --------------------------------------------------------------------------------------
     def describe(self) -> dict:
-        from greenlm.export.inspect import file_quant_type, tensor_type_counts
-
         info = super().describe()
         buf = ctypes.create_string_buffer(256)
         self.lib.llama_model_desc(self._model, buf, len(buf))

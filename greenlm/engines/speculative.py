@@ -13,12 +13,11 @@ A drafter has one job, `propose(history_ids, k)`: up to `k` guesses of the token
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
+from greenlm.engines.base import StepEngine
 from greenlm.errors import GreenlmError
-
-if TYPE_CHECKING:
-    from greenlm.engines.llamacpp_engine import LlamaCppEngine
+from greenlm.models.spec import ModelSpec, resolve_model
 
 KINDS = ("prompt-lookup", "draft")
 MAX_DRAFT_TOKENS = 16  # past this a verify pass costs more than the few extra tokens it could accept
@@ -156,25 +155,25 @@ class DraftModelDrafter:
     common prefix with the new history, removes the rest (tokens the target rejected) with
     llama_memory_seq_rm, and feeds only the new tokens."""
 
-    def __init__(self, engine: LlamaCppEngine, source: str):
+    def __init__(self, engine: StepEngine, source: str):
         self.engine = engine
         self.source = source
         self._cached: list[int] = []
-        self._generation = engine._ctx_generation
+        self._generation = engine.cache_generation
 
     def propose(self, history_ids: list[int], k: int) -> list[int]:
         engine = self.engine
         if k < 1 or not history_ids or len(history_ids) + k > engine.context_tokens:
             return []  # nothing to guess, or beyond the draft's context: the target steps alone
-        if self._generation != engine._ctx_generation:  # a new context starts empty
-            self._generation, self._cached = engine._ctx_generation, []
+        if self._generation != engine.cache_generation:  # a new context starts empty
+            self._generation, self._cached = engine.cache_generation, []
         cached = self._cached
         keep = 0
         limit = min(len(cached), len(history_ids) - 1)  # refeed at least the last token: we need its logits
         while keep < limit and cached[keep] == history_ids[keep]:
             keep += 1
         if keep < len(cached):
-            engine._remove_from(0, keep)
+            engine.remove_from(0, keep)
             del cached[keep:]
         proposed: list[int] = []
 
@@ -182,11 +181,11 @@ class DraftModelDrafter:
             proposed.append(int(logits[-1].argmax()))
 
         feed = history_ids[keep:]
-        engine._run([(t, keep + i, 0, i == len(feed) - 1) for i, t in enumerate(feed)], take)
+        engine.decode_entries([(t, keep + i, 0, i == len(feed) - 1) for i, t in enumerate(feed)], take)
         cached.extend(feed)
         while len(proposed) < k:
             token = proposed[-1]
-            engine._run([(token, len(cached), 0, True)], take)
+            engine.decode_entries([(token, len(cached), 0, True)], take)
             cached.append(token)
         return proposed
 
@@ -204,25 +203,21 @@ class DraftModelDrafter:
         self.engine.close()
 
 
-def resolve_draft(config: SpeculativeConfig):
+def resolve_draft(config: SpeculativeConfig) -> ModelSpec:
     """The draft model's spec (kind draft), or a GreenlmError that names --draft-model."""
-    from greenlm.models import resolve_model
-
     try:
         return resolve_model(config.draft_model)
     except GreenlmError as exc:
         raise GreenlmError(f"--draft-model: {exc}") from None
 
 
-def make_drafter(config: SpeculativeConfig, target: LlamaCppEngine) -> Drafter:
+def make_drafter(config: SpeculativeConfig, target: StepEngine) -> Drafter:
     """The drafter `config` describes; a draft model is loaded with the target's threads, device and context
-    and must tokenize exactly as the target does."""
+    and must tokenize exactly as the target does. The draft runs on the target's own engine class."""
     if config.kind == "prompt-lookup":
         return PromptLookupDrafter(config.ngram_min, config.ngram_max)
-    from greenlm.engines.llamacpp_engine import LlamaCppEngine
-
     spec = resolve_draft(config)
-    draft = LlamaCppEngine.load(
+    draft = type(target).load(
         spec, threads=target.threads, device=target.device, context_tokens=target.context_tokens
     )
     try:

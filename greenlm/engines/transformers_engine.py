@@ -5,16 +5,19 @@ We drive the loop ourselves instead of `generate()` so that prefill and decode a
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
+
+import torch
+from transformers import DynamicCache
 
 from greenlm.engines.base import DecodeResult, Engine, PrefillResult
 from greenlm.errors import GreenlmError
-from greenlm.models import LoadedModel, ModelSpec, load_model
+from greenlm.models.loader import LoadedModel, load_model
+from greenlm.models.spec import ModelSpec
 
 
 def resolve_device(device: str) -> str:
-    import torch
-
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -24,9 +27,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def set_threads(threads: int | None) -> int:
-    import torch
+def cache_keyword(model) -> str:
+    """The forward() argument that takes the KV cache: `cache` in transformers 5.x (where `past_key_values` is
+    deprecated, to be removed in 5.40), `past_key_values` before. The cache object is updated in place either
+    way, so callers keep their own reference instead of reading it back from the output."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
+
+def set_threads(threads: int | None) -> int:
     if threads is not None:
         if threads < 1:
             raise GreenlmError(f"--threads must be at least 1, got {threads}")
@@ -44,6 +52,7 @@ class TransformersEngine(Engine):
         self.model_name = loaded.spec.name
         self.device = str(next(self.model.parameters()).device)
         self.threads = set_threads(threads)
+        self._cache_kw = cache_keyword(self.model)
 
     @classmethod
     def load(
@@ -62,14 +71,10 @@ class TransformersEngine(Engine):
         return self.tokenizer.decode(token_ids)
 
     def sync(self) -> None:
-        import torch
-
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
 
     def _left_pad(self, prompts: list[list[int]]):
-        import torch
-
         if not prompts or any(not p for p in prompts):
             raise GreenlmError("every prompt needs at least one token")
         width = max(len(p) for p in prompts)
@@ -82,9 +87,6 @@ class TransformersEngine(Engine):
         return ids.to(self.device), mask.to(self.device)
 
     def prefill(self, prompts: list[list[int]]) -> PrefillResult:
-        import torch
-        from transformers import DynamicCache
-
         ids, mask = self._left_pad(prompts)
         # Left padding shifts real tokens right; positions must count real tokens only.
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -94,17 +96,15 @@ class TransformersEngine(Engine):
                 input_ids=ids,
                 attention_mask=mask,
                 position_ids=positions,
-                past_key_values=cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{self._cache_kw: cache},
             )
         next_ids = out.logits[:, -1, :].argmax(-1)
-        state = {"cache": out.past_key_values, "mask": mask, "last_pos": positions[:, -1], "next": next_ids}
+        state = {"cache": cache, "mask": mask, "last_pos": positions[:, -1], "next": next_ids}
         return PrefillResult(next_ids.tolist(), int(mask.sum()), state)
 
     def decode(self, prefill: PrefillResult, new_tokens: int) -> DecodeResult:
-        import torch
-
         state: dict[str, Any] = prefill.state
         cache, mask, pos, nxt = state["cache"], state["mask"], state["last_pos"], state["next"]
         generated = [nxt]
@@ -117,18 +117,15 @@ class TransformersEngine(Engine):
                     input_ids=nxt[:, None],
                     attention_mask=mask,
                     position_ids=pos[:, None],
-                    past_key_values=cache,
                     use_cache=True,
+                    **{self._cache_kw: cache},
                 )
-                cache = out.past_key_values
                 nxt = out.logits[:, -1, :].argmax(-1)
                 generated.append(nxt)
         tokens = torch.stack(generated, dim=1).tolist()
         return DecodeResult(tokens, new_tokens * len(tokens), new_tokens)
 
     def logits(self, token_ids: list[list[int]]):
-        import torch
-
         ids = torch.tensor(token_ids, dtype=torch.long, device=self.device)
         with torch.inference_mode():
             return self.model(input_ids=ids, use_cache=False).logits.float()

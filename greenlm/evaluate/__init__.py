@@ -5,27 +5,22 @@
 full evaluation.
 """
 
-from greenlm.evaluate.compare import compare_to_reference
-from greenlm.evaluate.config import EvalConfig
-from greenlm.evaluate.reference import (
-    DEFAULT_MAX_EVAL_TOKENS,
-    DEFAULT_TOP_K,
-    DEFAULT_WINDOW_TOKENS,
-    ReferenceStats,
-    reference_stats,
-)
-from greenlm.evaluate.result import EvalResult, QualityStats
-from greenlm.evaluate.runner import evaluate
+from greenlm._lazy import lazy
 
-__all__ = [
-    "DEFAULT_MAX_EVAL_TOKENS",
-    "DEFAULT_TOP_K",
-    "DEFAULT_WINDOW_TOKENS",
-    "EvalConfig",
-    "EvalResult",
-    "QualityStats",
-    "ReferenceStats",
-    "compare_to_reference",
-    "evaluate",
-    "reference_stats",
-]
+__getattr__, __dir__, __all__ = lazy(
+    __name__,
+    {
+        "DEFAULT_MAX_EVAL_TOKENS": "greenlm.evaluate.config",
+        "DEFAULT_TAIL_SAMPLES": "greenlm.evaluate.config",
+        "DEFAULT_TOP_K": "greenlm.evaluate.config",
+        "DEFAULT_WINDOW_TOKENS": "greenlm.evaluate.config",
+        "EvalConfig": "greenlm.evaluate.config",
+        "EvalResult": "greenlm.evaluate.result",
+        "QualityStats": "greenlm.evaluate.result",
+        "ReferenceStats": "greenlm.evaluate.reference",
+        "compare_to_reference": "greenlm.evaluate.compare",
+        "evaluate": "greenlm.evaluate.runner",
+        "reference_stats": "greenlm.evaluate.reference",
+    },
+    call="greenlm.evaluate.runner:evaluate",
+)

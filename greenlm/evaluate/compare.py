@@ -13,17 +13,14 @@ from collections.abc import Callable
 
 import torch
 
-from greenlm.engines import Engine
+from greenlm.engines.base import Engine
 from greenlm.errors import GreenlmError
 from greenlm.evaluate.metrics import sampled_kl, target_nll, top1_matches, top_k_kl, top_k_mass
 from greenlm.evaluate.reference import ReferenceStats, check_window_fits, logprob_windows
 from greenlm.evaluate.result import QualityStats, kld_method, mean_stderr
+from greenlm.io import noop
 
 Progress = Callable[[int, int], None]
-
-
-def _noop(*_args) -> None:
-    pass
 
 
 def percentile(values: torch.Tensor, pct: float) -> float:
@@ -68,7 +65,7 @@ def compare_to_reference(
     `max_eval_tokens` picks an evenly spread subset of the reference's windows (all when None); the reference
     perplexity it is compared with is computed on the same subset.
     """
-    progress = progress or _noop
+    progress = progress or noop
     if batch_windows < 1:
         raise GreenlmError(f"batch_windows must be at least 1, got {batch_windows}")
     tokenizer_match = check_compatible(engine, reference)

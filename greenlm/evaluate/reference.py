@@ -16,9 +16,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,36 +24,36 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from greenlm.data import TextSplit, load_text, split_text
-from greenlm.engines import Engine, create_engine
+from greenlm.data.sources import load_text
+from greenlm.data.split import TextSplit, split_text
+from greenlm.engines.base import Engine
+from greenlm.engines.factory import create_engine
 from greenlm.errors import GreenlmError
+from greenlm.evaluate.config import (
+    DEFAULT_MAX_EVAL_TOKENS,
+    DEFAULT_TAIL_SAMPLES,
+    DEFAULT_TOP_K,
+    DEFAULT_WINDOW_TOKENS,
+    validate_window_settings,
+)
 from greenlm.evaluate.metrics import next_token_logprobs, sample_tail, target_nll, top_k_summary
 from greenlm.evaluate.result import QualityStats, mean_stderr
 from greenlm.evaluate.windows import cut_windows, spread
-from greenlm.models import ModelSpec, resolve_model
+from greenlm.io import atomic_file, noop
+from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
-DEFAULT_WINDOW_TOKENS = 512
-# 16 windows of 512: about 12 s per pass of the built-in 135M model on 2 CPU cores (measured ~700 tokens/s),
-# enough to resolve a 1 % perplexity increase (the paired per-window standard error is ~0.3 points).
-DEFAULT_MAX_EVAL_TOKENS = 8192
-DEFAULT_TOP_K = 128
-# Sampled tail tokens per position. Measured on the built-in model: the top 128 tokens hold ~93% of the mass,
-# and the top-k + rest bound reads ~10% below the exact KL; with 64 tail samples the estimate is within ~1%.
-DEFAULT_TAIL_SAMPLES = 64
 TAIL_SEED = 0
 PROBE_CHARS = 2000  # text the model's own tokenizer is checked on against the reference's
 
 Progress = Callable[[int, int], None]
 TENSORS = ("token_ids", "nll", "topk_ids", "topk_logp", "tail_ids", "tail_logp")
-
-
-def _noop(*_args) -> None:
-    pass
 
 
 def device_kind(device: str) -> str:
@@ -173,8 +171,6 @@ class ReferenceStats:
 
     def save(self, path: Path) -> None:
         """Atomic: a reader finds no file or a whole one, even if two processes compute the same reference."""
-        from safetensors.torch import save_file
-
         tensors = {
             "token_ids": self.token_ids.contiguous(),
             "nll": self.nll.contiguous(),
@@ -183,22 +179,13 @@ class ReferenceStats:
             "tail_ids": self.tail_ids.contiguous(),
             "tail_logp": self.tail_logp.contiguous(),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_file(path, overwrite=True, check=False) as tmp:
             save_file(tensors, tmp, metadata={"greenlm": json.dumps(self._metadata())})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         self.path = path
 
     @classmethod
     def load(cls, path: Path, key: str) -> ReferenceStats:
         """Read a cache file; raises ValueError (or an I/O error) if it is not a whole, matching one."""
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {})["greenlm"])
             if meta.get("format_version") != FORMAT_VERSION or meta.get("key") != key:
@@ -269,7 +256,7 @@ def reference_cache_path(spec: ModelSpec, key: str) -> Path:
 
 
 def logprob_windows(
-    engine: Engine, token_ids: torch.Tensor, *, batch_windows: int = 1, progress: Progress = _noop
+    engine: Engine, token_ids: torch.Tensor, *, batch_windows: int = 1, progress: Progress = noop
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Run `engine` over the windows; yield (window index, [T-1, V] next-token log-probs) one window at a time."""
     total = int(token_ids.shape[0])
@@ -305,7 +292,7 @@ def compute_reference(
     top_k: int,
     tail_samples: int = DEFAULT_TAIL_SAMPLES,
     batch_windows: int = 1,
-    progress: Progress = _noop,
+    progress: Progress = noop,
 ) -> ReferenceStats:
     """Tokenize the evaluation split once with the reference's tokenizer, cut windows, run the reference."""
     check_window_fits(engine, window_tokens)
@@ -364,30 +351,6 @@ def compute_reference(
     )
 
 
-def validate_window_settings(
-    window_tokens: int,
-    max_eval_tokens: int | None,
-    top_k: int,
-    batch_windows: int = 1,
-    tail_samples: int = DEFAULT_TAIL_SAMPLES,
-) -> None:
-    if window_tokens < 2:
-        raise GreenlmError(
-            f"--window-tokens must be at least 2 (one prediction per window), got {window_tokens}"
-        )
-    if max_eval_tokens is not None and max_eval_tokens < window_tokens:
-        raise GreenlmError(
-            f"--max-eval-tokens {max_eval_tokens} is less than one window of {window_tokens} tokens: "
-            "raise it or lower --window-tokens"
-        )
-    if top_k < 1:
-        raise GreenlmError(f"--top-k must be at least 1, got {top_k}")
-    if batch_windows < 1:
-        raise GreenlmError(f"--batch-windows must be at least 1, got {batch_windows}")
-    if tail_samples < 1:
-        raise GreenlmError(f"--tail-samples must be at least 1, got {tail_samples}")
-
-
 def reference_stats(
     model: str | ModelSpec | None = None,
     text: str | TextSplit | None = None,
@@ -411,8 +374,8 @@ def reference_stats(
     `loaded_engine` reuses a model the caller already has loaded (it must be `model` on `engine`); otherwise
     the engine is loaded only on a cache miss and closed afterwards.
     """
-    progress = progress or _noop
-    announce = announce or _noop
+    progress = progress or noop
+    announce = announce or noop
     validate_window_settings(window_tokens, max_eval_tokens, top_k, batch_windows, tail_samples)
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)
     split = text if isinstance(text, TextSplit) else split_text(load_text(text))

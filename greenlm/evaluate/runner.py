@@ -7,21 +7,18 @@ import time
 from collections.abc import Callable
 
 from greenlm.data import load_text, split_text
-from greenlm.engines import create_engine
 from greenlm.engines.available import check_engine_ready
+from greenlm.engines.factory import create_engine
 from greenlm.errors import GreenlmError
 from greenlm.evaluate.compare import compare_to_reference
 from greenlm.evaluate.config import EvalConfig
 from greenlm.evaluate.reference import reference_stats
 from greenlm.evaluate.result import EvalResult
+from greenlm.io import noop
 from greenlm.models import ModelSpec, resolve_model
-from greenlm.models.variant import MANIFEST_NAME, is_variant_dir, read_manifest
+from greenlm.models.manifest import MANIFEST_NAME, is_variant_dir, read_manifest
 
 Progress = Callable[[int, int], None]
-
-
-def _noop(*_args) -> None:
-    pass
 
 
 def read_variant_manifest(spec: ModelSpec) -> dict | None:
@@ -72,8 +69,8 @@ def evaluate(
     announce: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Evaluate `config.model` on the evaluation split. With a `store`, the result is saved (kind "eval")."""
-    progress = progress or _noop
-    announce = announce or _noop
+    progress = progress or noop
+    announce = announce or noop
     start = time.perf_counter()
     notes: list[str] = []
 

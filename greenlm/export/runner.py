@@ -12,66 +12,23 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
-from greenlm.errors import GreenlmError
-from greenlm.export.files import atomic_file, check_target
-from greenlm.export.gguf_writer import (
-    FLOAT_TYPES,
-    FloatExport,
-    check_declared_architecture,
-    write_float_gguf,
-)
-from greenlm.export.imatrix import DEFAULT_IMATRIX_SAMPLES, DEFAULT_IMATRIX_TOKENS
-from greenlm.export.inspect import tensor_type_report
-from greenlm.export.quantize import check_quant_type
+from greenlm.data.sources import load_text
+from greenlm.data.split import split_text
+from greenlm.export.config import ExportConfig
+from greenlm.io import atomic_file, check_file_target, noop
+from greenlm.llamacpp.gguf_writer import check_declared_architecture, source_metadata, write_model_gguf
+from greenlm.llamacpp.imatrix import importance_matrix
+from greenlm.llamacpp.inspect import tensor_type_report
+from greenlm.llamacpp.quantize import FLOAT_TYPES, quantize_gguf
+from greenlm.llamacpp.runtime import import_llama_cpp, llama_cpp_status
+from greenlm.llamacpp.verify import tokenizer_check
+from greenlm.models.loader import load_model
+from greenlm.models.spec import resolve_model
 
-FORMATS = ("gguf",)
 Progress = Callable[[int, int], None]
-
-
-def _noop(*_args) -> None:
-    pass
-
-
-@dataclass
-class ExportConfig:
-    out: str
-    model: str | None = None  # built-in name, HF directory, variant directory; None = the built-in model
-    format: str = "gguf"
-    quant: str = "f16"  # f32, f16, bf16, or a llama.cpp type: q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ...
-    imatrix: bool = False  # importance matrix from the calibration split (quantized types only)
-    text: str | None = None  # calibration text for --imatrix; None = the built-in corpus
-    imatrix_samples: int = DEFAULT_IMATRIX_SAMPLES
-    imatrix_tokens: int = DEFAULT_IMATRIX_TOKENS
-    threads: int | None = None  # llama.cpp quantizer threads; None = its default
-    force: bool = False  # replace an existing --out file
-
-    def __post_init__(self) -> None:
-        if self.format != "gguf":
-            raise GreenlmError(f"unknown export format '{self.format}': choose one of {', '.join(FORMATS)}")
-        if not self.out or not str(self.out).strip():
-            raise GreenlmError("--out is required: the .gguf file to write")
-        if Path(self.out).suffix.lower() != ".gguf":
-            raise GreenlmError(f"--out {self.out} should end in .gguf")
-        self.quant = check_quant_type(self.quant, imatrix=self.imatrix)
-        if self.imatrix and self.quant in FLOAT_TYPES:
-            raise GreenlmError(
-                f"--imatrix guides quantization; {self.quant} is not quantized: drop --imatrix"
-            )
-        if self.text is not None and not self.imatrix:
-            raise GreenlmError("--text is calibration text for --imatrix: add --imatrix or drop --text")
-        for flag, value in (
-            ("--imatrix-samples", self.imatrix_samples),
-            ("--imatrix-tokens", self.imatrix_tokens),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise GreenlmError(f"{flag} must be a whole number of at least 1, got {value!r}")
-        if self.threads is not None and self.threads < 1:
-            raise GreenlmError(f"--threads must be at least 1, got {self.threads}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -99,52 +56,10 @@ class ExportResult:
         return asdict(self)
 
 
-def _source_metadata(spec, loaded) -> dict:
-    meta = {"model": spec.name, "identity": spec.identity(), "exported_by": "greenlm"}
-    if spec.kind == "variant":
-        from greenlm.models.variant import read_manifest
-
-        manifest = read_manifest(spec.path)
-        meta["variant"] = {k: manifest.get(k) for k in ("parent", "recipe", "execution")}
-    return meta
-
-
-def _tokenizer_check(path: Path, tokenizer) -> str:
-    from greenlm.export.verify import check_tokenizer
-
-    try:
-        return check_tokenizer(path, tokenizer)
-    except GreenlmError as exc:
-        if "llama-cpp-python" in str(exc):  # no llama.cpp here: the float file is still written
-            return "not checked: llama-cpp-python is not installed"
-        raise
-
-
-def load_for_export(spec, announce: Callable[[str], None] = _noop):
+def load_for_export(spec, announce: Callable[[str], None] = noop):
     """Load `spec` in float32 through transformers, as the exporter reads it."""
-    from greenlm.models import load_model
-
     announce(f"loading {spec.name} through transformers (float32)")
     return load_model(spec, dtype="float32")
-
-
-def write_gguf(
-    loaded,
-    spec,
-    target: Path,
-    *,
-    outtype: str,
-    progress: Progress = _noop,
-) -> FloatExport:
-    return write_float_gguf(
-        loaded.model,
-        loaded.tokenizer,
-        target,
-        outtype=outtype,
-        name=Path(spec.name).name,
-        metadata=_source_metadata(spec, loaded),
-        progress=progress,
-    )
 
 
 def export_model(
@@ -154,24 +69,18 @@ def export_model(
     announce: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export `config.model` to `config.out`. The file appears only when every step succeeded."""
-    progress = progress or _noop
-    announce = announce or _noop
+    progress = progress or noop
+    announce = announce or noop
     start = time.perf_counter()
     target = Path(config.out).expanduser()
-    check_target(target, overwrite=config.force)  # before the slow part
+    check_file_target(target, overwrite=config.force)  # before the slow part
     quantized = config.quant not in FLOAT_TYPES
     if quantized:
-        from greenlm.engines.llamacpp_runtime import import_llama_cpp
-
         import_llama_cpp()  # quantizing needs llama.cpp: say so before loading anything
     # Everything cheap before the slow load: the model's declared architecture, the calibration text.
-    from greenlm.models import resolve_model
-
     spec = resolve_model(config.model)
     check_declared_architecture(spec)
     if config.imatrix:
-        from greenlm.data import load_text, split_text
-
         split_text(load_text(config.text))
     loaded = load_for_export(spec, announce)
     notes: list[str] = []
@@ -179,20 +88,16 @@ def export_model(
     with atomic_file(target, overwrite=config.force) as tmp_out:
         if not quantized:
             announce(f"writing {config.quant} GGUF")
-            written = write_gguf(loaded, spec, tmp_out, outtype=config.quant, progress=progress)
-            check = _tokenizer_check(tmp_out, loaded.tokenizer)
+            written = write_model_gguf(loaded, spec, tmp_out, outtype=config.quant, progress=progress)
+            check = tokenizer_check(tmp_out, loaded.tokenizer)
         else:
-            from greenlm.export.quantize import quantize_gguf
-
             with tempfile.TemporaryDirectory(prefix=".greenlm-export-", dir=target.parent) as scratch:
                 f32 = Path(scratch) / "model-f32.gguf"
                 announce("writing f32 GGUF for the quantizer")
-                written = write_gguf(loaded, spec, f32, outtype="f32", progress=progress)
-                check = _tokenizer_check(f32, loaded.tokenizer)
+                written = write_model_gguf(loaded, spec, f32, outtype="f32", progress=progress)
+                check = tokenizer_check(f32, loaded.tokenizer)
                 imatrix = None
                 if config.imatrix:
-                    from greenlm.export.imatrix import importance_matrix
-
                     announce("computing the importance matrix on the calibration split")
                     imatrix, imatrix_info = importance_matrix(
                         loaded.model,
@@ -215,15 +120,12 @@ def export_model(
             f"{', '.join(sorted({f['type'] for f in report.fallback}))} because their rows ({', '.join(map(str, widths))} "
             "wide) are not multiples of the 256-wide k-quant block"
         )
-    from greenlm.engines.llamacpp_runtime import llama_cpp_status
-
-    status = llama_cpp_status()
     quantizer = (
-        f"llama.cpp llama_model_quantize (llama-cpp-python {status.get('version')})"
+        f"llama.cpp llama_model_quantize (llama-cpp-python {llama_cpp_status().get('version')})"
         if quantized
-        else f"gguf {_gguf_version()} GGUFWriter ({config.quant}, no quantizer)"
+        else f"gguf {version('gguf')} GGUFWriter ({config.quant}, no quantizer)"
     )
-    variant = _source_metadata(spec, loaded).get("variant")
+    variant = source_metadata(spec).get("variant")
     if variant and variant.get("execution") == "simulated":
         notes.append(
             "the variant's compression was simulated (fake-quantized float weights): the GGUF holds those values "
@@ -249,9 +151,3 @@ def export_model(
         notes=notes,
         config=config.to_dict(),
     )
-
-
-def _gguf_version() -> str:
-    from importlib.metadata import version
-
-    return version("gguf")

@@ -1,6 +1,15 @@
-"""Model specs: resolve a name or path, load it through transformers, cache dequantized built-ins."""
+"""Model specs: resolve a name or path, load it through transformers, cache dequantized built-ins, variants."""
 
-from greenlm.models.loader import LoadedModel, load_model
-from greenlm.models.spec import BUILTIN_MODELS, DEFAULT_MODEL, ModelSpec, resolve_model
+from greenlm._lazy import lazy
 
-__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "LoadedModel", "ModelSpec", "load_model", "resolve_model"]
+__getattr__, __dir__, __all__ = lazy(
+    __name__,
+    {
+        "BUILTIN_MODELS": "greenlm.models.spec",
+        "DEFAULT_MODEL": "greenlm.models.spec",
+        "LoadedModel": "greenlm.models.loader",
+        "ModelSpec": "greenlm.models.spec",
+        "load_model": "greenlm.models.loader",
+        "resolve_model": "greenlm.models.spec",
+    },
+)

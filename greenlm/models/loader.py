@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
 from greenlm.errors import GreenlmError
+from greenlm.io import atomic_directory
 from greenlm.models.spec import ModelSpec
+from greenlm.models.variant import load_variant
 from greenlm.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -33,8 +37,6 @@ def _offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     # transformers draws a "Loading weights" bar per load: noise in greenlm's own progress output.
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
 
 
@@ -43,8 +45,6 @@ def gguf_cache_path(spec: ModelSpec) -> Path:
 
 
 def _load_gguf(spec: ModelSpec):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     folder, name = str(spec.path.parent), spec.path.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
@@ -59,27 +59,17 @@ def _load_gguf(spec: ModelSpec):
 
 def _write_cache(model, tokenizer, target: Path) -> None:
     """transformers refuses save_pretrained on a GGUF-loaded model: copy the weights into a fresh one."""
-    from transformers import AutoModelForCausalLM
-
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
     fresh.load_state_dict(model.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    try:
+    with atomic_directory(target, replace=True) as tmp:  # a reader sees no cache or a whole one
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)  # atomic: a reader sees no cache or a whole one
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _load_hf_dir(path: Path, dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
@@ -93,8 +83,6 @@ def load_model(
     spec: ModelSpec, *, dtype: str = "float32", device: str = "cpu", use_cache: bool = True
 ) -> LoadedModel:
     """Load `spec` for inference. GGUF weights are dequantized once, then read from the cache."""
-    import torch
-
     _offline()
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     if torch_dtype is None:
@@ -113,8 +101,6 @@ def load_model(
             model = model.to(torch_dtype)
             source = "gguf-dequantize"
     elif spec.kind == "variant":
-        from greenlm.models.variant import load_variant
-
         model, tokenizer = load_variant(spec.path, torch_dtype)
         source = "variant"
     else:

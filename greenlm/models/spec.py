@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from greenlm.errors import GreenlmError
-from greenlm.models.variant import is_variant_dir, read_manifest
+from greenlm.models.manifest import is_variant_dir, read_manifest
 
 ModelKind = Literal["builtin", "hf-dir", "gguf", "variant"]
 GGUF_MAGIC = b"GGUF"

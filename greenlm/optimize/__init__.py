@@ -1,20 +1,21 @@
 """Search compression recipes and engines for the least energy per token inside a quality budget."""
 
-from greenlm.optimize.config import EvalSettings, OptimizeConfig
-from greenlm.optimize.pareto import QualityBudget, choose, pareto_front
-from greenlm.optimize.search import OptimizeResult, optimize
-from greenlm.optimize.space import Candidate, SearchSpace, default_space, load_space
+from greenlm._lazy import lazy
 
-__all__ = [
-    "Candidate",
-    "EvalSettings",
-    "OptimizeConfig",
-    "OptimizeResult",
-    "QualityBudget",
-    "SearchSpace",
-    "choose",
-    "default_space",
-    "load_space",
-    "optimize",
-    "pareto_front",
-]
+__getattr__, __dir__, __all__ = lazy(
+    __name__,
+    {
+        "Candidate": "greenlm.optimize.space",
+        "EvalSettings": "greenlm.optimize.config",
+        "OptimizeConfig": "greenlm.optimize.config",
+        "OptimizeResult": "greenlm.optimize.search",
+        "QualityBudget": "greenlm.optimize.pareto",
+        "SearchSpace": "greenlm.optimize.space",
+        "choose": "greenlm.optimize.pareto",
+        "default_space": "greenlm.optimize.space",
+        "load_space": "greenlm.optimize.space",
+        "optimize": "greenlm.optimize.search",
+        "pareto_front": "greenlm.optimize.pareto",
+    },
+    call="greenlm.optimize.search:optimize",
+)

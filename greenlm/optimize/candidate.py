@@ -14,9 +14,20 @@ import statistics
 import time
 from pathlib import Path
 
+from greenlm.compress.pipeline import CompressConfig, compress
+from greenlm.engines.factory import create_engine
+from greenlm.engines.speculative import SpeculativeConfig
 from greenlm.errors import GreenlmError
+from greenlm.evaluate.compare import compare_to_reference
+from greenlm.evaluate.reference import reference_stats
+from greenlm.export.config import ExportConfig
+from greenlm.export.runner import export_model
+from greenlm.io import atomic_directory, write_json_atomic
+from greenlm.models.spec import resolve_model
 from greenlm.optimize.config import EvalSettings
 from greenlm.optimize.space import Candidate
+from greenlm.workload.config import MeasureConfig
+from greenlm.workload.runner import run_measure
 
 # A candidate this much bigger than a same-engine front member that already matches its screened quality
 # cannot be cheaper: decode on a CPU streams every weight once per token, so cost grows with bytes.
@@ -27,8 +38,6 @@ def _variant_dir(settings: EvalSettings, candidate: Candidate) -> Path | None:
     """Build (once per recipe) the compressed variant; None when the candidate uses the parent as is."""
     if not candidate.recipe:
         return None
-    from greenlm.compress.pipeline import CompressConfig, compress
-
     target = Path(settings.workdir) / "variants" / candidate.recipe_key
     if not (target / "greenlm-variant.json").is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -51,9 +60,6 @@ def _variant_dir(settings: EvalSettings, candidate: Candidate) -> Path | None:
 def _gguf_file(settings: EvalSettings, candidate: Candidate, source: Path | None) -> Path:
     """The llama.cpp file for the candidate: the parent's own GGUF when it is one and nothing is changed,
     else the parent or variant exported and quantized by llama.cpp (built once per search)."""
-    from greenlm.export import ExportConfig, export_model
-    from greenlm.models import resolve_model
-
     if source is None and candidate.quant_type is None:
         parent = resolve_model(settings.model)
         if parent.is_gguf:
@@ -137,12 +143,6 @@ QUALITY_FIELDS = (
 
 
 def evaluate_candidate(settings: EvalSettings, candidate: Candidate, front: list[dict]) -> dict:
-    from greenlm.engines import create_engine
-    from greenlm.engines.speculative import SpeculativeConfig
-    from greenlm.evaluate import compare_to_reference, reference_stats
-    from greenlm.models import resolve_model
-    from greenlm.workload import MeasureConfig, run_measure
-
     start = time.perf_counter()
     record = {
         **candidate.to_dict(),
@@ -225,51 +225,35 @@ def evaluate_candidate(settings: EvalSettings, candidate: Candidate, front: list
     return record
 
 
+OUT_MANIFEST_FIELDS = (
+    "label",
+    "recipe",
+    "engine",
+    "quant_type",
+    "threads",
+    "decode_j_per_token",
+    "decode_tokens_per_s",
+    "ppl",
+    "ppl_increase_pct",
+    "kld",
+    "top1_agreement",
+    "meter",
+    "energy_source",
+    "search_id",
+    "model",
+)
+
+
 def save_chosen(best: dict, out: str, settings: EvalSettings) -> str:
     """Copy the chosen candidate to `out` as a variant directory (atomically; `out` must not exist)."""
     target = Path(out)
     if target.exists():
         raise GreenlmError(f"--out {out} already exists: choose a new directory (nothing was overwritten)")
     source = Path(best["model_path"]) if best.get("model_path") else None
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    with atomic_directory(target) as staging:
         if source is not None and source.is_dir():
-            shutil.copytree(source, staging)
-        else:
-            staging.mkdir()
-            if source is not None and source.is_file():
-                shutil.copy2(source, staging / source.name)
-        manifest_path = staging / "greenlm-optimize.json"
-        manifest_path.write_text(
-            json.dumps(
-                {
-                    k: best.get(k)
-                    for k in (
-                        "label",
-                        "recipe",
-                        "engine",
-                        "quant_type",
-                        "threads",
-                        "decode_j_per_token",
-                        "decode_tokens_per_s",
-                        "ppl",
-                        "ppl_increase_pct",
-                        "kld",
-                        "top1_agreement",
-                        "meter",
-                        "energy_source",
-                        "search_id",
-                        "model",
-                    )
-                },
-                indent=2,
-                default=str,
-            )
-        )
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+        elif source is not None and source.is_file():
+            shutil.copy2(source, staging / source.name)
+        write_json_atomic(staging / "greenlm-optimize.json", {k: best.get(k) for k in OUT_MANIFEST_FIELDS})
     return str(target)

@@ -16,7 +16,8 @@ from dataclasses import asdict, dataclass, field
 
 from greenlm.energy.carbon import resolve_intensity, validate_pue
 from greenlm.errors import GreenlmError
-from greenlm.models import resolve_model
+from greenlm.models.spec import resolve_model
+from greenlm.optimize.candidate import evaluate_candidate, save_chosen
 from greenlm.optimize.config import OptimizeConfig
 from greenlm.optimize.executors import make_executor
 from greenlm.optimize.pareto import choose, closest_misses, pareto_front
@@ -137,8 +138,6 @@ def optimize(
     if config.resume:
         announce(f"resuming search {search_id}: {len(previous)} candidate(s) already stored, not redone")
     if work is None:
-        from greenlm.optimize.candidate import evaluate_candidate
-
         work = functools.partial(evaluate_candidate, settings)
 
     rows = list(previous.values())
@@ -218,8 +217,6 @@ def optimize(
         else closest_misses([r for r in measured if r["key"] != BASELINE.key], settings.budget),
     )
     if budget_met and config.out:
-        from greenlm.optimize.candidate import save_chosen
-
         result.variant_dir = save_chosen(best, config.out, settings)
     result.wall_s = time.perf_counter() - start
     return result

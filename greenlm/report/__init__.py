@@ -1,5 +1,9 @@
 """Self-contained HTML report of an optimization search, from the results store."""
 
-from greenlm.report.html import build_report, write_report
+from greenlm._lazy import lazy
 
-__all__ = ["build_report", "write_report"]
+__getattr__, __dir__, __all__ = lazy(
+    __name__,
+    {"build_report": "greenlm.report.html", "write_report": "greenlm.report.html"},
+    call="greenlm.report.html:write_report",
+)

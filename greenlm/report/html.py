@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 from greenlm.errors import GreenlmError
+from greenlm.io import write_text_atomic
 from greenlm.optimize.pareto import QualityBudget, choose, pareto_front
 from greenlm.report.plots import pareto_svg, phase_svg
 
@@ -167,15 +166,4 @@ def build_report(store, search_id: str | None = None) -> str:
 
 def write_report(store, out: str | Path, search_id: str | None = None) -> Path:
     """Render and write atomically: a reader never sees half a report."""
-    out = Path(out)
-    page = build_report(store, search_id)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(page)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return out
+    return write_text_atomic(out, build_report(store, search_id))

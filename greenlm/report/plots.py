@@ -1,8 +1,11 @@
-"""The report's figures as inline SVG (matplotlib, Agg backend): nothing is fetched when the page is viewed."""
+"""The report's figures as inline SVG (matplotlib's object API, no pyplot state): nothing is fetched when the
+page is viewed."""
 
 from __future__ import annotations
 
 import io
+
+from matplotlib.figure import Figure
 
 
 def _svg(fig) -> str:
@@ -15,12 +18,8 @@ def _svg(fig) -> str:
 def pareto_svg(
     rows: list[dict], front: list[dict], chosen: dict | None, baseline: dict, max_kld: float
 ) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig = Figure(figsize=(7.5, 4.6))
+    ax = fig.subplots()
     floor = 1e-5  # KLD of the baseline is 0: plot on a log axis with a floor
     by_engine: dict[str, list[dict]] = {}
     for r in rows:
@@ -66,19 +65,14 @@ def pareto_svg(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     svg = _svg(fig)
-    plt.close(fig)
     return svg
 
 
 def phase_svg(bars: list[tuple[str, dict[str, float]]]) -> str:
     """Stacked bars of energy per phase (J per generated token) for each named row."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     phases = ["prefill", "decode"]
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig = Figure(figsize=(6, 3.2))
+    ax = fig.subplots()
     names = [name for name, _ in bars]
     bottom = [0.0] * len(bars)
     for phase in phases:
@@ -89,5 +83,4 @@ def phase_svg(bars: list[tuple[str, dict[str, float]]]) -> str:
     ax.legend(fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     svg = _svg(fig)
-    plt.close(fig)
     return svg

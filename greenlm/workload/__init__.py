@@ -1,7 +1,12 @@
-"""What `greenlm measure` runs: prompts, phase windows, repeats, and the result record."""
+"""What `greenlm measure` runs: prompts, prefill and decode windows, repeats, and the result record."""
 
-from greenlm.workload.config import MeasureConfig
-from greenlm.workload.result import MeasureResult
-from greenlm.workload.runner import run_measure
+from greenlm._lazy import lazy
 
-__all__ = ["MeasureConfig", "MeasureResult", "run_measure"]
+__getattr__, __dir__, __all__ = lazy(
+    __name__,
+    {
+        "MeasureConfig": "greenlm.workload.config",
+        "MeasureResult": "greenlm.workload.result",
+        "run_measure": "greenlm.workload.runner",
+    },
+)

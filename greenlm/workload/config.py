@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from greenlm.engines import check_speculative_engine
+from greenlm.engines.names import check_speculative_engine
 from greenlm.engines.speculative import SPECULATIVE_BATCH_MESSAGE, SpeculativeConfig
 from greenlm.errors import GreenlmError
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import resource
 from pathlib import Path
 
+import torch
+
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 _STATUS = Path("/proc/self/status")
 
@@ -30,8 +32,6 @@ def peak_rss_mb() -> float:
 
 def reset_peak_gpu(device: str) -> None:
     if device.startswith("cuda"):
-        import torch
-
         torch.cuda.reset_peak_memory_stats(device)
 
 
@@ -39,6 +39,4 @@ def peak_gpu_mb(device: str) -> float | None:
     """Peak memory torch allocated on the GPU over the window; None on CPU."""
     if not device.startswith("cuda"):
         return None
-    import torch
-
     return torch.cuda.max_memory_allocated(device) / 2**20

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from greenlm.data import load_text, split_text
-from greenlm.engines import Engine
+from greenlm.data.sources import load_text
+from greenlm.data.split import split_text
+from greenlm.engines.base import Engine
 from greenlm.errors import GreenlmError
 
 

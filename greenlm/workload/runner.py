@@ -6,10 +6,12 @@ from collections.abc import Callable
 
 from greenlm.energy import get_meter
 from greenlm.energy.carbon import resolve_intensity, validate_pue
-from greenlm.engines import Engine, create_engine
+from greenlm.engines.base import Engine
+from greenlm.engines.factory import create_engine
 from greenlm.engines.speculative import resolve_draft
 from greenlm.errors import GreenlmError
-from greenlm.models import resolve_model
+from greenlm.io import noop
+from greenlm.models.spec import resolve_model
 from greenlm.workload.config import MeasureConfig
 from greenlm.workload.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu, reset_peak_rss
 from greenlm.workload.prompts import workload_prompts
@@ -17,10 +19,6 @@ from greenlm.workload.result import MeasureResult, RepeatRecord
 
 WARMUP_NEW_TOKENS = 4
 Progress = Callable[[int, int], None]  # (batches done, batches total)
-
-
-def _noop(*_args) -> None:
-    pass
 
 
 def run_measure(
@@ -36,8 +34,8 @@ def run_measure(
     `engine` reuses a model the caller has already loaded (the caller keeps and closes it); the load phase
     is then not measured (`load_j` is None).
     """
-    progress = progress or _noop
-    announce = announce or _noop
+    progress = progress or noop
+    announce = announce or noop
     # Validate everything cheap before loading anything heavy.
     intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
     pue = validate_pue(config.pue)

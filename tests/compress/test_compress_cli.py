@@ -168,7 +168,7 @@ def test_interrupt_leaves_nothing(monkeypatch, capsys, tiny_model_dir, tmp_path)
 
 @pytest.mark.parametrize("where", ["quantizing", "kernel timing", "saving"])
 def test_interrupted_quantization_leaves_nothing(monkeypatch, capsys, tiny_model_dir, tmp_path, where):
-    from greenlm.compress import quant_common, quant_rtn
+    from greenlm.compress import pipeline, quant_common, quant_rtn
     from greenlm.models import variant
 
     def interrupted(*_a, **_k):
@@ -185,7 +185,7 @@ def test_interrupted_quantization_leaves_nothing(monkeypatch, capsys, tiny_model
     elif where == "kernel timing":
         monkeypatch.setattr(quant_common, "time_stacks", interrupted)
     else:
-        monkeypatch.setattr(variant, "save_variant_files", save_then_interrupt)
+        monkeypatch.setattr(pipeline, "save_variant_files", save_then_interrupt)
     out = tmp_path / "out" / "v"
     code, stdout, err = run_cli(
         monkeypatch, capsys, "compress", "--method", "rtn", "--bits", "8", "--model", tiny_model_dir,

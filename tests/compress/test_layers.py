@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from greenlm.compress import apply_step
-from greenlm.compress.calibration import block_influence
 from greenlm.compress.layers import DropLayers, lowest_influence, remove_layers
+from greenlm.data.calibration import block_influence
 from greenlm.errors import GreenlmError
 from tests.compress.tiny import context, greedy, load_tiny, logits, prompt_ids
 

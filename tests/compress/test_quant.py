@@ -9,17 +9,18 @@ import pytest
 import torch
 
 from greenlm.compress import quant_common
-from greenlm.compress.base import apply_step
+from greenlm.compress.methods import apply_step
 from greenlm.compress.pipeline import CompressConfig, compress
 from greenlm.compress.quant_awq import AWQ
 from greenlm.compress.quant_common import REAL_MIN_SPEEDUP
 from greenlm.compress.quant_gptq import GPTQ
-from greenlm.compress.quant_kernels import KERNELS, QuantLinear, available_kernels, pack_int4, unpack_int4
-from greenlm.compress.quant_math import awq_search, gptq, output_error, rtn
+from greenlm.compress.quant_math import awq_search, gptq, output_error
 from greenlm.compress.quant_rtn import RTN
-from greenlm.compress.quant_timing import FLOAT, KernelTiming
 from greenlm.compress.recipe import parse_step
 from greenlm.errors import GreenlmError
+from greenlm.kernels.grid import rtn
+from greenlm.kernels.linear import KERNELS, QuantLinear, available_kernels, pack_int4, unpack_int4
+from greenlm.kernels.timing import FLOAT, KernelTiming
 from greenlm.models import load_model, resolve_model
 from tests.compress.tiny import CALIBRATION, context, load_tiny, logits, prompt_ids
 

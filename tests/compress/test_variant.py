@@ -8,14 +8,18 @@ import pytest
 import torch
 
 from greenlm.compress import base
-from greenlm.compress.base import QuantizedModule, StepConfig, StepReport
+from greenlm.compress import pipeline as pipeline_module
+from greenlm.compress.base import StepConfig, StepReport
 from greenlm.compress.layers import DropLayers
 from greenlm.compress.pipeline import CompressConfig, compress
 from greenlm.compress.prune import Wanda
 from greenlm.errors import GreenlmError
+from greenlm.kernels import base as kernels_base
+from greenlm.kernels.base import QuantizedModule
 from greenlm.models import load_model, resolve_model
 from greenlm.models import variant as variant_module
-from greenlm.models.variant import MANIFEST_NAME, QUANTIZED_WEIGHTS, read_manifest
+from greenlm.models.manifest import MANIFEST_NAME, read_manifest
+from greenlm.models.variant import QUANTIZED_WEIGHTS
 from greenlm.store import Store
 from tests.compress.tiny import CALIBRATION, logits, prompt_ids
 
@@ -97,7 +101,7 @@ def test_a_failure_while_saving_leaves_nothing(tiny_model_dir, tmp_path, monkeyp
         )  # everything written ... then the rename never happens
         raise error
 
-    monkeypatch.setattr(variant_module, "save_variant_files", save_then_fail)
+    monkeypatch.setattr(pipeline_module, "save_variant_files", save_then_fail)
     out = tmp_path / "parent" / "v"
     with pytest.raises(type(error)):
         _compress(tiny_model_dir, out, [DropLayers(count=1)])
@@ -163,7 +167,7 @@ def apply_test_int8(model, config, ctx):
 
 def test_quantized_variant_rebuilds_its_modules(tiny_model_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(base._REGISTRY, "test_int8", (FakeInt8, apply_test_int8))
-    monkeypatch.setitem(base.QUANTIZED_MODULES, "test-int8", Int8Linear)
+    monkeypatch.setitem(kernels_base.QUANTIZED_MODULES, "test-int8", Int8Linear)
     out = tmp_path / "q"
     result = _compress(tiny_model_dir, out, [FakeInt8()])
     manifest = result.manifest
@@ -192,6 +196,6 @@ def test_quantized_variant_rebuilds_its_modules(tiny_model_dir, tmp_path, monkey
     apply_test_int8(fresh, FakeInt8(), None)
     assert torch.allclose(logits(loaded.model, ids), logits(fresh, ids), atol=1e-6)
 
-    monkeypatch.delitem(base.QUANTIZED_MODULES, "test-int8")
+    monkeypatch.delitem(kernels_base.QUANTIZED_MODULES, "test-int8")
     with pytest.raises(GreenlmError, match="kind 'test-int8' that this greenlm does not know"):
         load_model(resolve_model(str(out)))

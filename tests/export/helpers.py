@@ -57,7 +57,7 @@ def roundtrip_error(ref_logits, logits) -> dict:
 
 
 def assert_roundtrip(ref_logits, logits, tolerance) -> dict:
-    """Fail unless `logits` reproduce `ref_logits` within `tolerance` (greenlm.export.verify)."""
+    """Fail unless `logits` reproduce `ref_logits` within `tolerance` (greenlm.llamacpp.verify)."""
     assert logits.shape == ref_logits.shape
     error = roundtrip_error(ref_logits, logits)
     assert error["max_abs_logit"] <= tolerance.max_abs_logit, error

@@ -63,7 +63,7 @@ def test_cli_unsupported_architecture_exits_2_with_one_line(tmp_path, tiny_model
 def test_non_dense_module_is_refused(tiny_loaded, tmp_path):
     import torch
 
-    from greenlm.export.gguf_writer import write_float_gguf
+    from greenlm.llamacpp.gguf_writer import write_float_gguf
 
     class LowBit(torch.nn.Module):
         def forward(self, x):
@@ -80,7 +80,7 @@ def test_non_dense_module_is_refused(tiny_loaded, tmp_path):
 
 
 def test_pre_tokenizers_the_exporter_cannot_name_are_refused():
-    from greenlm.export.vocab import _pre_tokenizer_name
+    from greenlm.llamacpp.vocab import _pre_tokenizer_name
 
     assert _pre_tokenizer_name({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}) == "gpt-2"
     digits = {
@@ -111,12 +111,12 @@ def test_wrong_suffix_and_format(tmp_path):
 
 @needs_llamacpp
 def test_failed_quantization_leaves_nothing(tmp_path, tiny_model_dir, monkeypatch):
-    import greenlm.export.quantize as quantize
+    import greenlm.export.runner as runner
 
     def explode(*_args, **_kwargs):
         raise GreenlmError("llama.cpp could not quantize to q8_0: simulated")
 
-    monkeypatch.setattr(quantize, "quantize_gguf", explode)
+    monkeypatch.setattr(runner, "quantize_gguf", explode)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(GreenlmError, match="simulated"):
@@ -127,7 +127,7 @@ def test_failed_quantization_leaves_nothing(tmp_path, tiny_model_dir, monkeypatc
 @needs_llamacpp
 def test_truncated_gguf_gives_one_clear_line(tmp_path, tiny_gguf):
     from greenlm.engines.llamacpp_engine import LlamaCppEngine
-    from greenlm.export import tensor_type_report
+    from greenlm.llamacpp import tensor_type_report
 
     data = open(tiny_gguf, "rb").read()
     truncated = tmp_path / "truncated.gguf"
@@ -314,13 +314,13 @@ def test_calibration_text_flags(tmp_path, tiny_model_dir, monkeypatch):
 
 
 def test_interrupted_quantization_leaves_nothing(tmp_path, tiny_model_dir, monkeypatch):
-    import greenlm.export.quantize as quantize
+    import greenlm.export.runner as runner
 
     def interrupt(src, dst, *_args, **_kwargs):
         dst.write_bytes(b"half a model")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(quantize, "quantize_gguf", interrupt)
+    monkeypatch.setattr(runner, "quantize_gguf", interrupt)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(KeyboardInterrupt):
@@ -329,13 +329,13 @@ def test_interrupted_quantization_leaves_nothing(tmp_path, tiny_model_dir, monke
 
 
 def test_cli_interrupted_export_says_so_in_one_line(tmp_path, tiny_model_dir, capsys, monkeypatch):
-    import greenlm.export.runner as runner
+    import greenlm.llamacpp.gguf_writer as writer
 
     def interrupt(model, tokenizer, out_path, **_kwargs):
         out_path.write_bytes(b"GGUF half a header")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "write_float_gguf", interrupt)
+    monkeypatch.setattr(writer, "write_float_gguf", interrupt)
     target = tmp_path / "x.gguf"
     code, err = _cli(monkeypatch, capsys, "export", "--model", str(tiny_model_dir), "--out", str(target))
     assert code == 130
@@ -348,7 +348,7 @@ def test_cli_interrupted_export_says_so_in_one_line(tmp_path, tiny_model_dir, ca
 def test_ctrl_c_inside_llama_cpp_is_not_swallowed(tmp_path, tiny_model_dir, monkeypatch):
     """Python delivers a Ctrl-C pressed during a llama.cpp call inside our log callback, where ctypes would
     print and drop it; it must still stop the export once llama.cpp returns."""
-    from greenlm.engines.llamacpp_runtime import LogCapture
+    from greenlm.llamacpp.runtime import LogCapture
 
     original = LogCapture._add
     fired = []
@@ -367,7 +367,7 @@ def test_ctrl_c_inside_llama_cpp_is_not_swallowed(tmp_path, tiny_model_dir, monk
 
 @needs_llamacpp
 def test_ctrl_c_during_decode_is_raised(tiny_gguf, monkeypatch):
-    import greenlm.engines.llamacpp_runtime as runtime
+    import greenlm.llamacpp.runtime as runtime
     from greenlm.engines.llamacpp_engine import LlamaCppEngine
 
     engine = LlamaCppEngine(tiny_gguf, model_name="t", threads=1)

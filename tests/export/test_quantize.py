@@ -11,7 +11,7 @@ pytestmark = needs_llamacpp
 
 
 def test_quant_types_are_llama_cpp_names():
-    from greenlm.export import quant_types
+    from greenlm.llamacpp import quant_types
 
     types = quant_types()
     assert types[:3] == ["f32", "f16", "bf16"]
@@ -72,7 +72,7 @@ def test_k_quants_apply_on_256_wide_rows(wide_model_dir, tmp_path):
 
 
 def test_importance_matrix_changes_the_quantized_weights(wide_model_dir, tmp_path):
-    from greenlm.export.inspect import _reader
+    from greenlm.llamacpp.inspect import _reader
 
     plain = export_gguf(wide_model_dir, tmp_path / "plain.gguf", quant="q4_k_m")
     guided = export_gguf(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from greenlm.export.verify import ROUNDTRIP_BUILTIN, ROUNDTRIP_TINY
+from greenlm.llamacpp.verify import ROUNDTRIP_BUILTIN, ROUNDTRIP_TINY
 from tests.conftest import build_tiny_model
 from tests.export.helpers import (
     assert_roundtrip,
@@ -40,7 +40,7 @@ def test_f32_export_reproduces_transformers_logits(tiny_loaded, tiny_gguf):
 
 def test_the_tolerance_catches_an_export_fault(tiny_loaded, tmp_path, monkeypatch):
     """The bound is tight enough to fail a real fault: q/k rows left in Hugging Face's rotary order."""
-    import greenlm.export.gguf_writer as writer
+    import greenlm.llamacpp.gguf_writer as writer
 
     monkeypatch.setattr(writer, "permute_rotary", lambda weight, _n_head: weight)
     written = writer.write_float_gguf(tiny_loaded.model, tiny_loaded.tokenizer, tmp_path / "wrong.gguf")
@@ -86,7 +86,7 @@ def _prune_query_heads(attn, keep_heads: list[int], head_dim: int) -> None:
 def test_layers_of_different_sizes_export_as_deci(tmp_path):
     """Channel and head pruning that differs per layer: llama.cpp's `deci` architecture takes per-layer
     head counts and feed-forward widths, and reproduces the pruned model."""
-    from greenlm.export.gguf_writer import write_float_gguf
+    from greenlm.llamacpp.gguf_writer import write_float_gguf
     from greenlm.models import load_model, resolve_model
 
     loaded = load_model(resolve_model(str(build_tiny_model(tmp_path / "m", layers=3))))
@@ -107,7 +107,7 @@ def test_layers_of_different_sizes_export_as_deci(tmp_path):
 def test_uniformly_pruned_heads_keep_llama_with_explicit_head_dim(tmp_path):
     """What `greenlm compress` prune_heads writes: fewer heads everywhere, head_dim kept explicit
     (heads x head_dim != hidden size)."""
-    from greenlm.export.gguf_writer import write_float_gguf
+    from greenlm.llamacpp.gguf_writer import write_float_gguf
     from greenlm.models import load_model, resolve_model
 
     loaded = load_model(resolve_model(str(build_tiny_model(tmp_path / "m"))))

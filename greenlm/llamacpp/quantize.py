@@ -10,12 +10,17 @@ from __future__ import annotations
 import ctypes
 from pathlib import Path
 
+import gguf
 import numpy as np
 
 from greenlm.errors import GreenlmError
-from greenlm.export.gguf_writer import FLOAT_TYPES
-from greenlm.export.inspect import file_type_name
+from greenlm.llamacpp.inspect import file_type_name
+from greenlm.llamacpp.runtime import captured_log, import_llama_cpp
 
+FLOAT_TYPES = ("f32", "f16", "bf16")  # written by the GGUF writer itself, never by the quantizer
+# The importance matrix's default calibration (see imatrix.py).
+DEFAULT_IMATRIX_SAMPLES = 64
+DEFAULT_IMATRIX_TOKENS = 256
 # llama.cpp refuses these without an importance matrix (too few bits to quantize blind).
 NEEDS_IMATRIX = ("iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "q2_k_s")
 _NOT_TYPES = ("GUESSED", "MOSTLY_MXFP4_MOE")  # not a target; MoE-only
@@ -23,8 +28,6 @@ _NOT_TYPES = ("GUESSED", "MOSTLY_MXFP4_MOE")  # not a target; MoE-only
 
 def quant_types() -> list[str]:
     """Every type `greenlm export --quant` accepts: the float types, then llama.cpp's quantized ones."""
-    import gguf
-
     quantized = [
         file_type_name(m.value)
         for m in gguf.LlamaFileType
@@ -44,8 +47,6 @@ def check_quant_type(name: str, *, imatrix: bool = False) -> str:
 
 
 def _ftype(lib, quant: str) -> int:
-    import gguf
-
     member = gguf.LlamaFileType["MOSTLY_" + quant.upper()]
     value = getattr(lib, "LLAMA_FTYPE_MOSTLY_" + quant.upper(), None)
     if value is None or int(value) != member.value:
@@ -78,8 +79,6 @@ def quantize_gguf(
 ) -> None:
     """Quantize GGUF `src` (f32) into `dst` as `quant` with llama.cpp; `imatrix` maps GGUF tensor names to the
     mean squared activation of each input column."""
-    from greenlm.engines.llamacpp_runtime import captured_log, import_llama_cpp
-
     lib = import_llama_cpp()
     params = lib.llama_model_quantize_default_params()
     params.ftype = _ftype(lib, quant)

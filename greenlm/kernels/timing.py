@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from greenlm.compress.quant_kernels import KERNELS
-from greenlm.compress.quant_math import rtn
 from greenlm.errors import GreenlmError
+from greenlm.kernels.grid import rtn
+from greenlm.kernels.linear import KERNELS
 
 Shape = tuple[int, int]  # (in_features, out_features)
 Stack = dict[Shape, list[torch.nn.Module]]  # every layer of the model by shape

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import gguf
 import numpy as np
 
+from greenlm.data.calibration import calibration_windows, capture_linear_inputs, linear_names
 from greenlm.errors import GreenlmError
-
-DEFAULT_IMATRIX_SAMPLES = 64
-DEFAULT_IMATRIX_TOKENS = 256
+from greenlm.llamacpp.quantize import DEFAULT_IMATRIX_SAMPLES, DEFAULT_IMATRIX_TOKENS
 
 
 def importance_matrix(
@@ -28,10 +28,6 @@ def importance_matrix(
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """({GGUF tensor name: mean x^2 per input column}, what it was computed on)."""
-    import gguf
-
-    from greenlm.compress.calibration import calibration_windows, capture_linear_inputs, linear_names
-
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)
     names_map = gguf.get_tensor_name_map(arch, len(model.model.layers))
     tied = bool(getattr(model.config, "tie_word_embeddings", False))

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from fnmatch import fnmatch
 
 import torch
 
-from greenlm.data import load_text, split_text
+from greenlm.data.sources import load_text
+from greenlm.data.split import split_text
 from greenlm.errors import GreenlmError
 
 
@@ -126,8 +128,6 @@ def decoder_layers(model) -> torch.nn.ModuleList:
 
 def linear_names(model, *, skip: Iterable[str] = ()) -> list[str]:
     """Names of every nn.Linear in the model, minus those matching a skip pattern (fnmatch)."""
-    from fnmatch import fnmatch
-
     patterns = list(skip)
     return [
         name
@@ -242,8 +242,6 @@ def sequential_linear_inputs(
     decoder body in all, and keeps one layer's worth of calibration hidden states in memory.
     Linears outside the decoder layers (the output head) are not visited: use `capture_linear_inputs`.
     """
-    from fnmatch import fnmatch
-
     layers = decoder_layers(model)
     prefix_of = {id(m): n for n, m in model.named_modules()}
     patterns = list(skip)

@@ -7,9 +7,11 @@ import re
 from pathlib import Path
 
 from greenlm.errors import GreenlmError
-from greenlm.export.files import atomic_file
-from greenlm.export.gguf_writer import check_declared_architecture
-from greenlm.models import ModelSpec
+from greenlm.io import atomic_file
+from greenlm.llamacpp.gguf_writer import check_declared_architecture, write_model_gguf
+from greenlm.llamacpp.verify import tokenizer_check
+from greenlm.models.loader import load_model
+from greenlm.models.spec import ModelSpec
 from greenlm.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,6 @@ def check_convertible(spec: ModelSpec) -> None:
 def cached_float_gguf(spec: ModelSpec, outtype: str = "f32") -> tuple[Path, bool]:
     """(path of `spec` as a float GGUF of `outtype`, whether it was written now). Keyed by the weights'
     fingerprint, so a changed model is exported again."""
-    from greenlm.export.runner import _tokenizer_check, write_gguf
-    from greenlm.models import load_model
-
     path = float_gguf_cache_path(spec, outtype)
     if path.is_file():
         return path, False
@@ -48,7 +47,7 @@ def cached_float_gguf(spec: ModelSpec, outtype: str = "f32") -> tuple[Path, bool
         path,
     )
     loaded = load_model(spec, dtype="float32")
-    with atomic_file(path, overwrite=True) as tmp:
-        write_gguf(loaded, spec, tmp, outtype=outtype)
-        _tokenizer_check(tmp, loaded.tokenizer)
+    with atomic_file(path, overwrite=True, check=False) as tmp:
+        write_model_gguf(loaded, spec, tmp, outtype=outtype)
+        tokenizer_check(tmp, loaded.tokenizer)
     return path, True

@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import gguf
+
 from greenlm.errors import GreenlmError
 
 # Text that exercises what pre-tokenizers disagree on: digits, contractions, spaces, punctuation, unicode.
@@ -62,8 +64,6 @@ def _pre_tokenizer_name(tokenizer_json: dict) -> str:
 
 def build_vocab(tokenizer_dir: Path, vocab_size: int) -> GgufVocab:
     """Vocabulary of the tokenizer saved in `tokenizer_dir`, padded to the model's `vocab_size` rows."""
-    import gguf
-
     path = tokenizer_dir / "tokenizer.json"
     try:
         tokenizer_json = json.loads(path.read_text(encoding="utf-8"))

@@ -32,9 +32,9 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from greenlm.compress.base import QuantizedModule, register_module
-from greenlm.compress.quant_math import QuantizedWeight, dequantize
 from greenlm.errors import GreenlmError
+from greenlm.kernels.base import QuantizedModule, register_module
+from greenlm.kernels.grid import QuantizedWeight, dequantize
 
 INT4_PACKED_GROUPS = (32, 64, 128, 256)  # what the CPU int4 kernel accepts
 QUANT_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")

@@ -18,14 +18,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gguf
 import numpy as np
+import torch
 
 from greenlm.errors import GreenlmError
-from greenlm.export.vocab import build_vocab
+from greenlm.io import noop
+from greenlm.llamacpp.inspect import gguf_architecture
+from greenlm.llamacpp.quantize import FLOAT_TYPES
+from greenlm.llamacpp.vocab import build_vocab
+from greenlm.models.manifest import read_manifest
 
 # Hugging Face architectures the exporter writes, and what llama.cpp calls them.
 EXPORTABLE_ARCHITECTURES = {"LlamaForCausalLM": "llama"}
-FLOAT_TYPES = ("f32", "f16", "bf16")
 Progress = Callable[[int, int], None]
 
 
@@ -59,8 +64,6 @@ def _refuse(message: str) -> None:
 def declared_architecture(spec) -> str | None:
     """The architecture a model says it is, read from its config.json or GGUF header without loading it."""
     if spec.is_gguf:
-        from greenlm.export.inspect import gguf_architecture
-
         return gguf_architecture(spec.path)
     try:
         config = json.loads((spec.path / "config.json").read_text(encoding="utf-8"))
@@ -84,8 +87,6 @@ def check_declared_architecture(spec) -> None:
 
 def check_exportable(model) -> str:
     """The model's Hugging Face architecture name, or a GreenlmError naming what the exporter cannot write."""
-    import torch
-
     config = model.config
     arch = (getattr(config, "architectures", None) or [type(model).__name__])[0]
     if arch not in EXPORTABLE_ARCHITECTURES or type(model).__name__ not in EXPORTABLE_ARCHITECTURES:
@@ -154,8 +155,6 @@ def _tokenizer_dir(tokenizer, scratch: Path) -> Path:
 
 def _encode(array: np.ndarray, outtype: str):
     """(data, raw_dtype) for GGUFWriter.add_tensor: norms stay f32 (llama.cpp needs them so)."""
-    import gguf
-
     if array.ndim == 1 or outtype == "f32":
         return array.astype(np.float32), None
     if outtype == "f16":
@@ -176,9 +175,6 @@ def write_float_gguf(
     progress: Progress | None = None,
 ) -> FloatExport:
     """Write `model` (a loaded LlamaForCausalLM) and `tokenizer` to `out_path` as GGUF in `outtype`."""
-    import gguf
-    import torch
-
     if outtype not in FLOAT_TYPES:
         _refuse(f"unknown float type '{outtype}': choose one of {', '.join(FLOAT_TYPES)}")
     check_exportable(model)
@@ -257,4 +253,26 @@ def write_float_gguf(
         tokenizer_pre=vocab.pre,
         tensors=len(items),
         notes=notes,
+    )
+
+
+def source_metadata(spec) -> dict:
+    """What the file records about where it came from: the model's identity and, for a variant, its recipe."""
+    meta = {"model": spec.name, "identity": spec.identity(), "exported_by": "greenlm"}
+    if spec.kind == "variant":
+        manifest = read_manifest(spec.path)
+        meta["variant"] = {k: manifest.get(k) for k in ("parent", "recipe", "execution")}
+    return meta
+
+
+def write_model_gguf(loaded, spec, target: Path, *, outtype: str, progress: Progress = noop) -> FloatExport:
+    """Write a loaded model (`models.LoadedModel`) of `spec` as a float GGUF, with its provenance."""
+    return write_float_gguf(
+        loaded.model,
+        loaded.tokenizer,
+        target,
+        outtype=outtype,
+        name=Path(spec.name).name,
+        metadata=source_metadata(spec),
+        progress=progress,
     )

@@ -11,12 +11,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import gguf
+
 from greenlm.errors import GreenlmError
 
 
 def _reader(path: Path):
-    import gguf
-
     try:
         return gguf.GGUFReader(str(path))
     except Exception as exc:  # the reader raises ValueError, struct.error, IndexError... on a damaged file
@@ -26,8 +26,6 @@ def _reader(path: Path):
 
 def file_type_name(value: int) -> str:
     """gguf.LlamaFileType number → the name llama.cpp's quantizer uses, e.g. 15 → q4_k_m, 0 → f32."""
-    import gguf
-
     try:
         member = gguf.LlamaFileType(value)
     except ValueError:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from greenlm.errors import GreenlmError
-from greenlm.export.vocab import PROBE_TEXT
+from greenlm.llamacpp.runtime import captured_log, import_llama_cpp
+from greenlm.llamacpp.vocab import PROBE_TEXT
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,6 @@ ROUNDTRIP_BUILTIN = RoundTripTolerance(max_abs_logit=0.15, max_mean_kld=1e-4, mi
 
 def llama_tokenize(path: Path, text: str) -> list[int]:
     """Token ids llama.cpp gives `text` with the vocabulary of GGUF `path` (loaded vocabulary-only)."""
-    from greenlm.engines.llamacpp_runtime import captured_log, import_llama_cpp
-
     lib = import_llama_cpp()
     params = lib.llama_model_default_params()
     params.vocab_only = True
@@ -67,3 +66,13 @@ def check_tokenizer(path: Path, tokenizer, text: str = PROBE_TEXT) -> str:
             f"at token {at}: {got[at : at + 3]} vs {expected[at : at + 3]}): this tokenizer cannot be exported"
         )
     return f"llama.cpp and transformers agree on a {len(text)}-character probe ({len(got)} tokens)"
+
+
+def tokenizer_check(path: Path, tokenizer) -> str:
+    """`check_tokenizer`, except that without llama.cpp installed the float file is still usable: say so."""
+    try:
+        return check_tokenizer(path, tokenizer)
+    except GreenlmError as exc:
+        if "llama-cpp-python" in str(exc):  # no llama.cpp here: the float file is still written
+            return "not checked: llama-cpp-python is not installed"
+        raise

@@ -1,0 +1,28 @@
+"""`create_engine("llamacpp", spec)`: load a model on the engine of that name."""
+
+from __future__ import annotations
+
+from greenlm.engines.base import Engine
+from greenlm.engines.llamacpp_engine import LlamaCppEngine
+from greenlm.engines.names import check_engine_name, check_speculative_engine
+from greenlm.engines.speculative import SpeculativeConfig
+from greenlm.engines.transformers_engine import TransformersEngine
+from greenlm.models.spec import ModelSpec
+
+
+def create_engine(
+    name: str,
+    spec: ModelSpec,
+    *,
+    threads: int | None = None,
+    device: str = "cpu",
+    dtype: str = "float32",
+    speculative: SpeculativeConfig | None = None,
+) -> Engine:
+    """Load `spec` on engine `name`. `speculative` (llamacpp only) makes decode draft and verify tokens; the
+    generated tokens stay those of plain greedy decoding."""
+    check_engine_name(name)
+    check_speculative_engine(name, speculative)
+    if name == "transformers":
+        return TransformersEngine.load(spec, threads=threads, device=device, dtype=dtype)
+    return LlamaCppEngine.load(spec, threads=threads, device=device, dtype=dtype, speculative=speculative)
