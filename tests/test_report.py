@@ -8,7 +8,7 @@ from greenlm.optimize.config import EvalSettings, OptimizeConfig
 from greenlm.optimize.search import optimize
 from greenlm.report import build_report, write_report
 from greenlm.store import Store
-from tests.optimize.fake_work import fake_work
+from tests.optimize.fake_work import fake_final, fake_work
 
 SPACE = "grids:\n  - engine: llamacpp\n    quant_types: [q8_0, q4_k_m, q4_0]\n"
 
@@ -19,7 +19,9 @@ def searched(tmp_path, tiny_model_dir):
     space.write_text(SPACE)
     store = Store(tmp_path / "s.db")
     settings = EvalSettings(model=str(tiny_model_dir), workdir=str(tmp_path / "work"))
-    result = optimize(OptimizeConfig(settings=settings, space=str(space)), store=store, work=fake_work)
+    result = optimize(
+        OptimizeConfig(settings=settings, space=str(space)), store=store, work=fake_work, final=fake_final
+    )
     yield store, result
     store.close()
 

@@ -92,6 +92,14 @@ def optimize(
         help="GPUs each candidate task asks Ray for (e.g. 1 on GPU workers).",
     ),
     out_dir: str | None = typer.Option(None, "--out", help="Save the chosen variant here."),
+    device: str = typer.Option(
+        default(EvalSettings, "device"), "--device", help="auto, cpu, cuda or cuda:N for every candidate."
+    ),
+    final_rounds: int = typer.Option(
+        default(OptimizeConfig, "final_rounds"),
+        "--final-rounds",
+        help="Interleaved re-measurement rounds of the best 3 candidates and the baselines (0: none).",
+    ),
     resume: bool = typer.Option(
         False, "--resume", help="Continue the latest interrupted search for this model."
     ),
@@ -118,6 +126,7 @@ def optimize(
         region=region,
         carbon_intensity=carbon_intensity,
         pue=pue,
+        device=device,
         budget=QualityBudget(parse_percent(max_ppl_increase), max_kld),
     )
     config = OptimizeConfig(
@@ -132,6 +141,7 @@ def optimize(
         out=out_dir,
         resume=resume,
         search_id=search_id,
+        final_rounds=final_rounds,
     )
     with Store(db) as store, LazyProgress("candidates") as bar:
         result = run_search(config, store=store, progress=bar.update, announce=note)
@@ -143,12 +153,15 @@ def optimize(
 
 
 def _print_summary(s: dict) -> None:
-    base, best = s["baseline"], s["chosen"]
+    base, natural, best = s["baseline"], s["natural_baseline"], s["chosen"]
+    two = natural["key"] != base["key"]
     table = Table(
         title=f"search {s['search_id']}: {s['candidates_evaluated']} candidates, stopped by {s['stopped_by']}"
     )
     table.add_column("")
-    table.add_column("baseline", justify="right")
+    table.add_column("baseline (float32 transformers)", justify="right")
+    if two:
+        table.add_column("model as given", justify="right")
     table.add_column("chosen" if best else "closest miss", justify="right")
     other = best or (s["closest"][0] if s["closest"] else None)
     rows = [
@@ -163,17 +176,36 @@ def _print_summary(s: dict) -> None:
         ("KLD", "kld"),
         ("size MB", "size_mb"),
         ("meter", "meter"),
+        ("host", "host"),
     ]
 
     def show(row: dict | None, key: str) -> str:
-        if row is None or row.get(key) is None:
+        if row is None:
             return ""
-        return row[key] if isinstance(row[key], str) else fmt(row[key])
+        final = row.get("final") or {}
+        value = final.get(key, row.get(key))  # the final round's median where there was one
+        if value is None:
+            return ""
+        return value if isinstance(value, str) else fmt(value)
 
+    columns = [base, natural, other] if two else [base, other]
     for label, key in rows:
-        table.add_row(label, show(base, key), show(other, key))
+        table.add_row(label, *(show(r, key) for r in columns))
     out.print(table)
-    front = Table(title="Pareto front: decode J/token against quality loss (measured candidates)")
+    if s["final_round"]:
+        final = Table(title="final round: interleaved re-measurement on this host (decode J/token)")
+        for column in ("candidate", "role", "median", "min – max", "tokens/s"):
+            final.add_column(column, justify="left" if column in ("candidate", "role") else "right")
+        for r in s["final_round"]:
+            final.add_row(
+                r["label"],
+                r["role"],
+                fmt(r["decode_j_per_token"]),
+                f"{fmt(r['spread']['min'])} – {fmt(r['spread']['max'])}",
+                fmt(r["decode_tokens_per_s"]),
+            )
+        out.print(final)
+    front = Table(title="Pareto front: decode J/token against quality loss (measured, real candidates)")
     for column in ("candidate", "decode J/token", "tokens/s", "PPL increase %", "KLD"):
         front.add_column(column, justify="left" if column == "candidate" else "right")
     for r in s["pareto"]:
@@ -185,18 +217,28 @@ def _print_summary(s: dict) -> None:
             show(r, "kld"),
         )
     out.print(front)
-    if best:
+    if best and s["comparable"]:
+        ratios = f"decode J/token {s['j_per_token_ratio']:.2f}x lower than float32 transformers"
+        if two:
+            ratios += f", {s['j_per_token_ratio_natural']:.2f}x lower than the model as given"
+        out.print(ratios + ", within budget", markup=False)
+    elif best:
         out.print(
-            f"decode J/token {s['j_per_token_ratio']:.2f}x lower than the baseline, within budget",
-            markup=False,
+            "chosen within budget; its ratio to the baselines is not comparable (see notes)", markup=False
         )
-        if s["variant_dir"]:
-            out.print(f"chosen variant saved in {s['variant_dir']}", markup=False)
     else:
         out.print(
             "no candidate met the quality budget while costing less than the baseline; closest shown",
             markup=False,
         )
+    if best and s["variant_dir"]:
+        out.print(
+            f"chosen variant saved in {s['variant_dir']} with how it ran ({best['engine']}, threads "
+            f"{best['threads'] or 'default'}); `greenlm measure --model {s['variant_dir']}` runs it that way",
+            markup=False,
+        )
+    for line in s["notes"]:
+        out.print(f"note: {line}", markup=False)
     source = {r["energy_source"] for r in [base, *([best] if best else [])] if r}
     if "estimated" in source:
         out.print(

@@ -22,16 +22,13 @@ from greenlm.evaluate.compare import compare_to_reference
 from greenlm.evaluate.reference import reference_stats
 from greenlm.export.config import ExportConfig
 from greenlm.export.runner import export_model
-from greenlm.io import atomic_directory, write_json_atomic
+from greenlm.io import atomic_directory, refuse_existing
+from greenlm.models.run import RunSettings, save_run_settings
 from greenlm.models.spec import resolve_model
 from greenlm.optimize.config import EvalSettings
 from greenlm.optimize.space import Candidate
 from greenlm.workload.config import MeasureConfig
 from greenlm.workload.runner import run_measure
-
-# A candidate this much bigger than a same-engine front member that already matches its screened quality
-# cannot be cheaper: decode on a CPU streams every weight once per token, so cost grows with bytes.
-DOMINANCE_SIZE_RATIO = 1.18
 
 
 def _variant_dir(settings: EvalSettings, candidate: Candidate) -> Path | None:
@@ -85,16 +82,30 @@ def model_bytes(engine) -> int:
     return sum(seen.values())
 
 
-def dominated_by(candidate: Candidate, size_mb: float, screen_kld: float, front: list[dict]) -> dict | None:
+def same_execution(candidate: Candidate, device: str, row: dict) -> bool:
+    """`row` ran the way `candidate` would: same engine, threads, decoding and device. Only then do their
+    costs compare (1 vs 2 threads, or greedy vs speculative, change the cost of the same file)."""
+    return (
+        row.get("engine") == candidate.engine
+        and row.get("threads") == candidate.threads
+        and row.get("speculative") == candidate.speculative
+        and row.get("device") == device
+    )
+
+
+def dominated_by(
+    candidate: Candidate, device: str, screen_kld: float, probe_j: float, front: list[dict], margin: float
+) -> dict | None:
+    """A measured front member that runs the same way, is no worse in screened quality and whose probe cost
+    less by more than the probe's noise margin; None when nothing is clearly better (then measure in full).
+    Like is compared with like: screen KLD with screen KLD, probe with probe."""
     for member in front:
-        same_execution = (
-            member.get("engine") == candidate.engine and member.get("threads") == candidate.threads
-        )
         if (
-            same_execution
-            and member.get("size_mb")
-            and member["kld"] <= screen_kld
-            and size_mb >= member["size_mb"] * DOMINANCE_SIZE_RATIO
+            same_execution(candidate, device, member)
+            and member.get("screen_kld") is not None
+            and member.get("probe_j_per_token") is not None
+            and member["screen_kld"] <= screen_kld
+            and member["probe_j_per_token"] * (1 + margin) <= probe_j
         ):
             return member
     return None
@@ -142,10 +153,44 @@ QUALITY_FIELDS = (
 )
 
 
-def evaluate_candidate(settings: EvalSettings, candidate: Candidate, front: list[dict]) -> dict:
+def measure_config(
+    settings: EvalSettings, candidate: Candidate, model_path: str | None, *, repeats: int, num_prompts: int
+) -> MeasureConfig:
+    """The workload every candidate (and baseline) is measured on; only repeats and prompts vary."""
+    return MeasureConfig(
+        model=model_path,
+        engine=candidate.engine,
+        text=settings.text,
+        num_prompts=num_prompts,
+        prompt_tokens=settings.prompt_tokens,
+        max_new_tokens=settings.max_new_tokens,
+        repeats=repeats,
+        threads=candidate.threads,
+        device=settings.device,
+        meter=settings.meter,
+        country=settings.country,
+        region=settings.region,
+        carbon_intensity=settings.carbon_intensity,
+        pue=settings.pue,
+        speculative=SpeculativeConfig(candidate.speculative) if candidate.speculative else None,
+    )
+
+
+def load_candidate_engine(settings: EvalSettings, candidate: Candidate, model_path: str | None):
+    spec = resolve_model(model_path)
+    speculative = SpeculativeConfig(candidate.speculative) if candidate.speculative else None
+    return create_engine(
+        candidate.engine, spec, threads=candidate.threads, device=settings.device, speculative=speculative
+    )
+
+
+def evaluate_candidate(settings: EvalSettings, candidate: Candidate, front: list[dict] | None) -> dict:
+    """Build, screen, probe, and measure `candidate` in full unless the screen or the front rule it out.
+    `front=None` (a baseline) measures in full whatever the screen says: every ratio is to the baselines."""
     start = time.perf_counter()
     record = {
         **candidate.to_dict(),
+        "speculative": candidate.speculative,
         "key": candidate.key,
         "label": candidate.label,
         "host": socket.gethostname(),
@@ -164,57 +209,59 @@ def evaluate_candidate(settings: EvalSettings, candidate: Candidate, front: list
         else:
             path = variant
         model_path = str(path) if path is not None else settings.model
-        spec = resolve_model(model_path)
-        speculative = SpeculativeConfig(candidate.speculative) if candidate.speculative else None
-        engine = create_engine(candidate.engine, spec, threads=candidate.threads, speculative=speculative)
+        record["model_path"] = model_path
+        engine = load_candidate_engine(settings, candidate, model_path)
         record["size_mb"] = model_bytes(engine) / 2**20
-        record["threads"] = candidate.threads
         record["threads_used"] = engine.threads
+        record["device"] = settings.device
+        record["device_used"] = engine.device
 
         reference = reference_stats(settings.model, settings.text, max_eval_tokens=settings.eval_tokens)
         record["eval_text"] = reference.text
         screen = compare_to_reference(engine, reference, max_eval_tokens=settings.screen_eval_tokens)
         record["screen_kld"] = screen.kld
         limit = settings.screen_margin * settings.budget.max_kld
-        if screen.kld is not None and screen.kld > limit and settings.budget.max_kld > 0:
+        if (
+            front is not None
+            and screen.kld is not None
+            and screen.kld > limit
+            and settings.budget.max_kld > 0
+        ):
             record.update(
                 status="rejected-screen",
                 reason=f"screen KLD {screen.kld:.4f} on {screen.tokens_evaluated} tokens exceeds "
                 f"{settings.screen_margin:g}x the budget ({limit:.4f})",
             )
             return record
-        better = dominated_by(candidate, record["size_mb"], screen.kld or 0.0, front)
-        if better is not None:
-            record.update(
-                status="skipped-dominated",
-                reason=f"{better['label']} is already on the front with KLD {better['kld']:.4f} <= "
-                f"{screen.kld:.4f} at {record['size_mb'] / better['size_mb']:.2f}x less size",
-            )
-            return record
+        probe = run_measure(
+            measure_config(settings, candidate, model_path, repeats=settings.probe_repeats, num_prompts=1),
+            engine=engine,
+        ).to_dict()
+        record["probe_j_per_token"] = probe["decode_j_per_token"]
+        record["probe_spread"] = probe["spread"]["decode_j_per_token"]
+        if front is not None and record["execution"] == "real":
+            better = dominated_by(
+                candidate, settings.device, screen.kld or 0.0, probe["decode_j_per_token"], front,
+                settings.probe_margin,
+            )  # fmt: skip
+            if better is not None:
+                record.update(
+                    status="skipped-dominated",
+                    reason=f"{better['label']} runs the same way with screen KLD {better['screen_kld']:.4f} <= "
+                    f"{screen.kld:.4f} and probe {better['probe_j_per_token']:.4g} J/token, "
+                    f"{probe['decode_j_per_token'] / better['probe_j_per_token']:.2f}x less than this one's",
+                )
+                return record
         full = compare_to_reference(engine, reference, max_eval_tokens=settings.eval_tokens)
         record.update({k: getattr(full, k) for k in QUALITY_FIELDS})
         measure = run_measure(
-            MeasureConfig(
-                model=model_path,
-                engine=candidate.engine,
-                text=settings.text,
-                num_prompts=settings.num_prompts,
-                prompt_tokens=settings.prompt_tokens,
-                max_new_tokens=settings.max_new_tokens,
-                repeats=settings.repeats,
-                threads=candidate.threads,
-                meter=settings.meter,
-                country=settings.country,
-                region=settings.region,
-                carbon_intensity=settings.carbon_intensity,
-                pue=settings.pue,
-                speculative=speculative,
+            measure_config(
+                settings, candidate, model_path, repeats=settings.repeats, num_prompts=settings.num_prompts
             ),
             engine=engine,
         ).to_dict()
         record.update({k: measure.get(k) for k in MEASURE_FIELDS})
         record["phase_j_per_token"] = _phase_j_per_token(measure)
-        record["model_path"] = model_path
         record["status"] = "measured"
     except GreenlmError as exc:
         record.update(status="failed", reason=str(exc))
@@ -231,6 +278,8 @@ OUT_MANIFEST_FIELDS = (
     "engine",
     "quant_type",
     "threads",
+    "speculative",
+    "device",
     "decode_j_per_token",
     "decode_tokens_per_s",
     "ppl",
@@ -239,21 +288,36 @@ OUT_MANIFEST_FIELDS = (
     "top1_agreement",
     "meter",
     "energy_source",
+    "host",
     "search_id",
     "model",
 )
 
 
+def run_settings(best: dict) -> RunSettings:
+    """How the chosen candidate ran, so the saved model runs the same way. `auto` is resolved to what it
+    found (llama.cpp calls an offloaded run `gpu`)."""
+    device = best.get("device") or "cpu"
+    if device == "auto":
+        used = best.get("device_used") or "cpu"
+        device = "cuda" if used in ("gpu", "cuda") or used.startswith("cuda") else "cpu"
+    return RunSettings(
+        engine=best["engine"], threads=best.get("threads"), speculative=best.get("speculative"), device=device
+    )
+
+
 def save_chosen(best: dict, out: str, settings: EvalSettings) -> str:
-    """Copy the chosen candidate to `out` as a variant directory (atomically; `out` must not exist)."""
+    """Copy the chosen candidate to `out` (atomically; `out` must not exist) with the way it ran: engine,
+    threads, decoding and device, which `measure`, `eval` and `serve` on `out` then use."""
     target = Path(out)
-    if target.exists():
-        raise GreenlmError(f"--out {out} already exists: choose a new directory (nothing was overwritten)")
+    refuse_existing(target)
     source = Path(best["model_path"]) if best.get("model_path") else None
+    if source is None:  # the parent itself, e.g. a GGUF run as given
+        source = resolve_model(settings.model).path
     with atomic_directory(target) as staging:
-        if source is not None and source.is_dir():
+        if source.is_dir():
             shutil.copytree(source, staging, dirs_exist_ok=True)
-        elif source is not None and source.is_file():
+        else:
             shutil.copy2(source, staging / source.name)
-        write_json_atomic(staging / "greenlm-optimize.json", {k: best.get(k) for k in OUT_MANIFEST_FIELDS})
+        save_run_settings(staging, run_settings(best), {k: best.get(k) for k in OUT_MANIFEST_FIELDS})
     return str(target)

@@ -56,9 +56,16 @@ class EvalSettings:
     region: str | None = None
     carbon_intensity: float | None = None
     pue: float = 1.0
+    device: str = "auto"  # auto, cpu, cuda or cuda:N: where every candidate (and baseline) runs
     workdir: str = ""  # where candidate variants are built (under the cache dir by default)
     budget: QualityBudget = field(default_factory=QualityBudget)
     screen_margin: float = 3.0  # reject when the screen KLD exceeds margin x the budget: hopeless
+    # The energy probe after the screen: a short measurement (one prompt, two repeats) that lets a candidate be
+    # skipped only when a measured front member with the same execution is both better and cheaper.
+    probe_repeats: int = 2
+    # A probe must cost this much more than a member (relative) before the member is called cheaper: repeats
+    # of one measurement on a shared CPU differ by a few percent.
+    probe_margin: float = 0.05
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,6 +84,10 @@ class OptimizeConfig:
     out: str | None = None  # where the chosen variant is saved
     resume: bool = False
     search_id: str | None = None
+    # The final round re-measures the best feasible candidates and both baselines, interleaved, this many
+    # rounds, on this host and meter, and chooses on those medians; 0 skips it (choice on search-time figures).
+    final_rounds: int = 3
+    final_candidates: int = 3
 
     def __post_init__(self) -> None:
         b = self.settings.budget
@@ -93,8 +104,25 @@ class OptimizeConfig:
             )
         if self.time_budget_s <= 0:
             raise GreenlmError("--time-budget must be positive")
+        if self.final_rounds < 0 or self.final_candidates < 1:
+            raise GreenlmError(
+                f"--final-rounds must be >= 0 and final candidates >= 1, got {self.final_rounds} and "
+                f"{self.final_candidates}"
+            )
+        if self.ray_gpus_per_task > 0 and self.settings.device == "cpu":
+            raise GreenlmError(
+                "--ray-gpus-per-task reserves GPUs that candidates on --device cpu would not use: pass "
+                "--device cuda (or auto), or drop --ray-gpus-per-task"
+            )
         s = self.settings
-        for name in ("screen_eval_tokens", "eval_tokens", "num_prompts", "prompt_tokens", "repeats"):
+        for name in (
+            "screen_eval_tokens",
+            "eval_tokens",
+            "num_prompts",
+            "prompt_tokens",
+            "repeats",
+            "probe_repeats",
+        ):
             if getattr(s, name) < 1:
                 raise GreenlmError(f"{name.replace('_', '-')} must be at least 1, got {getattr(s, name)}")
         if s.max_new_tokens < 2:

@@ -38,16 +38,22 @@ def dominates(a: dict, b: dict, loss: str = "kld") -> bool:
     return a[COST] <= b[COST] and a[loss] <= b[loss] and (a[COST] < b[COST] or a[loss] < b[loss])
 
 
+def real(row: dict) -> bool:
+    """A row whose cost is a real saving: `simulated` variants (fake-quantized float weights) are quality
+    studies, never an energy figure to choose or plot as a saving."""
+    return row.get("execution") != "simulated"
+
+
 def pareto_front(rows: Sequence[dict], loss: str = "kld") -> list[dict]:
-    """Non-dominated rows, sorted by cost. Rows missing either figure are ignored."""
-    usable = [r for r in rows if r.get(COST) is not None and r.get(loss) is not None]
+    """Non-dominated real rows, sorted by cost. Rows missing either figure, and simulated ones, are ignored."""
+    usable = [r for r in rows if r.get(COST) is not None and r.get(loss) is not None and real(r)]
     front = [r for r in usable if not any(dominates(o, r, loss) for o in usable if o is not r)]
     return sorted(front, key=lambda r: (r[COST], r[loss]))
 
 
 def choose(rows: Sequence[dict], budget: QualityBudget) -> dict | None:
-    """The least J/token among rows inside the quality budget; None when nothing meets it."""
-    feasible = [r for r in rows if r.get(COST) is not None and budget.admits(r)]
+    """The least J/token among real rows inside the quality budget; None when nothing meets it."""
+    feasible = [r for r in rows if r.get(COST) is not None and budget.admits(r) and real(r)]
     return min(feasible, key=lambda r: (r[COST], r["kld"])) if feasible else None
 
 

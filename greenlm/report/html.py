@@ -62,28 +62,43 @@ def _search_rows(store, search_id: str | None) -> tuple[str, list[dict]]:
     return search_id, rows
 
 
+def _summary(store, search_id: str) -> dict | None:
+    """The search's own summary (its choice after the final round), None for a search that did not finish."""
+    for row in store.runs(limit=100_000, kind="search"):
+        record = json.loads(row["record_json"])
+        if record.get("search_id") == search_id:
+            return record
+    return None
+
+
+def _is_float_baseline(r: dict) -> bool:
+    if r.get("role"):
+        return r["role"] == "baseline"
+    return (
+        not r.get("recipe")
+        and r.get("engine") == "transformers"
+        and not r.get("quant_type")
+        and not r.get("threads")
+    )
+
+
 def build_report(store, search_id: str | None = None) -> str:
     search_id, rows = _search_rows(store, search_id)
     measured = [r for r in rows if r.get("status") == "measured"]
-    baseline = next(
-        (
-            r
-            for r in rows
-            if not r.get("recipe")
-            and r.get("engine") == "transformers"
-            and not r.get("quant_type")
-            and not r.get("threads")
-        ),
-        None,
-    )
+    baseline = next((r for r in rows if _is_float_baseline(r)), None)
     if baseline is None or baseline.get("status") != "measured":
         raise GreenlmError(
             f"search '{search_id}' has no measured baseline: it was interrupted before it began"
         )
     budget = QualityBudget(**rows[-1].get("budget", {}))
-    chosen = choose(measured, budget)
-    if chosen is not None and chosen["key"] == baseline["key"]:
-        chosen = None
+    summary = _summary(store, search_id)
+    by_key = {r["key"]: r for r in rows}
+    if summary is not None:  # what the search chose, on its final-round figures
+        chosen = by_key.get((summary.get("chosen") or {}).get("key"))
+    else:  # an interrupted search: the best figures it stored, without a final round
+        chosen = choose(measured, budget)
+        if chosen is not None and chosen["key"] == baseline["key"]:
+            chosen = None
     front = pareto_front(measured)
 
     parts = [
@@ -97,14 +112,13 @@ def build_report(store, search_id: str | None = None) -> str:
         f"KLD ≤ {budget.max_kld:g}; {len(rows)} candidates ({len(measured)} fully measured).</p>"
     )
     if chosen:
-        ratio = baseline["decode_j_per_token"] / chosen["decode_j_per_token"]
-        parts.append(
-            f"<p><b>Chosen:</b> {html.escape(chosen['label'])}: decode {chosen['decode_j_per_token']:.4f} J/token "
-            f"vs {baseline['decode_j_per_token']:.4f} for the baseline (<b>{ratio:.2f}x less</b>), "
-            f"PPL +{chosen['ppl_increase_pct']:.2f}%, KLD {chosen['kld']:.4f}.</p>"
-        )
+        parts.append(_chosen_paragraph(chosen, baseline, summary))
     else:
         parts.append("<p><b>No candidate met the budget</b> while costing less than the baseline.</p>")
+    if summary and summary.get("final_round"):
+        parts.append(_final_round_table(summary))
+    for note in (summary or {}).get("notes", []):
+        parts.append(f"<p class='note'>{html.escape(note)}</p>")
     parts.append("<h2>Pareto front: decode energy against quality loss</h2>")
     parts.append(
         f"<div class='figure' id='pareto-plot'>{pareto_svg(measured, front, chosen, baseline, budget.max_kld)}</div>"
@@ -162,6 +176,48 @@ def build_report(store, search_id: str | None = None) -> str:
     )
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _cost(row: dict) -> float:
+    return (row.get("final") or row)["decode_j_per_token"]
+
+
+def _chosen_paragraph(chosen: dict, baseline: dict, summary: dict | None) -> str:
+    ratios = []
+    if summary is None:
+        ratios.append(f"<b>{_cost(baseline) / _cost(chosen):.2f}x less</b> than float32 transformers")
+    elif summary.get("comparable", True):
+        ratios.append(f"<b>{summary['j_per_token_ratio']:.2f}x less</b> than float32 transformers")
+        natural = summary.get("natural_baseline") or {}
+        if natural.get("key") and natural["key"] != baseline["key"]:
+            ratios.append(
+                f"<b>{summary['j_per_token_ratio_natural']:.2f}x less</b> than the model as given "
+                f"({html.escape(natural['label'])})"
+            )
+    else:
+        ratios.append("ratios not comparable (see the note below)")
+    source = "final-round median" if chosen.get("final") else "search-time median"
+    return (
+        f"<p><b>Chosen:</b> {html.escape(chosen['label'])}: decode {_cost(chosen):.4f} J/token ({source}); "
+        f"{'; '.join(ratios)}; PPL +{chosen['ppl_increase_pct']:.2f}%, KLD {chosen['kld']:.4f}.</p>"
+    )
+
+
+def _final_round_table(summary: dict) -> str:
+    parts = [
+        "<h2>Final round: finalists and baselines re-measured interleaved</h2><table id='final-round'>",
+        "<tr><th>candidate</th><th>role</th><th>decode J/token (median)</th><th>min</th><th>max</th>"
+        "<th>decode tok/s</th><th>meter</th><th>host</th></tr>",
+    ]
+    for r in summary["final_round"]:
+        parts.append(
+            f"<tr><td>{html.escape(r['label'])}</td><td>{html.escape(r['role'])}</td>"
+            f"<td>{r['decode_j_per_token']:.4f}</td><td>{r['spread']['min']:.4f}</td>"
+            f"<td>{r['spread']['max']:.4f}</td><td>{r['decode_tokens_per_s']:.1f}</td>"
+            f"<td>{html.escape(str(r['meter']))}</td><td>{html.escape(str(r['host']))}</td></tr>"
+        )
+    parts.append("</table>")
+    return "".join(parts)
 
 
 def write_report(store, out: str | Path, search_id: str | None = None) -> Path:

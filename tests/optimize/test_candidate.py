@@ -51,16 +51,30 @@ def test_bad_recipe_is_a_failed_record_not_a_crash(settings):
     assert record["status"] == "failed" and "no_such_method" in record["reason"]
 
 
-def test_dominance_needs_same_engine_better_quality_and_smaller_size():
-    member = {"label": "m", "engine": "llamacpp", "threads": 1, "kld": 0.01, "size_mb": 100.0}
-    big = Candidate(engine="llamacpp", quant_type="q8_0", threads=1)
-    assert dominated_by(big, 130.0, 0.02, [member]) is member
-    assert dominated_by(big, 110.0, 0.02, [member]) is None  # not clearly bigger
-    assert dominated_by(big, 130.0, 0.005, [member]) is None  # better quality: may be on the front
-    assert (
-        dominated_by(Candidate(engine="llamacpp", quant_type="q8_0", threads=2), 130.0, 0.02, [member])
-        is None
-    )
+def test_skip_needs_a_measured_member_running_the_same_way_better_and_clearly_cheaper():
+    member = {
+        "label": "m", "engine": "llamacpp", "threads": 1, "speculative": None, "device": "cpu",
+        "screen_kld": 0.01, "probe_j_per_token": 0.10, "size_mb": 50.0,
+    }  # fmt: skip
+    q8 = Candidate(engine="llamacpp", quant_type="q8_0", threads=1)
+    assert dominated_by(q8, "cpu", 0.02, 0.12, [member], 0.05) is member  # worse and 20% costlier
+    assert dominated_by(q8, "cpu", 0.02, 0.104, [member], 0.05) is None  # within the probe's noise margin
+    assert dominated_by(q8, "cpu", 0.005, 0.12, [member], 0.05) is None  # better quality: may be on the front
+    assert dominated_by(q8, "cuda", 0.02, 0.12, [member], 0.05) is None  # another device
+    two = Candidate(engine="llamacpp", quant_type="q8_0", threads=2)
+    assert dominated_by(two, "cpu", 0.02, 0.12, [member], 0.05) is None  # other threads cost differently
+    lookup = Candidate(engine="llamacpp", quant_type="q8_0", threads=1, speculative="prompt-lookup")
+    assert dominated_by(lookup, "cpu", 0.02, 0.12, [member], 0.05) is None  # other decoding
+    unprobed = {k: v for k, v in member.items() if k != "probe_j_per_token"}
+    assert dominated_by(q8, "cpu", 0.02, 0.12, [unprobed], 0.05) is None  # size alone never skips
+
+
+def test_a_baseline_is_measured_whatever_the_screen_says(settings):
+    settings.budget = QualityBudget(1.0, 1e-6)
+    cut = Candidate(recipe=({"method": "drop_layers", "count": 1},))
+    record = evaluate_candidate(settings, cut, None)  # front None: judged as a baseline
+    assert record["status"] == "measured", record.get("reason")
+    assert record["probe_j_per_token"] > 0 and record["screen_kld"] > 1e-6
 
 
 def test_speculative_candidates_need_llamacpp_and_keep_plain_keys():

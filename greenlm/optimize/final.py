@@ -1,0 +1,94 @@
+"""The final round: re-measure the best feasible candidates and both baselines interleaved, on this host and
+meter, and choose on those medians.
+
+Candidates are measured one after another during the search, minutes apart; on a shared machine the load in
+those minutes differs, and between close candidates that is the whole difference. Re-measuring the finalists
+in turns (A B C, B C A, C A B, ...) spreads slow and fast moments over all of them, and the ratio to each
+baseline comes from the same rounds on the same meter and host.
+"""
+
+from __future__ import annotations
+
+import socket
+import statistics
+from collections.abc import Callable
+
+from greenlm.io import noop
+from greenlm.optimize.candidate import load_candidate_engine, measure_config
+from greenlm.optimize.config import EvalSettings
+from greenlm.optimize.space import Candidate
+from greenlm.workload.runner import run_measure
+
+COST = "decode_j_per_token"
+
+
+def _candidate(row: dict) -> Candidate:
+    return Candidate(
+        recipe=tuple(row.get("recipe") or ()),
+        engine=row["engine"],
+        quant_type=row.get("quant_type"),
+        threads=row.get("threads"),
+        speculative=row.get("speculative"),
+    )
+
+
+def final_round(
+    settings: EvalSettings,
+    rows: list[dict],
+    rounds: int,
+    progress: Callable[[int, int], None] = noop,
+) -> dict[str, dict]:
+    """{row key: median and spread of decode J/token and tokens/s over `rounds` interleaved single-repeat
+    measurements, with the meter and host}. Every engine stays loaded for the whole round."""
+    engines = {}
+    figures: dict[str, list[dict]] = {row["key"]: [] for row in rows}
+    total, done = rounds * len(rows), 0
+    try:
+        for row in rows:
+            engines[row["key"]] = load_candidate_engine(settings, _candidate(row), row.get("model_path"))
+        for r in range(rounds):
+            order = rows[r % len(rows) :] + rows[: r % len(rows)]  # each starts a round in turn
+            for row in order:
+                config = measure_config(
+                    settings,
+                    _candidate(row),
+                    row.get("model_path"),
+                    repeats=1,
+                    num_prompts=settings.num_prompts,
+                )
+                figures[row["key"]].append(run_measure_once(config, engines[row["key"]]))
+                done += 1
+                progress(done, total)
+    finally:
+        for engine in engines.values():
+            engine.close()
+    host = socket.gethostname()
+    return {key: _summary(values, host) for key, values in figures.items()}
+
+
+def run_measure_once(config, engine) -> dict:
+    record = run_measure(config, engine=engine).to_dict()
+    return {
+        k: record[k]
+        for k in (COST, "decode_tokens_per_s", "carbon_g_per_1k_tokens", "meter", "energy_source")
+    }
+
+
+def _summary(values: list[dict], host: str) -> dict:
+    costs = [v[COST] for v in values]
+    return {
+        COST: statistics.median(costs),
+        "spread": {"min": min(costs), "max": max(costs)},
+        "per_round": costs,
+        "decode_tokens_per_s": statistics.median(v["decode_tokens_per_s"] for v in values),
+        "carbon_g_per_1k_tokens": statistics.median(v["carbon_g_per_1k_tokens"] for v in values),
+        "meter": values[0]["meter"],
+        "energy_source": values[0]["energy_source"],
+        "host": host,
+        "rounds": len(values),
+    }
+
+
+def within_noise(a: dict, b: dict) -> bool:
+    """Two finalists whose ranges over the rounds overlap: the order between them is not established."""
+    return a["spread"]["max"] >= b["spread"]["min"] and b["spread"]["max"] >= a["spread"]["min"]

@@ -1,0 +1,30 @@
+"""The final round on the tiny model: real engines, interleaved single-repeat measurements."""
+
+from greenlm.optimize.config import EvalSettings
+from greenlm.optimize.final import final_round, within_noise
+from greenlm.optimize.space import Candidate
+
+
+def test_final_round_measures_every_row_each_round(tiny_model_dir, tmp_path):
+    settings = EvalSettings(
+        model=str(tiny_model_dir), workdir=str(tmp_path), num_prompts=1, prompt_tokens=16, max_new_tokens=4,
+        meter="cpu-model", device="cpu",
+    )  # fmt: skip
+    rows = [
+        {**Candidate().to_dict(), "key": "base", "model_path": str(tiny_model_dir)},
+        {**Candidate(threads=1).to_dict(), "key": "one", "model_path": str(tiny_model_dir)},
+    ]
+    seen = []
+    figures = final_round(settings, rows, 3, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1] == (6, 6)
+    for key in ("base", "one"):
+        f = figures[key]
+        assert f["rounds"] == 3 and len(f["per_round"]) == 3
+        assert f["spread"]["min"] <= f["decode_j_per_token"] <= f["spread"]["max"]
+        assert f["meter"] == "cpu-model" and f["energy_source"] == "estimated" and f["host"]
+
+
+def test_within_noise_is_overlap_of_ranges():
+    a = {"spread": {"min": 1.0, "max": 1.2}}
+    assert within_noise(a, {"spread": {"min": 1.1, "max": 1.3}})
+    assert not within_noise(a, {"spread": {"min": 1.25, "max": 1.3}})
