@@ -22,12 +22,16 @@ def _isolated_paths(tmp_path, monkeypatch, shared_cache_dir):
     monkeypatch.setenv("GREENLM_CACHE_DIR", str(shared_cache_dir))
 
 
-def build_tiny_model(path, *, layers: int = 2, hidden: int = 64, seed: int = 0):
-    """A random Llama with a byte-level BPE tokenizer trained here on the CPython docs: no download."""
+def build_tiny_model(
+    path, *, layers: int = 2, hidden: int = 64, seed: int = 0, add_bos: bool = False, chat_template=None
+):
+    """A random Llama with a byte-level BPE tokenizer trained here on the CPython docs: no download.
+
+    `add_bos`: the tokenizer starts every sequence with <s> (a post-processor, as Llama 3's does)."""
     from pydoc_data.topics import topics
 
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -37,9 +41,16 @@ def build_tiny_model(path, *, layers: int = 2, hidden: int = 64, seed: int = 0):
         vocab_size=320, special_tokens=["<unk>", "<s>", "</s>"], show_progress=False
     )
     tok.train_from_iterator(list(topics.values())[:20], trainer)
+    if add_bos:
+        bos = tok.token_to_id("<s>")
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", bos)]
+        )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>"
     )
+    if chat_template is not None:
+        fast.chat_template = chat_template
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(fast),

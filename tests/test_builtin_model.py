@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from greenlm.cli import main
+from greenlm.energy import get_meter
 from greenlm.models import load_model, resolve_model
 from greenlm.models.loader import gguf_cache_path
 
@@ -51,7 +52,19 @@ def test_measure_builtin_json(monkeypatch, capsys):
     assert info.value.code == 0, captured.err
     record = json.loads(captured.out)
     assert record["model"] == "smollm2-135m" and record["engine"] == "transformers"
-    assert record["meter"] == "cpu-model" and record["energy_source"] == "estimated"
+    # `auto` is whatever this machine has (rapl, cpu-model, plus nvml on a GPU host): ask it, do not assume
+    with get_meter("auto") as expected:
+        assert record["meter"] == expected.name and record["energy_source"] == expected.energy_source
+    split = [
+        record[f"{phase}_{part}_j_per_token"]
+        for phase in ("prefill", "decode")
+        for part in ("static", "dynamic")
+    ]
+    if "cpu-model" in record["meter"]:
+        assert all(v > 0 for v in split)
+    else:
+        assert split == [None] * 4  # a hardware counter measures the package whole
+    assert all(v["meter"] in record["meter"].split("+") for v in record["energy_domains"].values())
     assert record["decode_j_per_token"] > 0 and record["prefill_j_per_token"] > 0
     assert record["decode_tokens_per_s"] > 0 and record["text"] == "builtin:pydoc-topics/evaluation"
     assert record["run_id"]

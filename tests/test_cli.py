@@ -73,6 +73,22 @@ def test_measure_json_then_runs(monkeypatch, capsys, tiny_model_dir):
     assert record["batch_size"] == 2 and record["repeats"] == 2 and record["pue"] == 1.2
     assert record["decode_j_per_token"] > 0 and record["intensity_location"] == "FR"
     assert "cpu-model" in err  # the meter choice is announced on stderr, not mixed into the JSON
+    # the CPU estimate's parts, per phase: static (cores held for the wall time) and dynamic (busy time)
+    for phase in ("prefill", "decode"):
+        static, dynamic = record[f"{phase}_static_j_per_token"], record[f"{phase}_dynamic_j_per_token"]
+        assert static > 0 and dynamic >= 0  # CPU time comes in 10 ms ticks: a tiny model's prefill may show 0
+        memory = record["energy_domains"]["memory"][f"{phase}_j_per_token"]
+        assert static + dynamic + memory == pytest.approx(record[f"{phase}_j_per_token"], rel=1e-6)
+        assert record[f"{phase}_static_j"] > 0 and record[f"{phase}_dynamic_j"] >= 0
+    assert record["energy_domains"]["cpu"] == {
+        "meter": "cpu-model",
+        "energy_source": "estimated",
+        "additive": True,
+        **{k: record["energy_domains"]["cpu"][k] for k in ("prefill_j", "decode_j")},
+        **{k: record["energy_domains"]["cpu"][k] for k in ("prefill_j_per_token", "decode_j_per_token")},
+    }
+    assert record["device"] == "cpu"  # --device auto on a machine torch sees no GPU on
+    assert record["config"]["device"] == "auto"
 
     code, out, _ = run_cli(monkeypatch, capsys, "runs", "--json")
     assert code == 0
@@ -91,10 +107,25 @@ def test_meters_lists_every_backend(monkeypatch, capsys):
     statuses = {s["name"]: s for s in json.loads(out)}
     assert {"rapl", "nvml", "cpu-model"} <= set(statuses)
     assert statuses["cpu-model"]["available"] and statuses["cpu-model"]["energy_source"] == "estimated"
+    cpu = statuses["cpu-model"]["details"]
+    assert cpu["static"]["idle_watts_per_core"] > 0 and "SPECpower" in cpu["static"]["source"]
+    assert cpu["dynamic"]["watts_per_busy_core"] > 0 and cpu["dynamic"]["source"]
     for s in statuses.values():
         assert s["reason"] if not s["available"] else s["details"], (
             "every meter says why it is or is not there"
         )
+
+
+def test_meters_takes_the_cpu_model_overrides(monkeypatch, capsys):
+    code, out, _ = run_cli(
+        monkeypatch, capsys, "meters", "--watts-per-core", "9", "--idle-watts-per-core", "2", "--json"
+    )
+    assert code == 0
+    cpu = {s["name"]: s for s in json.loads(out)}["cpu-model"]["details"]
+    assert cpu["watts_per_core"] == 9 and cpu["static"]["idle_watts_per_core"] == 2
+    assert cpu["dynamic"]["watts_per_busy_core"] == 7
+    code, out, _ = run_cli(monkeypatch, capsys, "meters")
+    assert code == 0 and "static:" in out and "dynamic:" in out
 
 
 def test_runs_empty_store(monkeypatch, capsys):
@@ -111,6 +142,13 @@ def test_runs_empty_store(monkeypatch, capsys):
         (["measure", "--pue", "0.5"], "PUE"),
         (["measure", "--batch-size", "many"], "Invalid value for '--batch-size'"),
         (["measure", "--meter", "wattmeter"], "wattmeter"),
+        (["measure", "--device", "tpu"], "unknown device 'tpu'"),
+        (["measure", "--idle-watts-per-core", "-1"], "--idle-watts-per-core"),
+        (
+            ["measure", "--watts-per-core", "2", "--idle-watts-per-core", "3", "--meter", "cpu-model"],
+            "exceed",
+        ),
+        (["meters", "--idle-watts-per-core", "-1"], "idle_watts_per_core"),
         (["measure", "--no-such-flag"], "No such option"),
         (["runs", "--limit", "0"], "--limit"),
     ],

@@ -32,13 +32,22 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of
 DbOpt = typer.Option(None, "--db", help="Results store (SQLite). Default: the user data dir, or $GREENLM_DB.")
 # Energy and carbon flags every metered verb takes (defaults: the library's, see MeasureConfig).
 MeterOpt = typer.Option(
-    default(MeasureConfig, "meter"), "--meter", help="auto, rapl, nvml, rapl+nvml or cpu-model."
+    default(MeasureConfig, "meter"), "--meter", help="auto (CPU + GPU), rapl, nvml, cpu-model, or a '+' join."
 )
 CountryOpt = typer.Option(None, "--country", help="ISO 3166 country code for grid carbon intensity.")
 RegionOpt = typer.Option(None, "--region", help="Cloud region, e.g. gcp:europe-west1.")
 IntensityOpt = typer.Option(None, "--carbon-intensity", help="Grid intensity in gCO2e/kWh.")
 PueOpt = typer.Option(
     default(MeasureConfig, "pue"), "--pue", help="Data-centre power usage effectiveness (>= 1)."
+)
+# The cpu-model meter's constants, on every verb that takes --meter (`greenlm meters` shows the defaults).
+WattsOpt = typer.Option(
+    None, "--watts-per-core", help="cpu-model: watts of one fully busy physical core (default: TDP / cores)."
+)
+IdleWattsOpt = typer.Option(
+    None,
+    "--idle-watts-per-core",
+    help="cpu-model: static watts of each allotted core for every second (default: 0.21 x watts per core).",
 )
 
 

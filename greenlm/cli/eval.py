@@ -53,7 +53,11 @@ def eval_command(
         default(EvalConfig, "batch_windows"), "--batch-windows", help="Windows per forward pass."
     ),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
-    device: str = typer.Option(default(EvalConfig, "device"), "--device", help="cpu, cuda, cuda:N or auto."),
+    device: str = typer.Option(
+        default(EvalConfig, "device"),
+        "--device",
+        help="auto (a GPU when the engine can use one), cpu, cuda or cuda:N.",
+    ),
     dtype: str = typer.Option(
         default(EvalConfig, "dtype"), "--dtype", help="Model dtype: float32, bfloat16 or float16."
     ),

@@ -9,12 +9,14 @@ from greenlm.cli.app import app
 from greenlm.cli.common import (
     CountryOpt,
     DbOpt,
+    IdleWattsOpt,
     IntensityOpt,
     JsonOpt,
     LazyProgress,
     MeterOpt,
     PueOpt,
     RegionOpt,
+    WattsOpt,
     default,
     emit_json,
     fmt,
@@ -65,12 +67,13 @@ def measure(
         None, "--threads", help="CPU threads (default: torch's choice; llamacpp: the cores available)."
     ),
     device: str = typer.Option(
-        default(MeasureConfig, "device"), "--device", help="cpu, cuda, cuda:N or auto."
+        default(MeasureConfig, "device"),
+        "--device",
+        help="auto (a GPU when the engine can use one), cpu, cuda or cuda:N.",
     ),
     meter: str = MeterOpt,
-    watts_per_core: float | None = typer.Option(
-        None, "--watts-per-core", help="cpu-model: watts per busy core."
-    ),
+    watts_per_core: float | None = WattsOpt,
+    idle_watts_per_core: float | None = IdleWattsOpt,
     country: str | None = CountryOpt,
     region: str | None = RegionOpt,
     carbon_intensity: float | None = IntensityOpt,
@@ -114,6 +117,7 @@ def measure(
         device=device,
         meter=meter,
         watts_per_core=watts_per_core,
+        idle_watts_per_core=idle_watts_per_core,
         country=country,
         region=region,
         carbon_intensity=carbon_intensity,
@@ -163,6 +167,7 @@ def _print_measurement(r: dict) -> None:
     )
     lines = [
         f"energy: meter {r['meter']} ({source})",
+        *_energy_lines(r),
         f"carbon: {r['intensity_g_per_kwh']:g} gCO2e/kWh ({r['intensity_source']}), PUE {r['pue']:g}",
         f"workload: {r['num_prompts']} prompts of ~{r['mean_prompt_tokens']:.0f} tokens from {r['text']}, "
         f"{r['max_new_tokens']} new tokens each, {r['repeats']} repeats; peak RSS {r['peak_rss_mb']:.0f} MB",
@@ -172,6 +177,29 @@ def _print_measurement(r: dict) -> None:
     ]
     for line in lines:
         out.print(line, markup=False)
+
+
+def _energy_lines(r: dict) -> list[str]:
+    """Where each additive domain's energy came from, and the CPU estimate's static/dynamic split."""
+    lines = []
+    domains = r.get("energy_domains") or {}
+    additive = {d: v for d, v in domains.items() if v["additive"]}
+    if len({(v["meter"], v["energy_source"]) for v in additive.values()}) > 1:
+        lines.append(
+            "  domains: "
+            + "; ".join(
+                f"{d} {v['meter']} ({v['energy_source']}) {fmt(v['decode_j_per_token'])} J/decode token"
+                for d, v in additive.items()
+            )
+        )
+    for phase in ("prefill", "decode"):
+        static, dynamic = r.get(f"{phase}_static_j_per_token"), r.get(f"{phase}_dynamic_j_per_token")
+        if static is not None and dynamic is not None:
+            lines.append(
+                f"  {phase} J/token of the CPU estimate: static {fmt(static)} (cores held for the wall time) "
+                f"+ dynamic {fmt(dynamic)} (busy core-seconds)"
+            )
+    return lines
 
 
 def _speculative_lines(r: dict) -> list[str]:

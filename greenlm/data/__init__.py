@@ -10,6 +10,7 @@ __getattr__, __dir__, __all__ = lazy(
         "TextSplit": "greenlm.data.split",
         "calibration_windows": "greenlm.data.calibration",
         "load_text": "greenlm.data.sources",
+        "read_text_file": "greenlm.data.sources",
         "split_text": "greenlm.data.split",
     },
 )

@@ -11,6 +11,7 @@ from greenlm.errors import GreenlmError
 
 BUILTIN_TEXT = "pydoc-topics"
 JSONL_TEXT_KEYS = ("text", "content", "prompt")
+_TEXT_HINT = '.txt (plain text) or .jsonl (one {"text": ...} per line)'
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,25 @@ class TextSource:
         return h.hexdigest()[:16]
 
 
+def read_text_file(path: str | Path, what: str, expected: str) -> str:
+    """A user's file as text, or one GreenlmError line saying it is binary or not UTF-8 (`what`: "prompts
+    file", "recipe file"...; `expected`: what to pass instead). Read whole: these files are small."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise GreenlmError(f"cannot read {what} '{path}': {exc.strerror or exc}") from None
+    if b"\x00" in data[:65536]:
+        raise GreenlmError(f"{what} '{path}' is a binary file, not text: pass {expected}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GreenlmError(
+            f"{what} '{path}' is not UTF-8 text (byte {exc.start} cannot be decoded): pass {expected}, saved "
+            "as UTF-8"
+        ) from None
+    return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the text
+
+
 def _builtin() -> TextSource:
     # The CPython documentation topics ship with every Python: a real, license-clean corpus that needs no download.
     from pydoc_data.topics import topics
@@ -34,7 +54,7 @@ def _builtin() -> TextSource:
 
 def _read_jsonl(path: Path) -> list[str]:
     docs = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text_file(path, "text file", _TEXT_HINT).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -64,17 +84,12 @@ def load_text(spec: str | None = None) -> TextSource:
         raise GreenlmError(
             f"text file '{spec}' not found: pass a .txt or .jsonl file, or omit --text for the built-in corpus"
         )
-    try:
-        if path.suffix.lower() == ".jsonl":
-            docs = _read_jsonl(path)
-        elif path.suffix.lower() in (".txt", ".md", ".text"):
-            docs = [path.read_text(encoding="utf-8")]
-        else:
-            raise GreenlmError(
-                f"unsupported text file '{spec}': use .txt (plain text) or .jsonl (one {{\"text\": ...}} per line)"
-            )
-    except UnicodeDecodeError:
-        raise GreenlmError(f"text file '{spec}' is not UTF-8 text") from None
+    if path.suffix.lower() == ".jsonl":
+        docs = _read_jsonl(path)
+    elif path.suffix.lower() in (".txt", ".md", ".text"):
+        docs = [read_text_file(path, "text file", _TEXT_HINT)]
+    else:
+        raise GreenlmError(f"unsupported text file '{spec}': use {_TEXT_HINT}")
     docs = [d for d in docs if d.strip()]
     if not docs:
         raise GreenlmError(

@@ -34,6 +34,9 @@ class Measurement:
     duration_s: float
     energy_j: dict[str, float]  # additive domains: their sum is the total
     detail_j: dict[str, float] = field(default_factory=dict)  # already inside an additive domain
+    # Which meter produced a domain and how, (meter, energy_source), where that differs from this
+    # measurement's own: a composite's members ("gpu-0": ("nvml", "measured"), "cpu": ("cpu-model", ...)).
+    origin: dict[str, tuple[str, EnergySource]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Enforced here so no meter, and no caller doing arithmetic on measurements, can store nonsense.
@@ -45,6 +48,27 @@ class Measurement:
             for domain, joules in domains.items():
                 if not (math.isfinite(joules) and joules >= 0):
                     raise ValueError(f"{kind}[{domain!r}] must be finite and >= 0, got {joules}")
+        for domain, (_meter, source) in self.origin.items():
+            if source not in ("measured", "estimated"):
+                raise ValueError(f"origin[{domain!r}] has energy_source {source!r}")
+
+    def domain_origin(self, domain: str) -> tuple[str, EnergySource]:
+        """(meter, "measured" | "estimated") of one domain."""
+        return self.origin.get(domain, (self.meter, self.energy_source))
+
+    def domains(self) -> dict[str, dict[str, Any]]:
+        """Every domain, additive and detail, with its joules and where they came from (JSON-ready)."""
+        out: dict[str, dict[str, Any]] = {}
+        for additive, domains in ((True, self.energy_j), (False, self.detail_j)):
+            for domain, joules in domains.items():
+                meter, source = self.domain_origin(domain)
+                out[domain] = {
+                    "energy_j": joules,
+                    "additive": additive,
+                    "meter": meter,
+                    "energy_source": source,
+                }
+        return out
 
     @property
     def total_j(self) -> float:
@@ -74,6 +98,7 @@ class Measurement:
             duration_s=max(0.0, self.duration_s - inner.duration_s),
             energy_j=sub(self.energy_j, inner.energy_j),
             detail_j=sub(self.detail_j, inner.detail_j),
+            origin=dict(self.origin),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,6 +110,7 @@ class Measurement:
             "avg_power_w": self.avg_power_w,
             "energy_j": dict(self.energy_j),
             "detail_j": dict(self.detail_j),
+            "domains": self.domains(),
         }
 
     @classmethod
@@ -96,6 +122,11 @@ class Measurement:
             duration_s=float(data["duration_s"]),
             energy_j={k: float(v) for k, v in data["energy_j"].items()},
             detail_j={k: float(v) for k, v in data.get("detail_j", {}).items()},
+            origin={
+                k: (v["meter"], v["energy_source"])
+                for k, v in data.get("domains", {}).items()
+                if (v["meter"], v["energy_source"]) != (data["meter"], data["energy_source"])
+            },
         )
 
 

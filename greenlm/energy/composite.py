@@ -40,6 +40,11 @@ class CompositeMeter(Meter):
             duration_s=duration_s,
             energy_j=_merge([(p.meter, p.energy_j) for p in parts]),
             detail_j=_merge([(p.meter, p.detail_j) for p in parts]),
+            # Same naming as _merge, so every merged domain says which member measured it and how.
+            origin={
+                **_merge([(p.meter, {d: p.domain_origin(d) for d in p.energy_j}) for p in parts]),
+                **_merge([(p.meter, {d: p.domain_origin(d) for d in p.detail_j}) for p in parts]),
+            },
         )
 
     def describe(self) -> dict[str, Any]:
@@ -56,10 +61,10 @@ class CompositeMeter(Meter):
             raise errors[0]
 
 
-def _merge(named: list[tuple[str, dict[str, float]]]) -> dict[str, float]:
+def _merge(named: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
     counts = Counter(domain for _, domains in named for domain in domains)
     meter_counts = Counter(meter for meter, _ in named)
-    merged: dict[str, float] = {}
+    merged: dict[str, Any] = {}
     for i, (meter, domains) in enumerate(named):
         prefix = meter if meter_counts[meter] == 1 else f"{meter}#{i}"  # two meters of one kind
         for domain, joules in domains.items():

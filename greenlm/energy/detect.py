@@ -1,4 +1,4 @@
-"""Choosing a meter: by name, or "auto" (hardware counters first, else the CPU-time estimate).
+"""Choosing a meter: by name, or "auto" (the CPU by RAPL or else the CPU model, and NVML's GPUs when present).
 
 The chosen meter carries `selection_note`, one line saying what was chosen and, on a fallback, why
 the better meters were not available, so the caller can announce it once and store it with the row.
@@ -19,7 +19,7 @@ from greenlm.errors import GreenlmError, MeterUnavailable
 
 METER_NAMES = ("rapl", "nvml", "cpu-model")
 _SOURCES: dict[str, EnergySource] = {"rapl": "measured", "nvml": "measured", "cpu-model": "estimated"}
-_VALID_SPECS = "auto, rapl, nvml, cpu-model, or a '+' join such as rapl+nvml or nvml+cpu-model"
+_VALID_SPECS = "auto, rapl, nvml, cpu-model, or a '+' join such as rapl+nvml or cpu-model+nvml"
 
 
 @dataclass(frozen=True)
@@ -34,20 +34,41 @@ class MeterStatus:
         return asdict(self)
 
 
-def _build(name: str, *, watts_per_core: float | None, rapl_root: str) -> Meter:
+@dataclass(frozen=True)
+class CpuModelSettings:
+    """What the cpu-model meter takes from the caller; None means the sourced default."""
+
+    watts_per_core: float | None = None
+    idle_watts_per_core: float | None = None
+    include_children: bool = False
+
+
+def _build(name: str, *, cpu: CpuModelSettings, rapl_root: str) -> Meter:
     if name == "rapl":
         return RaplMeter(rapl_root)
     if name == "nvml":
         return NvmlMeter()
-    return CpuModelMeter(watts_per_core=watts_per_core)
+    return CpuModelMeter(
+        watts_per_core=cpu.watts_per_core,
+        idle_watts_per_core=cpu.idle_watts_per_core,
+        include_children=cpu.include_children,
+    )
 
 
-def probe_meters(*, rapl_root: str = POWERCAP_ROOT, watts_per_core: float | None = None) -> list[MeterStatus]:
+def probe_meters(
+    *,
+    rapl_root: str = POWERCAP_ROOT,
+    watts_per_core: float | None = None,
+    idle_watts_per_core: float | None = None,
+) -> list[MeterStatus]:
     """Every backend, in METER_NAMES order, with why it is unavailable or what it would measure."""
+    _check_watts(watts_per_core, "watts_per_core")
+    _check_watts(idle_watts_per_core, "idle_watts_per_core", allow_zero=True)
+    cpu = CpuModelSettings(watts_per_core, idle_watts_per_core)
     statuses = []
     for name in METER_NAMES:
         try:
-            meter = _build(name, watts_per_core=watts_per_core, rapl_root=rapl_root)
+            meter = _build(name, cpu=cpu, rapl_root=rapl_root)
         except MeterUnavailable as e:
             statuses.append(MeterStatus(name, False, _SOURCES[name], str(e)))
             continue
@@ -59,56 +80,79 @@ def probe_meters(*, rapl_root: str = POWERCAP_ROOT, watts_per_core: float | None
     return statuses
 
 
-def _check_watts(watts_per_core: float | None) -> None:
-    if watts_per_core is None:
+def _check_watts(watts: float | None, what: str, *, allow_zero: bool = False) -> None:
+    if watts is None:
         return
-    if isinstance(watts_per_core, bool) or not isinstance(watts_per_core, (int, float)):
-        raise GreenlmError(f"watts_per_core must be a number of watts, got {watts_per_core!r}")
-    if not (math.isfinite(watts_per_core) and watts_per_core > 0):
-        raise GreenlmError(f"watts_per_core must be > 0 watts, got {watts_per_core}")
+    if isinstance(watts, bool) or not isinstance(watts, (int, float)):
+        raise GreenlmError(f"{what} must be a number of watts, got {watts!r}")
+    if not (math.isfinite(watts) and (watts >= 0 if allow_zero else watts > 0)):
+        raise GreenlmError(f"{what} must be {'>= 0' if allow_zero else '> 0'} watts, got {watts}")
 
 
-def _auto(*, watts_per_core: float | None, rapl_root: str) -> tuple[Meter, str]:
-    found: list[Meter] = []
-    missing: dict[str, str] = {}
-    for name in ("rapl", "nvml"):
-        try:
-            found.append(_build(name, watts_per_core=watts_per_core, rapl_root=rapl_root))
-        except MeterUnavailable as e:
-            missing[name] = str(e)
-    why_not = "; ".join(f"no {name.upper()}: {reason}" for name, reason in missing.items())
-    if len(found) == 2:
-        return CompositeMeter(found), "meter: rapl+nvml (measured)"
-    if found and found[0].name == "rapl":
-        return found[0], f"meter: rapl (measured) — {why_not}"
-    if found:
-        return found[0], (
-            f"meter: nvml (measured) — {why_not}; CPU energy is not counted "
-            "(ask for nvml+cpu-model to add an estimate of it)"
-        )
-    cpu = CpuModelMeter(watts_per_core=watts_per_core)
-    return cpu, (
-        f"meter: cpu-model (estimated) — {why_not}; "
-        f"{cpu.watts_per_core:.3g} W per busy core: {cpu.watts_source}"
+def _cpu_model_note(cpu: CpuModelMeter) -> str:
+    return (
+        f"cpu-model: {cpu.idle_watts_per_core:.3g} W per allotted core for every second ({cpu.idle_source}) "
+        f"+ {cpu.dynamic_watts_per_core:.3g} W per busy core (watts per core: {cpu.watts_source})"
     )
+
+
+def _auto(*, cpu_settings: CpuModelSettings, rapl_root: str) -> tuple[Meter, str]:
+    """The CPU (RAPL, else the cpu-model estimate) and, when NVML sees one, the GPUs, read as one meter.
+
+    A GPU machine runs CPU work too (tokenizing, sampling, a CPU engine), and an idle GPU still draws
+    power, so both are always counted; each domain of the record says which meter produced it.
+    """
+    why_not: list[str] = []
+    try:
+        cpu: Meter = RaplMeter(rapl_root)
+    except MeterUnavailable as e:
+        why_not.append(f"no RAPL: {e}")
+        cpu = _build("cpu-model", cpu=cpu_settings, rapl_root=rapl_root)
+    try:
+        gpu: Meter | None = NvmlMeter()
+    except MeterUnavailable as e:
+        why_not.append(f"no NVML: {e}")
+        gpu = None
+    except BaseException:
+        cpu.close()
+        raise
+    meter = cpu if gpu is None else CompositeMeter([cpu, gpu])
+    if gpu is None:
+        kind = f"{cpu.name} ({cpu.energy_source})"
+    else:
+        kind = (
+            f"{meter.name} ({meter.energy_source}: CPU {cpu.energy_source} by {cpu.name}, "
+            f"GPU {gpu.energy_source} by nvml)"
+        )
+    note = f"meter: {kind}"
+    if why_not:
+        note += " — " + "; ".join(why_not)
+    if isinstance(cpu, CpuModelMeter):
+        note += "; " + _cpu_model_note(cpu)
+    return meter, note
 
 
 def get_meter(
     spec: str = "auto",
     *,
     watts_per_core: float | None = None,
+    idle_watts_per_core: float | None = None,
+    include_children: bool = False,
     rapl_root: str = POWERCAP_ROOT,
 ) -> Meter:
     """The meter for `spec`; the result's selection_note says what was chosen and why.
 
-    "auto": RAPL and NVML when present (both -> rapl+nvml), else cpu-model. A named spec forces that
-    meter and raises MeterUnavailable, with the reason, when this machine lacks it.
-    watts_per_core is used only by cpu-model.
+    "auto": the CPU by RAPL when present, else by the cpu-model estimate, plus NVML's GPUs when present
+    (rapl+nvml, cpu-model+nvml, rapl or cpu-model). A named spec forces that meter and raises
+    MeterUnavailable, with the reason, when this machine lacks it.
+    watts_per_core, idle_watts_per_core and include_children are used only by cpu-model.
     """
-    _check_watts(watts_per_core)
+    _check_watts(watts_per_core, "watts_per_core")
+    _check_watts(idle_watts_per_core, "idle_watts_per_core", allow_zero=True)
+    cpu = CpuModelSettings(watts_per_core, idle_watts_per_core, include_children)
     key = spec.strip().lower()
     if key == "auto":
-        meter, note = _auto(watts_per_core=watts_per_core, rapl_root=rapl_root)
+        meter, note = _auto(cpu_settings=cpu, rapl_root=rapl_root)
         meter.selection_note = note
         return meter
     names = key.split("+")
@@ -119,11 +163,14 @@ def get_meter(
     meters: list[Meter] = []
     try:
         for name in names:
-            meters.append(_build(name, watts_per_core=watts_per_core, rapl_root=rapl_root))
+            meters.append(_build(name, cpu=cpu, rapl_root=rapl_root))
     except BaseException:
         for m in meters:
             m.close()
         raise
     meter = meters[0] if len(meters) == 1 else CompositeMeter(meters)
-    meter.selection_note = f"meter: {meter.name} ({meter.energy_source}), as requested"
+    note = f"meter: {meter.name} ({meter.energy_source}), as requested"
+    if names == ["nvml"]:
+        note += "; CPU energy is not counted (auto, or nvml+cpu-model, counts it)"
+    meter.selection_note = note
     return meter

@@ -11,7 +11,9 @@ __getattr__, __dir__, __all__ = lazy(
         "PrefillResult": "greenlm.engines.base",
         "SpeculativeConfig": "greenlm.engines.speculative",
         "available_engines": "greenlm.engines.available",
+        "check_device": "greenlm.engines.names",
         "check_speculative_engine": "greenlm.engines.names",
         "create_engine": "greenlm.engines.factory",
+        "device_kind_for": "greenlm.engines.factory",
     },
 )

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from greenlm.errors import GreenlmError
+
 
 @dataclass
 class PrefillResult:
@@ -43,7 +45,28 @@ class Engine(ABC):
     speculative = None  # a SpeculativeConfig on engines that decode speculatively (llama.cpp), else None
 
     @abstractmethod
-    def tokenize(self, text: str) -> list[int]: ...
+    def tokenize(self, text: str) -> list[int]:
+        """The text's token ids, no special tokens added (see `bos_token_id` and `with_bos`)."""
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """The token the model's tokenizer starts every sequence with, or None when it adds none.
+
+        Windows and prompts cut from running text start with it, as the model saw in training (llama.cpp's
+        perplexity tool does the same); SmolLM2 adds none, Gemma, Llama 3 and Mistral do."""
+        return None
+
+    def with_bos(self, token_ids: list[int]) -> list[int]:
+        """`token_ids` starting with BOS when this model's tokenizer adds one (never twice)."""
+        bos = self.bos_token_id
+        if bos is None or token_ids[:1] == [bos]:
+            return list(token_ids)
+        return [bos, *token_ids]
+
+    def chat_tokens(self, messages: list[dict]) -> list[int]:
+        """A chat prompt ([{"role": ..., "content": ...}, ...]) rendered with the model's own chat template,
+        ready for the assistant's reply."""
+        raise GreenlmError(f"the {self.name} engine cannot build chat prompts")
 
     @abstractmethod
     def detokenize(self, token_ids: list[int]) -> str: ...

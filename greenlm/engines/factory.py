@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import torch
+
 from greenlm.engines.base import Engine
 from greenlm.engines.llamacpp_engine import LlamaCppEngine
-from greenlm.engines.names import check_engine_name, check_speculative_engine
+from greenlm.engines.names import check_device, check_engine_name, check_speculative_engine
 from greenlm.engines.speculative import SpeculativeConfig
 from greenlm.engines.transformers_engine import TransformersEngine
+from greenlm.llamacpp.runtime import llama_cpp_status
 from greenlm.models.spec import ModelSpec
+
+
+def device_kind_for(engine: str, device: str) -> str:
+    """What `device` means for `engine` on this machine, without loading a model: "cpu", "cuda" (torch) or
+    "gpu" (llama.cpp offload). Cache keys use it so an `auto` run and an explicit one share their entries."""
+    check_device(device)
+    if device == "cpu":
+        return "cpu"
+    if engine == "llamacpp":
+        offload = llama_cpp_status().get("gpu_offload", False)
+        return "gpu" if offload or device != "auto" else "cpu"
+    return "cuda" if device != "auto" or torch.cuda.is_available() else "cpu"
 
 
 def create_engine(

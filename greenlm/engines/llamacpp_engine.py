@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from greenlm.engines.base import DecodeResult, Engine, PrefillResult
+from greenlm.engines.bos import model_bos_token_id
 from greenlm.engines.speculative import (
     SPECULATIVE_BATCH_MESSAGE,
     Drafter,
@@ -110,6 +111,10 @@ class LlamaCppEngine(Engine):
             min(context_tokens, self.n_ctx_train) if self.n_ctx_train > 0 else context_tokens
         )
         self.load_s = time.perf_counter() - start
+        # llama.cpp's own rule (tokenizer.ggml.add_bos_token, else its vocabulary type's default)
+        self._bos = (
+            int(lib.llama_vocab_bos(self._vocab)) if lib.llama_vocab_get_add_bos(self._vocab) else None
+        )
         self._ensure_context(1)
 
     @classmethod
@@ -139,6 +144,8 @@ class LlamaCppEngine(Engine):
         )
         try:
             engine.set_speculative(speculative)
+            # One convention per model for every engine (a Hugging Face directory's tokenizer decides).
+            engine._bos = model_bos_token_id(spec)
         except BaseException:
             engine.close()
             raise
@@ -265,16 +272,47 @@ class LlamaCppEngine(Engine):
     def max_context(self) -> int:
         return self.context_tokens
 
-    def tokenize(self, text: str) -> list[int]:
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._bos
+
+    def tokenize(self, text: str, *, parse_special: bool = False) -> list[int]:
         data = text.encode("utf-8")
         size = len(data) + 16
         for _ in range(2):
             buf = (self.lib.llama_token * size)()
-            n = self.lib.llama_tokenize(self._vocab, data, len(data), buf, size, False, False)
+            n = self.lib.llama_tokenize(self._vocab, data, len(data), buf, size, False, parse_special)
             if n >= 0:
                 return list(buf[:n])
             size = -n
         raise GreenlmError("llama.cpp could not tokenize the text")
+
+    def chat_tokens(self, messages: list[dict]) -> list[int]:
+        """Rendered by llama.cpp's llama_chat_apply_template from the GGUF's tokenizer.chat_template (the
+        templates llama.cpp recognises, as llama-server does), then tokenized with special tokens parsed."""
+        lib = self.lib
+        template = lib.llama_model_chat_template(self._model, None)
+        if not template:
+            raise GreenlmError(f"{self.model_name}'s GGUF has no chat template: give plain prompts")
+        chat = (lib.llama_chat_message * len(messages))()
+        keep = []  # the bytes must outlive the call
+        for i, message in enumerate(messages):
+            role, content = str(message["role"]).encode(), str(message["content"]).encode()
+            keep += [role, content]
+            chat[i].role, chat[i].content = role, content
+        size = 256 + 2 * sum(len(b) for b in keep)
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            n = lib.llama_chat_apply_template(template, chat, len(messages), True, buf, size)
+            if n < 0:
+                raise GreenlmError(
+                    f"llama.cpp does not recognise {self.model_name}'s chat template: use the transformers "
+                    "engine for chat prompts, or give plain prompts"
+                )
+            if n <= size:
+                return self.with_bos(self.tokenize(buf.raw[:n].decode("utf-8"), parse_special=True))
+            size = n
+        raise GreenlmError("llama.cpp could not render the chat template")
 
     def detokenize(self, token_ids: list[int]) -> str:
         self._check_ids(token_ids)
@@ -445,6 +483,8 @@ class LlamaCppEngine(Engine):
                 "load_s": round(self.load_s, 3),
                 "load_source": self.load_source,
                 "decoding": "greedy" if self.speculative is None else "speculative greedy (same output)",
+                "bos_token_id": self._bos,
+                "gpu_layers": "all" if self.device != "cpu" else 0,
             }
         )
         if self.speculative is not None:

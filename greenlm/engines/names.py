@@ -22,3 +22,18 @@ def check_speculative_engine(name: str, speculative: SpeculativeConfig | None) -
             f"speculative decoding is not supported by the {name} engine (only llamacpp drafts and verifies "
             "tokens): add --engine llamacpp or drop --speculative"
         )
+
+
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def check_device(device: str) -> str:
+    """A device flag's form, checked before anything loads (whether this machine has it is the engine's call).
+    auto: a GPU when the engine can use one here (transformers: torch sees CUDA; llama.cpp: its build
+    offloads), else the CPU."""
+    ok = isinstance(device, str) and (
+        device in ("auto", "cpu", "cuda", "gpu") or (device.startswith("cuda:") and device[5:].isdigit())
+    )
+    if not ok:
+        raise GreenlmError(f"unknown device {device!r}: use {DEVICES}")
+    return device

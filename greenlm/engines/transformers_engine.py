@@ -12,6 +12,7 @@ import torch
 from transformers import DynamicCache
 
 from greenlm.engines.base import DecodeResult, Engine, PrefillResult
+from greenlm.engines.bos import model_bos_token_id, tokenizer_bos_token_id
 from greenlm.errors import GreenlmError
 from greenlm.models.loader import LoadedModel, load_model
 from greenlm.models.spec import ModelSpec
@@ -42,30 +43,79 @@ def set_threads(threads: int | None) -> int:
     return torch.get_num_threads()
 
 
+def cpu_only_modules(model) -> list[str]:
+    """Module types in `model` whose kernels run on the CPU only (greenlm's quantized linears)."""
+    return sorted({type(m).__name__ for m in model.modules() if getattr(m, "cpu_only", False)})
+
+
 class TransformersEngine(Engine):
     name = "transformers"
 
-    def __init__(self, loaded: LoadedModel, *, threads: int | None = None):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        threads: int | None = None,
+        device_choice: str = "",
+        bos_token_id: int | None | str = "tokenizer",
+    ):
+        """`bos_token_id`: the model's BOS convention (see engines/bos.py); by default its tokenizer's."""
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.model_name = loaded.spec.name
         self.device = str(next(self.model.parameters()).device)
+        self.device_choice = device_choice or self.device
         self.threads = set_threads(threads)
         self._cache_kw = cache_keyword(self.model)
+        self._bos = tokenizer_bos_token_id(self.tokenizer) if bos_token_id == "tokenizer" else bos_token_id
 
     @classmethod
     def load(
         cls, spec: ModelSpec, *, threads: int | None = None, device: str = "cpu", dtype: str = "float32"
     ) -> TransformersEngine:
-        return cls(load_model(spec, dtype=dtype, device=resolve_device(device)), threads=threads)
+        """Load `spec` on `device`. auto: CUDA when torch sees it, unless the model holds CPU-only kernels."""
+        target = resolve_device(device)
+        loaded = load_model(spec, dtype=dtype, device="cpu")
+        choice = target if device != "auto" else f"auto: {target}"
+        if target != "cpu":
+            cpu_only = cpu_only_modules(loaded.model)
+            if cpu_only and device != "auto":
+                raise GreenlmError(
+                    f"{spec.name} holds quantized kernels that run on the CPU only ({', '.join(cpu_only)}): "
+                    "use --device cpu (or auto)"
+                )
+            if cpu_only:
+                target, choice = "cpu", f"auto: cpu ({', '.join(cpu_only)} kernels run on the CPU only)"
+            else:
+                loaded.model.to(target)
+        return cls(loaded, threads=threads, device_choice=choice, bos_token_id=model_bos_token_id(spec))
 
     @property
     def max_context(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 2048))
 
+    @property
+    def bos_token_id(self) -> int | None:
+        return self._bos
+
     def tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def chat_tokens(self, messages: list[dict]) -> list[int]:
+        """Rendered by the tokenizer's own chat template (apply_chat_template), ready for the reply."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise GreenlmError(f"{self.model_name}'s tokenizer has no chat template: give plain prompts")
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+        except Exception as exc:  # a template that rejects these roles or fields: say which
+            raise GreenlmError(
+                f"{self.model_name}'s chat template cannot render these messages: {exc}"
+            ) from None
+        if isinstance(ids, dict) or hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
+            ids = ids["input_ids"]
+        # BOS once when the tokenizer adds one, whether or not the template writes it (llama.cpp alike)
+        return self.with_bos([int(t) for t in ids])
 
     def detokenize(self, token_ids: list[int]) -> str:
         return self.tokenizer.decode(token_ids)
@@ -133,6 +183,8 @@ class TransformersEngine(Engine):
     def describe(self) -> dict:
         info = super().describe()
         info["dtype"] = str(self.model.dtype).removeprefix("torch.")
+        info["device_choice"] = self.device_choice
+        info["bos_token_id"] = self._bos
         info["load_s"] = round(self.loaded.load_s, 3)
         info["load_source"] = self.loaded.load_source
         return info

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from greenlm.engines.names import ENGINE_NAMES
+from greenlm.engines.names import ENGINE_NAMES, check_device
 from greenlm.errors import GreenlmError
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -55,7 +55,7 @@ class EvalConfig:
     engine: str = "transformers"  # runs the model being evaluated
     reference_engine: str = "transformers"  # runs the reference (float32), whatever engine the model uses
     threads: int | None = None
-    device: str = "cpu"
+    device: str = "auto"  # auto: a GPU when the engine can use one here, else the CPU (model and reference)
     dtype: str = "float32"  # of the evaluated model; the reference always runs in float32
     window_tokens: int = DEFAULT_WINDOW_TOKENS
     max_eval_tokens: int | None = DEFAULT_MAX_EVAL_TOKENS  # tokens fed per model; None or 0 = the whole split
@@ -82,6 +82,7 @@ class EvalConfig:
                 )
         if self.dtype not in DTYPES:
             raise GreenlmError(f"unknown dtype '{self.dtype}': use {', '.join(DTYPES)}")
+        check_device(self.device)
         if self.threads is not None and self.threads < 1:
             raise GreenlmError(f"--threads must be at least 1, got {self.threads}")
         if self.reference is not None and not self.reference.strip():

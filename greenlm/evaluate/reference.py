@@ -7,7 +7,8 @@ windows' token ids are stored too: every engine evaluated against this reference
 so tokenization is identical.
 
 The cache file is keyed by the reference's weights (fingerprint), the engine/dtype/device that ran it, the
-text and its split, the window settings and `FORMAT_VERSION`; it is written to a temporary file and renamed.
+text and its split, the window settings, the BOS every window starts with when the model's tokenizer adds one
+(engines/bos.py), and `FORMAT_VERSION`; it is written to a temporary file and renamed.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from safetensors.torch import save_file
 from greenlm.data.sources import load_text
 from greenlm.data.split import TextSplit, split_text
 from greenlm.engines.base import Engine
-from greenlm.engines.factory import create_engine
+from greenlm.engines.bos import model_bos_token_id
+from greenlm.engines.factory import create_engine, device_kind_for
 from greenlm.errors import GreenlmError
 from greenlm.evaluate.config import (
     DEFAULT_MAX_EVAL_TOKENS,
@@ -85,6 +87,7 @@ class ReferenceStats:
     vocab_size: int
     probe_text: str
     probe_ids: list[int]
+    bos_token_id: int | None  # every window starts with it (the model's tokenizer adds BOS); None: no BOS
     compute_s: float  # how long the reference pass took when it was computed
     created_at: str
     key: str
@@ -142,6 +145,7 @@ class ReferenceStats:
             "top_k": self.top_k,
             "tail_samples": self.tail_samples,
             "vocab_size": self.vocab_size,
+            "bos_token_id": self.bos_token_id,
             "cached": self.cached,
             "path": str(self.path) if self.path else None,
             "compute_s": self.compute_s,
@@ -165,6 +169,7 @@ class ReferenceStats:
             "vocab_size": self.vocab_size,
             "probe_text": self.probe_text,
             "probe_ids": self.probe_ids,
+            "bos_token_id": self.bos_token_id,
             "compute_s": self.compute_s,
             "created_at": self.created_at,
         }
@@ -212,6 +217,7 @@ class ReferenceStats:
             vocab_size=meta["vocab_size"],
             probe_text=meta["probe_text"],
             probe_ids=meta["probe_ids"],
+            bos_token_id=meta.get("bos_token_id"),
             compute_s=meta["compute_s"],
             created_at=meta["created_at"],
             key=key,
@@ -232,13 +238,14 @@ def reference_key(
     max_eval_tokens: int | None,
     top_k: int,
     tail_samples: int,
+    bos: int | None = None,
 ) -> str:
     payload = {
         "format": FORMAT_VERSION,
         "model": spec.fingerprint(),
         "engine": engine,
         "dtype": dtype,
-        "device": device_kind(device),
+        "device": device_kind_for(engine, device),
         "text": split.fingerprint,
         "eval_fraction": split.eval_fraction,
         "window_tokens": window_tokens,
@@ -247,6 +254,9 @@ def reference_key(
         "tail_samples": tail_samples,
         "tail_seed": TAIL_SEED,
     }
+    # Windows start with BOS: in the key only then, so a model without one keeps the key it had.
+    if bos is not None:
+        payload["bos"] = bos
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -293,12 +303,16 @@ def compute_reference(
     tail_samples: int = DEFAULT_TAIL_SAMPLES,
     batch_windows: int = 1,
     progress: Progress = noop,
+    bos: int | None | str = "engine",
 ) -> ReferenceStats:
-    """Tokenize the evaluation split once with the reference's tokenizer, cut windows, run the reference."""
+    """Tokenize the evaluation split once with the reference's tokenizer, cut windows (each starting with
+    `bos` when the model's tokenizer adds one; by default the engine's convention), run the reference."""
     check_window_fits(engine, window_tokens)
+    if bos == "engine":
+        bos = engine.bos_token_id
     text = split.text("evaluation")
     all_ids = engine.tokenize(text)
-    starts, windows = cut_windows(all_ids, window_tokens, max_eval_tokens)
+    starts, windows = cut_windows(all_ids, window_tokens, max_eval_tokens, bos)
     token_ids = torch.tensor(windows, dtype=torch.int32)
     nll, topk_ids, topk_logp, tail_ids, tail_logp = [], [], [], [], []
     vocab = 0
@@ -345,6 +359,7 @@ def compute_reference(
         vocab_size=vocab,
         probe_text=probe,
         probe_ids=list(engine.tokenize(probe)),
+        bos_token_id=bos,
         compute_s=compute_s,
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         key=key,
@@ -383,6 +398,7 @@ def reference_stats(
         engine = loaded_engine.name
         dtype = loaded_engine.describe().get("dtype", dtype)
         device = loaded_engine.device
+    bos = model_bos_token_id(spec)  # one convention per model, whichever engine runs it
     key = reference_key(
         spec,
         split,
@@ -393,6 +409,7 @@ def reference_stats(
         max_eval_tokens=max_eval_tokens,
         top_k=top_k,
         tail_samples=tail_samples,
+        bos=bos,
     )
     path = reference_cache_path(spec, key)
     notes: list[str] = []
@@ -420,6 +437,7 @@ def reference_stats(
             tail_samples=tail_samples,
             batch_windows=batch_windows,
             progress=progress,
+            bos=bos,
         )
     finally:
         if own:

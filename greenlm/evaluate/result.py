@@ -96,6 +96,7 @@ class EvalResult:
             "model": self.model,
             "reference": self.reference,
             "engine": self.engine,
+            "device": (self.engine_info or {}).get("device"),  # what the evaluated model ran on
             "ppl": q.pop("ppl"),
             "ppl_reference": q.pop("ppl_reference"),
             "ppl_increase_pct": q.pop("ppl_increase_pct"),

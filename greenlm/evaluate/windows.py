@@ -15,14 +15,18 @@ def spread(available: int, wanted: int) -> list[int]:
     return [((2 * i + 1) * available) // (2 * count) for i in range(count)]
 
 
-def window_starts(total_tokens: int, window_tokens: int, max_eval_tokens: int | None) -> list[int]:
-    """Offsets of the windows in the token stream: aligned slots of `window_tokens`, as many as fit in
-    `max_eval_tokens` (all of them when None), chosen evenly through the text."""
+def window_starts(
+    total_tokens: int, window_tokens: int, max_eval_tokens: int | None, *, text_tokens: int | None = None
+) -> list[int]:
+    """Offsets of the windows in the token stream: aligned slots of `text_tokens` (the text each window
+    holds: `window_tokens`, or one less when the window starts with BOS), as many windows as fit in
+    `max_eval_tokens` fed tokens (all slots when None), chosen evenly through the text."""
     if window_tokens < 2:
         raise GreenlmError(
             f"--window-tokens must be at least 2 (one prediction per window), got {window_tokens}"
         )
-    slots = total_tokens // window_tokens
+    slot = text_tokens or window_tokens
+    slots = total_tokens // slot
     if slots == 0:
         raise GreenlmError(
             f"the evaluation text has {total_tokens} tokens, fewer than one window of {window_tokens}: "
@@ -34,12 +38,15 @@ def window_starts(total_tokens: int, window_tokens: int, max_eval_tokens: int | 
             f"--max-eval-tokens {max_eval_tokens} is less than one window of {window_tokens} tokens: "
             "raise it or lower --window-tokens"
         )
-    return [slot * window_tokens for slot in spread(slots, wanted)]
+    return [index * slot for index in spread(slots, wanted)]
 
 
 def cut_windows(
-    token_ids: list[int], window_tokens: int, max_eval_tokens: int | None
+    token_ids: list[int], window_tokens: int, max_eval_tokens: int | None, bos: int | None = None
 ) -> tuple[list[int], list[list[int]]]:
-    """The chosen windows' start offsets and token ids."""
-    starts = window_starts(len(token_ids), window_tokens, max_eval_tokens)
-    return starts, [token_ids[s : s + window_tokens] for s in starts]
+    """The chosen windows' start offsets and token ids. With `bos` (the model's tokenizer adds one), each
+    window is BOS and then `window_tokens - 1` tokens of text, so it is still `window_tokens` long."""
+    prefix = [] if bos is None else [bos]
+    text_tokens = window_tokens - len(prefix)
+    starts = window_starts(len(token_ids), window_tokens, max_eval_tokens, text_tokens=text_tokens)
+    return starts, [[*prefix, *token_ids[s : s + text_tokens]] for s in starts]

@@ -74,6 +74,8 @@ class QuantLinear(torch.nn.Module, QuantizedModule):
     # The one kernel option a subclass has (activation dtype, engine) and its values.
     option_name: ClassVar[str | None] = None
     option_values: ClassVar[tuple[str, ...]] = ()
+    # Every kernel here is a CPU op: engines keep a model holding one on the CPU under --device auto.
+    cpu_only: ClassVar[bool] = True
 
     def __init__(
         self,

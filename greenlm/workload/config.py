@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from greenlm.engines.names import check_speculative_engine
+from greenlm.engines.names import check_device, check_speculative_engine
 from greenlm.engines.speculative import SPECULATIVE_BATCH_MESSAGE, SpeculativeConfig
 from greenlm.errors import GreenlmError
 
@@ -22,10 +22,11 @@ class MeasureConfig:
     repeats: int = 3
     warmup: bool = True
     threads: int | None = None
-    device: str = "cpu"
+    device: str = "auto"  # auto: a GPU when the engine can use one here, else the CPU
     dtype: str = "float32"
     meter: str = "auto"
-    watts_per_core: float | None = None
+    watts_per_core: float | None = None  # cpu-model: a fully busy physical core (None: TDP / cores)
+    idle_watts_per_core: float | None = None  # cpu-model: an allotted core's static power (None: sourced)
     country: str | None = None
     region: str | None = None
     carbon_intensity: float | None = None  # gCO2e/kWh, overrides country and region
@@ -52,6 +53,9 @@ class MeasureConfig:
             raise GreenlmError(f"--threads must be at least 1, got {self.threads}")
         if self.watts_per_core is not None and not self.watts_per_core > 0:
             raise GreenlmError(f"--watts-per-core must be positive, got {self.watts_per_core}")
+        if self.idle_watts_per_core is not None and not self.idle_watts_per_core >= 0:
+            raise GreenlmError(f"--idle-watts-per-core must be 0 or more, got {self.idle_watts_per_core}")
+        check_device(self.device)
         if self.speculative is not None:
             if not isinstance(self.speculative, SpeculativeConfig):
                 raise GreenlmError(

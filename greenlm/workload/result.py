@@ -5,7 +5,21 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from greenlm.energy.carbon import carbon_g
+from greenlm.energy.cpu_model import DYNAMIC_DOMAIN, STATIC_DOMAIN
 from greenlm.workload.stats import summarize
+
+SPLIT_NOTE = (
+    "static: idle power of the cores the process may use, for every wall-clock second of the window; dynamic: "
+    "power per busy core-second (cpu-model estimate; a hardware counter measures the package whole, so its "
+    "rows have no split: null)"
+)
+
+
+def _part_j(domains_j: dict[str, float], part: str) -> float | None:
+    """Joules of one cpu-model part in a window's domains (named "cpu-static", or "<meter>:cpu-static" when
+    a composite had to prefix it); None when no member of the meter splits CPU energy."""
+    found = [j for d, j in domains_j.items() if d == part or d.endswith(f":{part}")]
+    return sum(found) if found else None
 
 
 @dataclass
@@ -27,6 +41,22 @@ class RepeatRecord:
     drafted_tokens: int = 0
     accepted_tokens: int = 0
     target_passes: int = 0
+    # Every domain's joules in this repeat's windows, additive ones and their details ("cpu-static", ...).
+    prefill_domains_j: dict[str, float] = field(default_factory=dict)
+    decode_domains_j: dict[str, float] = field(default_factory=dict)
+
+    def split(self) -> dict[str, float | None]:
+        """Static and dynamic CPU joules per phase, in total and per token; None without a cpu-model part."""
+        out: dict[str, float | None] = {}
+        for phase, domains, tokens in (
+            ("prefill", self.prefill_domains_j, self.prefill_tokens),
+            ("decode", self.decode_domains_j, self.decode_tokens),
+        ):
+            for name, part in (("static", STATIC_DOMAIN), ("dynamic", DYNAMIC_DOMAIN)):
+                joules = _part_j(domains, part)
+                out[f"{phase}_{name}_j"] = joules
+                out[f"{phase}_{name}_j_per_token"] = None if joules is None else joules / tokens
+        return out
 
     def metrics(self, intensity_g_per_kwh: float, pue: float) -> dict[str, float]:
         total_j = self.prefill_j + self.decode_j
@@ -56,6 +86,16 @@ HEADLINE = (
     "tokens_per_j",
     "carbon_g_per_1k_tokens",
     "energy_j",
+)
+SPLIT = (
+    "prefill_static_j",
+    "prefill_dynamic_j",
+    "decode_static_j",
+    "decode_dynamic_j",
+    "prefill_static_j_per_token",
+    "prefill_dynamic_j_per_token",
+    "decode_static_j_per_token",
+    "decode_dynamic_j_per_token",
 )
 
 
@@ -88,11 +128,27 @@ class MeasureResult:
     model_identity: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
     speculative: dict | None = None  # the engine's speculative setting and draft model; None: plain greedy
+    # domain -> {"meter", "energy_source", "additive"}: which meter produced each energy domain, and how
+    energy_origins: dict = field(default_factory=dict)
     run_id: str | None = None
 
     def summary(self) -> dict[str, dict[str, float]]:
-        per_repeat = [r.metrics(self.intensity_g_per_kwh, self.pue) for r in self.repeats]
-        return {k: summarize([m[k] for m in per_repeat]) for k in HEADLINE}
+        per_repeat = [{**r.metrics(self.intensity_g_per_kwh, self.pue), **r.split()} for r in self.repeats]
+        keys = [*HEADLINE, *(k for k in SPLIT if all(m[k] is not None for m in per_repeat))]
+        return {k: summarize([m[k] for m in per_repeat]) for k in keys}
+
+    def domain_record(self) -> dict[str, dict]:
+        """Per energy domain: where it came from, and its median joules (and J/token) per phase."""
+        record = {}
+        for domain, origin in self.energy_origins.items():
+            entry = dict(origin)
+            for phase, tokens in (("prefill", "prefill_tokens"), ("decode", "decode_tokens")):
+                values = [getattr(r, f"{phase}_domains_j").get(domain, 0.0) for r in self.repeats]
+                per_token = [v / getattr(r, tokens) for v, r in zip(values, self.repeats, strict=True)]
+                entry[f"{phase}_j"] = summarize(values)["median"]
+                entry[f"{phase}_j_per_token"] = summarize(per_token)["median"]
+            record[domain] = entry
+        return record
 
     def speculative_record(self) -> tuple[dict | None, float | None]:
         """(`speculative` with the drafted/accepted counts of the measured repeats, acceptance rate), or
@@ -131,7 +187,11 @@ class MeasureResult:
         }
         # Engine-specific row fields (llama.cpp: the file's quant type and size).
         out.update({k: self.engine_details[k] for k in ("quant_type", "file_mb") if k in self.engine_details})
-        out.update({k: v["median"] for k, v in summary.items()})
+        out.update({k: v["median"] for k, v in summary.items() if k in HEADLINE})
+        # The CPU estimate's static and dynamic parts per phase (medians over repeats; null when measured).
+        out.update({k: summary[k]["median"] if k in summary else None for k in SPLIT})
+        out["energy_split"] = SPLIT_NOTE
+        out["energy_domains"] = self.domain_record()
         out.update(
             {
                 "intensity_g_per_kwh": self.intensity_g_per_kwh,

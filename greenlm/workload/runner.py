@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from greenlm.data.sources import load_text
+from greenlm.data.split import split_text
 from greenlm.energy import get_meter
 from greenlm.energy.carbon import resolve_intensity, validate_pue
 from greenlm.engines.base import Engine
@@ -14,7 +16,7 @@ from greenlm.io import noop
 from greenlm.models.spec import resolve_model
 from greenlm.workload.config import MeasureConfig
 from greenlm.workload.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu, reset_peak_rss
-from greenlm.workload.prompts import workload_prompts
+from greenlm.workload.prompts import read_prompt_file, workload_prompts
 from greenlm.workload.result import MeasureResult, RepeatRecord
 
 WARMUP_NEW_TOKENS = 4
@@ -40,6 +42,9 @@ def run_measure(
     intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
     pue = validate_pue(config.pue)
     spec = resolve_model(config.model)
+    # The user's files before any model loads: a binary, non-UTF-8 or malformed file is one line, at once.
+    file_prompts = read_prompt_file(config.prompts) if config.prompts else None
+    split = None if config.prompts else split_text(load_text(config.text))
     if config.speculative is not None and config.speculative.kind == "draft":
         resolve_draft(config.speculative)  # a missing draft file fails before the target loads
     if engine is not None and config.speculative is not None and engine.speculative != config.speculative:
@@ -48,7 +53,9 @@ def run_measure(
             f"{engine.speculative_summary()}, the config asks for {config.speculative.to_dict()}: load the "
             "engine with the config's setting (create_engine(..., speculative=...))"
         )
-    meter = get_meter(config.meter, watts_per_core=config.watts_per_core)
+    meter = get_meter(
+        config.meter, watts_per_core=config.watts_per_core, idle_watts_per_core=config.idle_watts_per_core
+    )
     owned = engine is None
     load = None
     try:
@@ -69,7 +76,8 @@ def run_measure(
         prompts, text_label = workload_prompts(
             engine,
             prompts_file=config.prompts,
-            text=config.text,
+            file_prompts=file_prompts,
+            text=split,
             count=config.num_prompts,
             prompt_tokens=config.prompt_tokens,
             max_new_tokens=config.max_new_tokens,
@@ -82,6 +90,7 @@ def run_measure(
 
         decode_steps = config.max_new_tokens - 1
         records: list[RepeatRecord] = []
+        origins: dict[str, dict] = {}
         total = config.repeats * len(batches)
         for repeat in range(config.repeats):
             sums = dict(
@@ -97,6 +106,7 @@ def run_measure(
                 accepted_tokens=0,
                 target_passes=0,
             )
+            domains_j: dict[str, dict[str, float]] = {"prefill_domains_j": {}, "decode_domains_j": {}}
             for index, batch in enumerate(batches):
                 engine.sync()
                 start = meter.begin_window()
@@ -119,8 +129,12 @@ def run_measure(
                 sums["drafted_tokens"] += dec.drafted_tokens
                 sums["accepted_tokens"] += dec.accepted_tokens
                 sums["target_passes"] += dec.target_passes
+                for key, m in (("prefill_domains_j", pre_m), ("decode_domains_j", dec_m)):
+                    for domain, info in m.domains().items():
+                        domains_j[key][domain] = domains_j[key].get(domain, 0.0) + info["energy_j"]
+                        origins[domain] = {k: info[k] for k in ("meter", "energy_source", "additive")}
                 progress(repeat * len(batches) + index + 1, total)
-            records.append(RepeatRecord(ttft_s=sums["prefill_s"] / len(batches), **sums))
+            records.append(RepeatRecord(ttft_s=sums["prefill_s"] / len(batches), **sums, **domains_j))
         peak_mb = peak_rss_mb()
         if any(r.prefill_j + r.decode_j <= 0 for r in records):
             raise GreenlmError(
@@ -156,6 +170,7 @@ def run_measure(
             model_identity=spec.identity(),
             config=config.to_dict(),
             speculative=engine.speculative_summary(),
+            energy_origins=origins,
         )
     finally:
         meter.close()

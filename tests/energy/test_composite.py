@@ -1,6 +1,8 @@
+import json
+
 import pytest
 
-from greenlm.energy import get_meter
+from greenlm.energy import Measurement, get_meter
 from greenlm.energy.composite import CompositeMeter
 from tests.energy.fakes import CounterMeter, FakeGpu
 
@@ -31,6 +33,17 @@ def test_colliding_domains_are_prefixed_and_estimates_taint_the_sum():
     m = meter.end_window(start)
     assert m.energy_j == {"a:cpu": 1.0, "x": 4.0, "b:cpu": 2.0}
     assert m.energy_source == "estimated"
+    # every domain says which member measured it and how, under its merged name
+    assert m.origin == {"a:cpu": ("a", "measured"), "x": ("a", "measured"), "b:cpu": ("b", "estimated")}
+    assert m.domains()["b:cpu"] == {
+        "energy_j": 2.0,
+        "additive": True,
+        "meter": "b",
+        "energy_source": "estimated",
+    }
+    round_trip = Measurement.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert round_trip == m
+    assert m.minus(m).origin == m.origin
 
 
 def test_close_closes_every_member():

@@ -1,30 +1,60 @@
 import json
 import math
+import os
+import subprocess
+import sys
 
 import psutil
 import pytest
 
 from greenlm.energy import Reading, cpu_model, cpuinfo
-from greenlm.energy.cpu_model import DEFAULT_WATTS_PER_CORE, CpuModelMeter
+from greenlm.energy.cpu_model import (
+    DEFAULT_WATTS_PER_CORE,
+    DYNAMIC_DOMAIN,
+    IDLE_TO_FULL_RATIO,
+    STATIC_DOMAIN,
+    CpuModelMeter,
+)
 from greenlm.energy.cpuinfo import lookup_tdp, normalize_cpu_name, parse_cpuinfo
 from greenlm.errors import GreenlmError
 
 
-def _cpuinfo_text(brand: str, cores: int, packages: int = 1) -> str:
+def _cpuinfo_text(brand: str, cores: int, packages: int = 1, *, vm: bool = False) -> str:
+    flags = "fpu vme de pse tsc msr ht" + (" hypervisor" if vm else "")
     blocks = []
     for pkg in range(packages):
         for core in range(cores):
             cpu = pkg * cores + core
             blocks.append(
                 f"processor\t: {cpu}\nmodel name\t: {brand}\nphysical id\t: {pkg}\ncpu cores\t: {cores}\n"
+                f"flags\t\t: {flags}\n"
             )
     return "\n".join(blocks)
 
 
 @pytest.fixture
 def fake_cpu(monkeypatch):
-    def install(brand: str, cores: int, packages: int = 1) -> None:
-        monkeypatch.setattr(cpuinfo, "_read_proc_cpuinfo", lambda: _cpuinfo_text(brand, cores, packages))
+    def install(brand: str, cores: int, packages: int = 1, *, vm: bool = False) -> None:
+        text = _cpuinfo_text(brand, cores, packages, vm=vm)
+        monkeypatch.setattr(cpuinfo, "_read_proc_cpuinfo", lambda: text)
+
+    return install
+
+
+@pytest.fixture
+def fake_topology(monkeypatch, tmp_path):
+    """A sysfs cpu tree with the given SMT sibling groups, and an affinity mask over some of its CPUs."""
+
+    def install(sibling_groups: list[list[int]], allowed: list[int]) -> None:
+        root = tmp_path / "sys-cpu"
+        for group in sibling_groups:
+            for cpu in group:
+                topo = root / f"cpu{cpu}" / "topology"
+                topo.mkdir(parents=True)
+                (topo / "thread_siblings_list").write_text(",".join(map(str, group)) + "\n")
+        siblings = cpuinfo.smt_siblings(str(root))
+        monkeypatch.setattr(cpu_model, "smt_siblings", lambda: siblings)
+        monkeypatch.setattr(cpu_model, "allowed_cpus", lambda pid=0: list(allowed))
 
     return install
 
@@ -35,8 +65,19 @@ def _busy(seconds: float) -> None:
         sum(i * i for i in range(2000))
 
 
-def test_busy_loop_energy_is_cpu_seconds_times_watts():
-    meter = CpuModelMeter(watts_per_core=10.0)
+def _reading(time_s: float, cpu_s: float, *, cores: float = 2.0, fraction: float = 1.0, rss_gb: float = 0.0):
+    values = {
+        "cpu_s": cpu_s,
+        "rss_bytes": rss_gb * 2**30,
+        "core_equivalents": cores,
+        "core_fraction": fraction,
+    }
+    return Reading(time_s, values)
+
+
+def test_busy_loop_energy_is_static_for_the_window_plus_dynamic_for_cpu_time():
+    meter = CpuModelMeter(watts_per_core=10.0, idle_watts_per_core=2.0)
+    share = meter.share()
     process = psutil.Process()
     before = process.cpu_times()
     with meter.window() as w:
@@ -45,50 +86,129 @@ def test_busy_loop_energy_is_cpu_seconds_times_watts():
     cpu_s = (after.user + after.system) - (before.user + before.system)
     m = w.measurement
     assert m.meter == "cpu-model" and m.energy_source == "estimated"
-    assert m.energy_j["cpu"] >= 10.0 * 0.2 * 0.95
-    assert m.energy_j["cpu"] == pytest.approx(10.0 * cpu_s, abs=10.0 * 0.03)  # 10 ms clock ticks
+    static, dynamic = m.detail_j[STATIC_DOMAIN], m.detail_j[DYNAMIC_DOMAIN]
+    assert static == pytest.approx(2.0 * share.core_equivalents * m.duration_s)
+    # 10 ms clock ticks on the CPU time
+    assert dynamic == pytest.approx(8.0 * cpu_s * share.core_fraction, abs=8.0 * 0.03)
+    assert dynamic >= 8.0 * 0.2 * share.core_fraction * 0.95
+    assert m.energy_j["cpu"] == pytest.approx(static + dynamic)
     assert m.energy_j["memory"] > 0
     assert m.total_j == m.energy_j["cpu"] + m.energy_j["memory"]
 
 
 def test_measure_formula_on_exact_readings():
-    meter = CpuModelMeter(watts_per_core=5.0, memory_w_per_gb=0.5)
-    start = Reading(10.0, {"cpu_s": 1.0, "rss_bytes": float(2**30)})
-    end = Reading(12.0, {"cpu_s": 4.0, "rss_bytes": float(3 * 2**30)})
+    meter = CpuModelMeter(watts_per_core=5.0, idle_watts_per_core=1.0, memory_w_per_gb=0.5)
+    start = _reading(10.0, 1.0, cores=2.0, rss_gb=1.0)
+    end = _reading(12.0, 4.0, cores=2.0, rss_gb=3.0)
     m = meter.measure(start, end)
-    assert m.energy_j == {"cpu": 15.0, "memory": pytest.approx(2.0 * 0.5 * 2.0)}
+    # static 1 W x 2 cores x 2 s; dynamic (5 - 1) W x 3 busy core-s
+    assert m.detail_j == {STATIC_DOMAIN: pytest.approx(4.0), DYNAMIC_DOMAIN: pytest.approx(12.0)}
+    assert m.energy_j == {"cpu": pytest.approx(16.0), "memory": pytest.approx(2.0 * 0.5 * 2.0)}
     assert m.duration_s == 2.0
 
 
-def test_cpu_time_going_backwards_counts_nothing():
-    meter = CpuModelMeter(watts_per_core=5.0, memory_w_per_gb=0.0)
+def test_a_slower_run_with_the_same_cpu_time_costs_more():
+    """Finding 1 of issue 12: 1 thread for twice as long must not cost the same as 2 threads for half."""
+    meter = CpuModelMeter(watts_per_core=7.5, idle_watts_per_core=1.5, memory_w_per_gb=0.0)
+    one_thread = meter.measure(_reading(0.0, 0.0), _reading(2.0, 2.0))  # 2 s wall, 2 busy core-s
+    two_threads = meter.measure(_reading(0.0, 0.0), _reading(1.0, 2.0))  # 1 s wall, 2 busy core-s
+    assert one_thread.detail_j[DYNAMIC_DOMAIN] == two_threads.detail_j[DYNAMIC_DOMAIN]
+    assert one_thread.total_j - two_threads.total_j == pytest.approx(1.5 * 2 * 1.0)  # 2 cores idle 1 s more
+
+
+def test_smt_siblings_count_as_their_fraction_of_a_core(fake_topology):
+    # Two cores with two hardware threads each (0,2 and 1,3); the process may use three of the four threads.
+    fake_topology([[0, 2], [1, 3]], allowed=[0, 1, 2])
+    meter = CpuModelMeter(watts_per_core=6.0, idle_watts_per_core=2.0, memory_w_per_gb=0.0)
+    share = meter.share()
+    assert share.logical_cpus == 3 and share.core_equivalents == pytest.approx(1.5)
+    assert share.core_fraction == pytest.approx(0.5)
+    with meter.window() as w:
+        pass
+    assert w.measurement.detail_j[STATIC_DOMAIN] == pytest.approx(2.0 * 1.5 * w.measurement.duration_s)
+    static = meter.describe()["static"]
+    assert static["allotted_cpus"] == 3 and static["allotted_cores"] == pytest.approx(1.5)
+    # 4 busy CPU-seconds on hyperthreads are 2 busy core-seconds
     m = meter.measure(
-        Reading(0.0, {"cpu_s": 4.0, "rss_bytes": 0.0}), Reading(1.0, {"cpu_s": 3.0, "rss_bytes": 0.0})
+        _reading(0.0, 0.0, cores=1.5, fraction=0.5), _reading(1.0, 4.0, cores=1.5, fraction=0.5)
     )
-    assert m.total_j == 0.0
+    assert m.detail_j[DYNAMIC_DOMAIN] == pytest.approx(4.0 * 2.0)
 
 
-def test_override_is_respected_and_described():
-    meter = CpuModelMeter(watts_per_core=12.5)
+def test_static_power_follows_the_affinity_mask(fake_topology):
+    fake_topology([[0], [1], [2], [3]], allowed=[2])
+    meter = CpuModelMeter(watts_per_core=6.0, idle_watts_per_core=2.0)
+    assert meter.share().core_equivalents == 1.0
+    assert meter.describe()["static"]["power_w"] == pytest.approx(2.0)
+
+
+def test_missing_sysfs_falls_back_to_psutil_ratio(tmp_path):
+    siblings, source = cpuinfo.smt_siblings(str(tmp_path / "absent"))
+    assert source == "psutil logical / physical CPU counts"
+    assert siblings and all(n >= 1 for n in siblings.values())
+
+
+def test_parse_cpu_list():
+    assert cpuinfo.parse_cpu_list("0-3,8,10-11\n") == [0, 1, 2, 3, 8, 10, 11]
+
+
+def test_overrides_are_respected_and_described():
+    meter = CpuModelMeter(watts_per_core=12.5, idle_watts_per_core=3.0)
     d = meter.describe()
     json.dumps(d)
-    assert d["watts_per_core"] == 12.5 and d["watts_source"] == "user override"
+    assert d["watts_per_core"] == 12.5 and d["watts_source"] == "user override (--watts-per-core)"
+    assert d["static"]["idle_watts_per_core"] == 3.0
+    assert d["static"]["source"] == "user override (--idle-watts-per-core)"
+    assert d["dynamic"]["watts_per_busy_core"] == 9.5
     assert d["memory_w_per_gb"] == 0.375
 
 
-def test_known_cpu_uses_codecarbon_tdp_per_core(fake_cpu):
-    fake_cpu("AMD EPYC 7502 32-Core Processor", cores=32, packages=2)
+def test_idle_defaults_to_the_sourced_ratio_of_full_power():
+    meter = CpuModelMeter(watts_per_core=10.0)
+    assert meter.idle_watts_per_core == pytest.approx(10.0 * 0.74 / 3.5)
+    assert IDLE_TO_FULL_RATIO == pytest.approx(0.2114, abs=1e-4)
+    source = meter.describe()["static"]["source"]
+    assert "Cloud Carbon Footprint" in source and "SPECpower_ssj2008" in source and "assumed" in source
+
+
+def test_idle_above_full_power_is_refused():
+    with pytest.raises(GreenlmError, match="idle watts per core .* exceed"):
+        CpuModelMeter(watts_per_core=5.0, idle_watts_per_core=6.0)
+    assert CpuModelMeter(watts_per_core=5.0, idle_watts_per_core=0.0).idle_watts_per_core == 0.0
+
+
+def test_known_cpu_on_bare_metal_uses_tdp_per_physical_core(fake_cpu):
+    fake_cpu("Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", cores=20, packages=2)
+    meter = CpuModelMeter()
+    assert meter.watts_per_core == pytest.approx(150.0 / 20)
+    assert meter.watts_source.startswith("codecarbon cpu_power.csv: Intel Xeon Gold 6248 TDP 150 W / 20")
+    assert "bare metal" in meter.watts_source
+    assert meter.describe()["cpu"] == "Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz"
+
+
+def test_vm_guest_core_count_is_never_the_parts(fake_cpu):
+    """Finding 2 of issue 12: a 2-vCPU guest of a 20-core part must not be charged TDP/2 per core."""
+    fake_cpu("Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz", cores=2, vm=True)
+    meter = CpuModelMeter()
+    assert meter.watts_per_core == DEFAULT_WATTS_PER_CORE
+    assert "Intel Xeon Gold 6248 TDP 150 W is known" in meter.watts_source
+    assert "VM" in meter.watts_source
+    d = meter.describe()
+    assert d["virtual_machine"] is True and d["cores_per_package"] is None
+
+
+def test_vm_with_a_core_count_in_the_brand_uses_it(fake_cpu):
+    fake_cpu("AMD EPYC 7502 32-Core Processor", cores=2, vm=True)
     meter = CpuModelMeter()
     assert meter.watts_per_core == pytest.approx(180.0 / 32)
-    assert meter.watts_source == "codecarbon cpu_power.csv: AMD EPYC 7502 TDP 180 W / 32 cores"
-    assert meter.describe()["cpu"] == "AMD EPYC 7502 32-Core Processor"
+    assert "AMD EPYC 7502 TDP 180 W / 32 physical cores (the brand string)" in meter.watts_source
 
 
 def test_unknown_cpu_uses_default(fake_cpu):
     fake_cpu("Intel(R) Xeon(R) Processor", cores=2)
     meter = CpuModelMeter()
     assert meter.watts_per_core == DEFAULT_WATTS_PER_CORE
-    assert meter.watts_source == "default (unknown CPU)"
+    assert "not in cpu_power.csv" in meter.watts_source
 
 
 def test_no_codecarbon_table_uses_default(fake_cpu, monkeypatch):
@@ -96,15 +216,60 @@ def test_no_codecarbon_table_uses_default(fake_cpu, monkeypatch):
     monkeypatch.setattr(cpu_model, "codecarbon_cpu_table_path", lambda: None)
     meter = CpuModelMeter()
     assert meter.watts_per_core == DEFAULT_WATTS_PER_CORE
-    assert meter.watts_source == "default (codecarbon cpu_power.csv not found)"
+    assert "codecarbon cpu_power.csv not found" in meter.watts_source
 
 
 @pytest.mark.parametrize("bad", [0.0, -3.0, math.nan, math.inf])
 def test_bad_watts_are_rejected(bad):
     with pytest.raises(GreenlmError, match="watts_per_core"):
         CpuModelMeter(watts_per_core=bad)
+    with pytest.raises(GreenlmError, match="idle_watts_per_core"):
+        CpuModelMeter(idle_watts_per_core=-abs(bad) or -1.0)
     with pytest.raises(GreenlmError, match="memory_w_per_gb"):
         CpuModelMeter(memory_w_per_gb=-abs(bad) or -1.0)
+
+
+_CHILD = """
+import os, sys, time
+t0 = os.times()
+while os.times().user - t0.user < 0.3:
+    sum(i * i for i in range(2000))
+print("done", flush=True)
+sys.stdin.read()  # stay alive (unreaped) until the parent closes stdin
+"""
+
+
+@pytest.mark.parametrize("include_children", [False, True])
+def test_live_child_processes_count_only_when_asked(include_children):
+    meter = CpuModelMeter(watts_per_core=10.0, idle_watts_per_core=0.0, include_children=include_children)
+    start = meter.begin_window()
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "done"
+        m = meter.end_window(start)  # the child is alive: only a process-tree meter sees its CPU time
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+    child_j = 10.0 * 0.3 * meter.share().core_fraction
+    if include_children:
+        assert m.detail_j[DYNAMIC_DOMAIN] >= child_j * 0.9
+        assert "live descendants" in meter.describe()["scope"]
+    else:
+        assert m.detail_j[DYNAMIC_DOMAIN] < child_j * 0.5  # this process only read a pipe meanwhile
+    # once reaped, the child's time is in this process's children_* and every meter counts it
+    reaped = meter.end_window(start)
+    assert reaped.detail_j[DYNAMIC_DOMAIN] >= child_j * 0.9
+
+
+def test_another_process_can_be_metered():
+    meter = CpuModelMeter(pid=os.getpid())
+    with meter.window() as w:
+        _busy(0.05)
+    assert w.measurement.detail_j[DYNAMIC_DOMAIN] > 0
+    with pytest.raises(GreenlmError, match="cannot meter process"):
+        CpuModelMeter(pid=2**22 + 12345)
 
 
 @pytest.mark.parametrize(
@@ -141,3 +306,10 @@ def test_lookup_tdp(brand, tdp_w):
 def test_parse_cpuinfo_counts_packages_and_cores():
     assert parse_cpuinfo(_cpuinfo_text("X", cores=4, packages=2)) == ("X", 4, 2)
     assert parse_cpuinfo("") == ("", None, 1)
+
+
+def test_vm_and_brand_core_detection():
+    assert cpuinfo.is_virtual(_cpuinfo_text("X", 2, vm=True))
+    assert not cpuinfo.is_virtual(_cpuinfo_text("X", 2))
+    assert cpuinfo.brand_cores("AMD Ryzen 9 5950X 16-Core Processor") == 16
+    assert cpuinfo.brand_cores("Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz") is None

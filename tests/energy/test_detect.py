@@ -18,12 +18,16 @@ def test_auto_falls_back_to_cpu_model_naming_both_reasons(powercap, no_nvml):
     assert note.startswith("meter: cpu-model (estimated) — ")
     assert f"no RAPL: no {powercap.root}/intel-rapl:* zones" in note
     assert "no NVML: NVML could not start (NVML Shared Library Not Found)" in note
-    assert "W per busy core" in note and "\n" not in note
+    assert "W per allotted core for every second" in note and "W per busy core" in note and "\n" not in note
 
 
-def test_auto_passes_watts_per_core_to_the_fallback(powercap, no_nvml):
-    meter = get_meter(rapl_root=str(powercap.root), watts_per_core=4.0)
-    assert meter.watts_per_core == 4.0 and "user override" in meter.selection_note
+def test_auto_passes_the_cpu_model_settings_to_the_fallback(powercap, no_nvml):
+    meter = get_meter(rapl_root=str(powercap.root), watts_per_core=4.0, idle_watts_per_core=1.0)
+    assert meter.watts_per_core == 4.0 and meter.idle_watts_per_core == 1.0
+    assert "user override (--watts-per-core)" in meter.selection_note
+    assert "user override (--idle-watts-per-core)" in meter.selection_note
+    tree = get_meter("cpu-model", include_children=True)
+    assert tree.include_children
 
 
 def test_auto_prefers_rapl(powercap, no_nvml):
@@ -39,15 +43,43 @@ def test_auto_combines_rapl_and_nvml(powercap, install_pynvml):
     install_pynvml([FakeGpu()])
     meter = get_meter("auto", rapl_root=str(powercap.root))
     assert isinstance(meter, CompositeMeter) and meter.name == "rapl+nvml"
-    assert meter.selection_note == "meter: rapl+nvml (measured)"
+    assert meter.selection_note == "meter: rapl+nvml (measured: CPU measured by rapl, GPU measured by nvml)"
     meter.close()
 
 
-def test_auto_nvml_only_says_cpu_is_not_counted(powercap, install_pynvml):
-    install_pynvml([FakeGpu()])
+def test_auto_on_a_gpu_machine_without_rapl_meters_cpu_and_gpu(powercap, install_pynvml):
+    """Finding 3 of issue 12: NVML alone would 'measure' a CPU workload as the idle GPU's draw."""
+    gpu = FakeGpu(energy_mj=0)
+    install_pynvml([gpu])
     meter = get_meter("auto", rapl_root=str(powercap.root))
+    assert isinstance(meter, CompositeMeter) and meter.name == "cpu-model+nvml"
+    assert meter.energy_source == "estimated"
+    note = meter.selection_note
+    assert note.startswith(
+        "meter: cpu-model+nvml (estimated: CPU estimated by cpu-model, GPU measured by nvml)"
+    )
+    assert "no RAPL:" in note and "no NVML" not in note
+    start = meter.begin_window()
+    gpu.energy_mj += 5000
+    m = meter.end_window(start)
+    domains = m.domains()
+    assert domains["gpu-0"] == {
+        "energy_j": 5.0,
+        "additive": True,
+        "meter": "nvml",
+        "energy_source": "measured",
+    }
+    assert domains["cpu"]["meter"] == "cpu-model" and domains["cpu"]["energy_source"] == "estimated"
+    assert domains["cpu-static"]["additive"] is False and domains["cpu-static"]["meter"] == "cpu-model"
+    assert m.total_j == pytest.approx(5.0 + m.energy_j["cpu"] + m.energy_j["memory"])
+    meter.close()
+
+
+def test_forcing_nvml_alone_says_the_cpu_is_not_counted(install_pynvml):
+    install_pynvml([FakeGpu()])
+    meter = get_meter("nvml")
     assert isinstance(meter, NvmlMeter)
-    assert "no RAPL:" in meter.selection_note and "CPU energy is not counted" in meter.selection_note
+    assert "CPU energy is not counted" in meter.selection_note
     meter.close()
 
 
@@ -97,6 +129,9 @@ def test_rapl_with_cpu_model_would_double_count():
 def test_watts_per_core_is_validated(bad):
     with pytest.raises(GreenlmError, match="watts_per_core"):
         get_meter("cpu-model", watts_per_core=bad)
+    if bad != 0:
+        with pytest.raises(GreenlmError, match="idle_watts_per_core"):
+            get_meter("cpu-model", idle_watts_per_core=bad)
 
 
 def test_probe_lists_every_backend_with_reasons(powercap, no_nvml):
@@ -108,6 +143,7 @@ def test_probe_lists_every_backend_with_reasons(powercap, no_nvml):
     cpu = by_name["cpu-model"]
     assert cpu.available and cpu.reason == "" and cpu.energy_source == "estimated"
     assert cpu.details["watts_source"]
+    assert cpu.details["static"]["source"] and cpu.details["dynamic"]["source"]
     json.dumps([s.to_dict() for s in statuses])
 
 

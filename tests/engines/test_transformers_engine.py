@@ -58,3 +58,43 @@ def test_cuda_without_gpu_is_clear(tiny_model_dir):
         pytest.skip("this machine has a GPU")
     with pytest.raises(GreenlmError, match="no CUDA GPU"):
         create_engine("transformers", resolve_model(str(tiny_model_dir)), device="cuda")
+
+
+def test_auto_keeps_a_model_with_cpu_only_kernels_on_the_cpu(tiny_model_dir, monkeypatch):
+    """--device auto on a GPU machine (patched: torch sees CUDA) with a variant whose quantized kernels are CPU
+    ops: the model stays on the CPU and says why; asking for cuda explicitly is refused before any work."""
+    from greenlm.kernels.linear import QuantLinear
+
+    from greenlm.engines import transformers_engine as te
+
+    assert QuantLinear.cpu_only
+
+    class CpuKernel(torch.nn.Module):
+        cpu_only = True
+
+    real_load = te.load_model
+
+    def load_with_kernel(spec, **kwargs):
+        loaded = real_load(spec, **kwargs)
+        loaded.model.model.extra = CpuKernel()
+        return loaded
+
+    monkeypatch.setattr(te, "load_model", load_with_kernel)
+    monkeypatch.setattr(te, "resolve_device", lambda device: "cpu" if device == "cpu" else "cuda")
+    spec = resolve_model(str(tiny_model_dir))
+    engine = te.TransformersEngine.load(spec, device="auto")
+    try:
+        assert engine.device == "cpu"
+        assert engine.describe()["device_choice"] == "auto: cpu (CpuKernel kernels run on the CPU only)"
+    finally:
+        engine.close()
+    with pytest.raises(GreenlmError, match=r"run on the CPU only \(CpuKernel\): use --device cpu"):
+        te.TransformersEngine.load(spec, device="cuda")
+
+
+def test_auto_on_a_machine_without_cuda_is_the_cpu(tiny_model_dir):
+    engine = create_engine("transformers", resolve_model(str(tiny_model_dir)), device="auto")
+    try:
+        assert engine.device == "cpu" and engine.describe()["device_choice"] == "auto: cpu"
+    finally:
+        engine.close()

@@ -111,6 +111,7 @@ def test_cli_json_fields(monkeypatch, capsys, variant, reference_dir):
     ):
         assert field in record, field
     assert record["reference"] == str(reference_dir) and record["engine"] == "transformers"
+    assert record["device"] == "cpu"  # --device auto (the default) on a machine without CUDA
     assert record["text"] == "builtin:pydoc-topics/evaluation"
     assert record["tokens_evaluated"] == 4 * (WINDOW - 1) and record["window_tokens"] == WINDOW
     assert record["ppl"] > 0 and record["kld"] > 0 and record["execution"] == "simulated"
