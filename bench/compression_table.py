@@ -11,13 +11,13 @@ saving. Prints JSON on stdout (progress on stderr); `--markdown FILE` also write
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchlib import Recorder
 
 from greenlm.compress import method_names
 from greenlm.compress.pipeline import CompressConfig, compress
@@ -103,6 +103,9 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--out", default=None, help="where the JSON goes (default bench/results/compression_table.json)"
+    )
     ap.add_argument("--model", default=None, help="parent model (default: the built-in smollm2-135m)")
     ap.add_argument("--only", default=None, help="comma-separated entry names (see --list)")
     ap.add_argument("--list", action="store_true", help="print the entry names and exit")
@@ -130,7 +133,7 @@ def main() -> None:
         entries = [e for e in ENTRIES if e[0] in wanted]
 
     start = time.perf_counter()
-    load_start = os.getloadavg()[0]
+    rec = Recorder("compression_table")
     parent = resolve_model(args.model)
     split = split_text(load_text(None))
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="greenlm-compression-table-"))
@@ -237,15 +240,12 @@ def main() -> None:
         "energy_source": rows[0]["energy_source"],
         "rows": rows,
         "skipped": skipped,
-        # other work on the machine slows decode and inflates the estimated J/token: say how busy it was
-        "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
-        "cpu_count": os.cpu_count(),
         "wall_s": time.perf_counter() - start,
     }
     report["markdown"] = markdown(report)
     if args.markdown:
         Path(args.markdown).write_text(report["markdown"] + "\n")
-    print(json.dumps(report, indent=2, default=str))
+    rec.finish(report, out=args.out)
 
 
 if __name__ == "__main__":

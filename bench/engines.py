@@ -5,14 +5,14 @@ Every row: quality from `greenlm eval` (same windows and token ids, against the 
 transformers reference), speed/energy from `greenlm measure` (same prompts, threads and meter), file size and
 the tensor types the file really holds, all in one run. Prints JSON on stdout and the README's markdown table
 on stderr; `--table FILE` prints the table again from saved JSON.
-    .venv/bin/python bench/engines.py > engines.json          # about 15 minutes on 2 quiet cores
-    .venv/bin/python bench/engines.py --table engines.json
+    .venv/bin/python bench/engines.py                  # about 15 minutes on 2 quiet cores; writes bench/results/engines.json
+    .venv/bin/python bench/engines.py --table bench/results/engines.json
 Run it on an otherwise idle machine: llama.cpp's worker threads wait for each other at every operation, so
 another busy process on the same cores slows its rows far more than the transformers row (seen here with
 other jobs running: q8_0 decoded 2.3 tokens/s on 2 threads, 38 tokens/s on 1).
 Smoke run (checks the script end to end, numbers meaningless; estimated 5 minutes when idle, 13.5 measured
 on a busy machine):
-    .venv/bin/python bench/engines.py --smoke --out-dir /tmp/bench-engines > /tmp/engines-smoke.json
+    .venv/bin/python bench/engines.py --smoke --out-dir /tmp/bench-engines --out /tmp/engines-smoke.json
 Targets (issue 4): q8_0 KLD <= 0.01 and decode J/token at least 2.5x lower than transformers float32.
 """
 
@@ -23,6 +23,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+from benchlib import Recorder
 
 from greenlm.engines.llamacpp_engine import default_threads
 from greenlm.evaluate import DEFAULT_MAX_EVAL_TOKENS, EvalConfig, evaluate
@@ -218,6 +220,7 @@ def markdown_table(result: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None, help="where the JSON goes (default bench/results/engines.json)")
     ap.add_argument("--table", metavar="JSON", help="print the markdown table of a saved result and exit")
     ap.add_argument("--out-dir", default=str(cache_dir() / "bench-engines"), help="where the GGUF exports go")
     ap.add_argument("--threads", type=int, default=default_threads())
@@ -242,6 +245,7 @@ def main() -> None:
         args.max_eval_tokens, args.num_prompts, args.prompt_tokens = 512, 1, 16
         args.max_new_tokens, args.repeats, args.imatrix_samples, args.imatrix_tokens = 8, 1, 2, 64
 
+    rec = Recorder("engines")
     start = time.perf_counter()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -282,7 +286,7 @@ def main() -> None:
         "wall_s": time.perf_counter() - start,
     }
     result["markdown"] = markdown_table(result)
-    print(json.dumps(result, indent=2, default=str))
+    rec.finish(result, out=args.out)
     log("\n" + result["markdown"])
 
 

@@ -1,17 +1,18 @@
 """Meter overhead: the same generation workload bare, inside a greenlm meter window, and (if installed)
 inside a codecarbon tracker, interleaved in one run so machine noise hits all three alike.
 
-Prints JSON. Target: greenlm's overhead under 1% of the workload's wall time.
+Prints JSON and writes bench/results/meter_overhead.json. Target: greenlm's overhead under 1% of the workload's wall time.
     .venv/bin/python bench/meter_overhead.py [--rounds 7] [--new-tokens 32] [--meter auto]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import statistics
 import time
+
+from benchlib import Recorder
 
 from greenlm.energy import get_meter
 from greenlm.engines import create_engine
@@ -21,10 +22,14 @@ from greenlm.workload.prompts import evaluation_prompts
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--out", default=None, help="where the JSON goes (default bench/results/meter_overhead.json)"
+    )
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--meter", default="auto")
     args = ap.parse_args()
+    rec = Recorder("meter_overhead")
 
     engine = create_engine("transformers", resolve_model(None))
     prompts, text = evaluation_prompts(engine, None, 1, 64)
@@ -102,7 +107,7 @@ def main() -> None:
     else:
         result["codecarbon"] = "not installed"
     meter.close()
-    print(json.dumps(result, indent=2))
+    rec.finish(result, out=args.out)
 
 
 if __name__ == "__main__":

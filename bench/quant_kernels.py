@@ -17,7 +17,6 @@ Prints JSON on stdout (progress on stderr). The default run takes about 2 minute
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -26,6 +25,7 @@ import time
 from collections import Counter
 
 import torch
+from benchlib import Recorder
 
 from greenlm.compress.quant_common import DEFAULT_SKIP, REAL_MIN_SPEEDUP
 from greenlm.data.calibration import linear_names
@@ -98,6 +98,9 @@ def _speedup(value: float) -> float | None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--out", default=None, help="where the JSON goes (default bench/results/quant_kernels.json)"
+    )
     ap.add_argument("--model", default=None, help="model whose shapes are timed (default: the built-in one)")
     ap.add_argument("--decode-layers", type=int, default=10, help="decoder layers' worth, decode (0: all)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds, batch-1 decode")
@@ -112,7 +115,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
-    load_start = os.getloadavg()[0]
+    rec = Recorder("quant_kernels")
     names = available_kernels()
     if args.kernels:
         wanted = args.kernels.split(",")
@@ -229,11 +232,10 @@ def main() -> None:
         # pool waits for every thread to get a core, so with another process on a core each call waited a
         # scheduler slice (~7 ms measured here: int8_weight_bf16 0.03x instead of 1.3x) while float32 was
         # unaffected. Compare runs only at low load, or pass --threads 1.
-        "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
         "caveat": "timings from a busy machine are not representative: see load_average_1m and cpu.torch_threads",
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    print(json.dumps(report, indent=2))
+    rec.finish(report, out=args.out)
 
 
 if __name__ == "__main__":

@@ -18,27 +18,18 @@ busy process slows the all-threads rows far more than the 1-thread rows.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import subprocess
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-import psutil
+from benchlib import Recorder, log
 
-from greenlm import __version__
-from greenlm.energy.cpuinfo import allowed_cpus, read_cpu_info
 from greenlm.engines import create_engine
 from greenlm.engines.llamacpp_engine import default_threads
 from greenlm.models import DEFAULT_MODEL, resolve_model
 from greenlm.workload import MeasureConfig, run_measure
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = ROOT / "bench" / "results" / "threads.json"
 FIGURES = (
     "decode_tokens_per_s",
     "decode_j_per_token",
@@ -49,40 +40,6 @@ FIGURES = (
     "prefill_j_per_token",
     "tokens_per_j",
 )
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def git_commit() -> dict:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-
-    try:
-        return {
-            "commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        }
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-
-
-def machine() -> dict:
-    info = read_cpu_info()
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": info.brand,
-        "virtual_machine": info.virtual,
-        "logical_cpus": os.cpu_count(),
-        "physical_cores": psutil.cpu_count(logical=False),
-        "cpus_allowed": len(allowed_cpus()),
-        "python": platform.python_version(),
-        "greenlm": __version__,
-        **git_commit(),
-    }
 
 
 def figures(record: dict) -> dict:
@@ -118,7 +75,7 @@ def main() -> None:
     ap.add_argument(
         "--quick", action="store_true", help="2 rounds, 1 short prompt: checks the script, no figures"
     )
-    ap.add_argument("--out", default=str(DEFAULT_OUT), help="where the JSON goes (besides stdout)")
+    ap.add_argument("--out", default=None, help="where the JSON goes (default bench/results/threads.json)")
     args = ap.parse_args()
     if args.quick:
         args.rounds, args.prompts, args.prompt_tokens, args.new_tokens = 2, 1, 32, 16
@@ -128,7 +85,7 @@ def main() -> None:
     all_threads = default_threads()
     counts = [1, all_threads] if all_threads > 1 else [1]
     spec = resolve_model(None)
-    load_start = os.getloadavg()[0]
+    rec = Recorder("threads")
     start = time.perf_counter()
     engines = {t: create_engine("llamacpp", spec, threads=t) for t in counts}
     rounds: dict[int, list[dict]] = {t: [] for t in counts}
@@ -184,8 +141,6 @@ def main() -> None:
         "meter_details": records[1][0]["meter_details"],
         "results": per_threads,
         "rounds": {str(t): rounds[t] for t in counts},
-        "machine": machine(),
-        "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
         "wall_s": time.perf_counter() - start,
     }
     if len(counts) == 2:
@@ -210,13 +165,7 @@ def main() -> None:
         result["comparison"] = {
             "note": f"this machine lets the process use {all_threads} CPU: nothing to compare"
         }
-    text = json.dumps(result, indent=2, default=str)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, out)
-    print(text)
+    rec.finish(result, out=args.out)
 
 
 if __name__ == "__main__":

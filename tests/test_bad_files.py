@@ -48,10 +48,6 @@ CASES = [
         "s.yaml",
         LATIN1,
         "search space file .* not UTF-8",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="greenlm/optimize/space.py reads with read_text(): the lead's part of issue 12",
-        ),
     ),
 ]
 

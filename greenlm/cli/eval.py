@@ -27,7 +27,11 @@ def eval_command(
     text: str | None = typer.Option(
         None, "--text", help=".txt or .jsonl text; only its evaluation split is read."
     ),
-    engine: str = typer.Option(default(EvalConfig, "engine"), "--engine", help="Engine that runs the model."),
+    engine: str | None = typer.Option(
+        default(EvalConfig, "engine"),
+        "--engine",
+        help="Engine that runs the model; default: as `optimize --out` saved it, else transformers.",
+    ),
     reference_engine: str = typer.Option(
         default(EvalConfig, "reference_engine"),
         "--reference-engine",

@@ -31,8 +31,11 @@ def measure(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Built-in name, HF directory or .gguf (default smollm2-135m)."
     ),
-    engine: str = typer.Option(
-        default(MeasureConfig, "engine"), "--engine", help="transformers or llamacpp (see `greenlm engines`)."
+    engine: str | None = typer.Option(
+        default(MeasureConfig, "engine"),
+        "--engine",
+        help="transformers or llamacpp (see `greenlm engines`); default: as `optimize --out` saved the model, "
+        "else transformers.",
     ),
     text: str | None = typer.Option(
         None, "--text", help=".txt or .jsonl text; prompts come from its evaluation split."

@@ -7,6 +7,7 @@ from greenlm.engines.speculative import SpeculativeConfig
 from greenlm.errors import GreenlmError
 
 ENGINE_NAMES = ("transformers", "llamacpp")
+DEFAULT_ENGINE = "transformers"  # for a model saved without run settings (see engines/saved.py)
 
 
 def check_engine_name(name: str) -> str:

@@ -52,7 +52,7 @@ class EvalConfig:
     # be None: asking for both is a contradiction).
     use_parent_reference: bool = True
     text: str | None = None  # .txt / .jsonl; None = the built-in corpus. Only its evaluation split is read.
-    engine: str = "transformers"  # runs the model being evaluated
+    engine: str | None = None  # runs the model: None = as `optimize --out` saved it, else transformers
     reference_engine: str = "transformers"  # runs the reference (float32), whatever engine the model uses
     threads: int | None = None
     device: str = "auto"  # auto: a GPU when the engine can use one here, else the CPU (model and reference)
@@ -76,7 +76,7 @@ class EvalConfig:
             self.window_tokens, self.max_eval_tokens, self.top_k, self.batch_windows, self.tail_samples
         )
         for flag, name in (("--engine", self.engine), ("--reference-engine", self.reference_engine)):
-            if name not in ENGINE_NAMES:
+            if name is not None and name not in ENGINE_NAMES:
                 raise GreenlmError(
                     f"unknown engine '{name}' for {flag}: choose one of {', '.join(ENGINE_NAMES)}"
                 )

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from greenlm.data import load_text, split_text
 from greenlm.engines.available import check_engine_ready
 from greenlm.engines.factory import create_engine
+from greenlm.engines.saved import apply_saved_run
 from greenlm.errors import GreenlmError
 from greenlm.evaluate.compare import compare_to_reference
 from greenlm.evaluate.config import EvalConfig
@@ -80,6 +81,7 @@ def evaluate(
 
     # Everything cheap first: a bad path, text or flag fails before a model loads.
     spec = resolve_model(config.model)
+    config = apply_saved_run(config, spec, say)  # a model optimize saved runs as it was chosen
     manifest = read_variant_manifest(spec)
     ref_spec, ref_source = None, None
     if config.reference is not None:

@@ -168,6 +168,8 @@ def measure_config(
         threads=candidate.threads,
         device=settings.device,
         meter=settings.meter,
+        watts_per_core=settings.watts_per_core,
+        idle_watts_per_core=settings.idle_watts_per_core,
         country=settings.country,
         region=settings.region,
         carbon_intensity=settings.carbon_intensity,

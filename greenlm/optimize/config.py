@@ -56,6 +56,8 @@ class EvalSettings:
     region: str | None = None
     carbon_intensity: float | None = None
     pue: float = 1.0
+    watts_per_core: float | None = None  # cpu-model meter constants (None: sourced defaults)
+    idle_watts_per_core: float | None = None
     device: str = "auto"  # auto, cpu, cuda or cuda:N: where every candidate (and baseline) runs
     workdir: str = ""  # where candidate variants are built (under the cache dir by default)
     budget: QualityBudget = field(default_factory=QualityBudget)

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from greenlm.data.sources import read_text_file
 from greenlm.errors import GreenlmError
 
 ENGINES = ("transformers", "llamacpp")
@@ -133,7 +134,7 @@ def load_space(path: str | None) -> SearchSpace:
     if not p.is_file():
         raise GreenlmError(f"search space file '{path}' not found")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(read_text_file(p, "search space file", "a YAML file with a 'grids:' list"))
     except yaml.YAMLError as exc:
         raise GreenlmError(
             f"search space file '{path}' is not valid YAML: {str(exc).splitlines()[0]}"

@@ -12,7 +12,7 @@ from greenlm.errors import GreenlmError
 @dataclass
 class MeasureConfig:
     model: str | None = None  # built-in name, HF directory or .gguf; None = the built-in default
-    engine: str = "transformers"
+    engine: str | None = None  # None: as `optimize --out` saved it, else transformers (engines/saved.py)
     text: str | None = None  # .txt / .jsonl; None = built-in corpus. Prompts come from its evaluation split
     prompts: str | None = None  # a .jsonl / .txt of prompts that replaces the generated ones
     num_prompts: int = 4
@@ -61,7 +61,8 @@ class MeasureConfig:
                 raise GreenlmError(
                     f"speculative must be a SpeculativeConfig or None, got {type(self.speculative).__name__}"
                 )
-            check_speculative_engine(self.engine, self.speculative)
+            if self.engine is not None:  # resolved from the saved run settings later otherwise
+                check_speculative_engine(self.engine, self.speculative)
             if self.batch_size > 1:
                 raise GreenlmError(
                     f"--batch-size {self.batch_size} with --speculative: {SPECULATIVE_BATCH_MESSAGE}"

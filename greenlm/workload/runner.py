@@ -10,6 +10,7 @@ from greenlm.energy import get_meter
 from greenlm.energy.carbon import resolve_intensity, validate_pue
 from greenlm.engines.base import Engine
 from greenlm.engines.factory import create_engine
+from greenlm.engines.saved import apply_saved_run
 from greenlm.engines.speculative import resolve_draft
 from greenlm.errors import GreenlmError
 from greenlm.io import noop
@@ -42,6 +43,7 @@ def run_measure(
     intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
     pue = validate_pue(config.pue)
     spec = resolve_model(config.model)
+    config = apply_saved_run(config, spec, announce)  # a model optimize saved runs as it was chosen
     # The user's files before any model loads: a binary, non-UTF-8 or malformed file is one line, at once.
     file_prompts = read_prompt_file(config.prompts) if config.prompts else None
     split = None if config.prompts else split_text(load_text(config.text))

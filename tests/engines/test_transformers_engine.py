@@ -63,9 +63,8 @@ def test_cuda_without_gpu_is_clear(tiny_model_dir):
 def test_auto_keeps_a_model_with_cpu_only_kernels_on_the_cpu(tiny_model_dir, monkeypatch):
     """--device auto on a GPU machine (patched: torch sees CUDA) with a variant whose quantized kernels are CPU
     ops: the model stays on the CPU and says why; asking for cuda explicitly is refused before any work."""
-    from greenlm.kernels.linear import QuantLinear
-
     from greenlm.engines import transformers_engine as te
+    from greenlm.kernels.linear import QuantLinear
 
     assert QuantLinear.cpu_only
 
