@@ -1,0 +1,191 @@
+"""`greenlm serve`: an OpenAI-compatible server whose every response says what it cost in joules and CO2e."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import typer
+
+from greenlm.cli.app import app
+from greenlm.cli.common import JsonOpt, note, out
+from greenlm.errors import GreenlmError
+from greenlm.serve.config import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, ServeConfig
+
+_DEFAULTS = ServeConfig()
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+@app.command()
+def serve(
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="Built-in name, .gguf, HF or variant directory, or a directory saved by `optimize --out`.",
+    ),
+    engine: str | None = typer.Option(
+        None,
+        "--engine",
+        help="llamacpp (default) or transformers; default: what the saved model was chosen with.",
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="CPU threads (default: saved setting, else all cores)."
+    ),
+    device: str = typer.Option(_DEFAULTS.device, "--device", help="cpu, cuda, cuda:N or auto."),
+    host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to bind (0.0.0.0: every interface)."),
+    port: int = typer.Option(DEFAULT_PORT, "--port", help="Port (0: any free one, printed at start)."),
+    max_batch: int = typer.Option(
+        _DEFAULTS.max_batch, "--max-batch", help="Requests decoded together (slots)."
+    ),
+    max_queue: int = typer.Option(
+        _DEFAULTS.max_queue, "--max-queue", help="Requests waiting beyond that get 429."
+    ),
+    max_tokens_default: int = typer.Option(
+        _DEFAULTS.max_tokens_default, "--max-tokens-default", help="max_tokens when a request gives none."
+    ),
+    step_tokens: int = typer.Option(
+        _DEFAULTS.step_tokens, "--step-tokens", help="Tokens per engine step (decode tokens + prompt chunks)."
+    ),
+    context: int = typer.Option(
+        _DEFAULTS.context_tokens,
+        "--context",
+        help="Tokens per request, prompt and output (capped by the model).",
+    ),
+    api_key: str | None = typer.Option(
+        None, "--api-key", help=f"Require 'Authorization: Bearer KEY' on /v1 (or set ${API_KEY_ENV})."
+    ),
+    served_model_name: str | None = typer.Option(
+        None, "--served-model-name", help="The model id clients send (default: the model's name)."
+    ),
+    meter: str = typer.Option(_DEFAULTS.meter, "--meter", help="auto, rapl, nvml, rapl+nvml or cpu-model."),
+    watts_per_core: float | None = typer.Option(
+        None, "--watts-per-core", help="cpu-model: watts per busy core."
+    ),
+    country: str | None = typer.Option(
+        None, "--country", help="ISO 3166 country code for grid carbon intensity."
+    ),
+    region: str | None = typer.Option(None, "--region", help="Cloud region, e.g. gcp:europe-west1."),
+    carbon_intensity: float | None = typer.Option(
+        None, "--carbon-intensity", help="Grid intensity in gCO2e/kWh."
+    ),
+    pue: float = typer.Option(_DEFAULTS.pue, "--pue", help="Data-centre power usage effectiveness (>= 1)."),
+    max_body_bytes: int = typer.Option(
+        _DEFAULTS.max_body_bytes, "--max-body-bytes", help="Larger request bodies get 413."
+    ),
+    drain_timeout: float = typer.Option(
+        _DEFAULTS.drain_timeout_s,
+        "--drain-timeout",
+        help="Seconds in-flight requests get to finish on SIGTERM.",
+    ),
+    log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Serve a model with OpenAI's API; every response carries its energy and carbon in `usage`."""
+    from greenlm.serve.http import bind_socket, run_http
+    from greenlm.serve.server import Server, preflight
+
+    if log_level not in LOG_LEVELS:
+        raise GreenlmError(f"unknown --log-level '{log_level}': choose one of {', '.join(LOG_LEVELS)}")
+    config = ServeConfig(
+        model=model,
+        engine=engine,
+        threads=threads,
+        device=device,
+        host=host,
+        port=port,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        max_tokens_default=max_tokens_default,
+        step_tokens=step_tokens,
+        context_tokens=context,
+        api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV),
+        served_model_name=served_model_name,
+        meter=meter,
+        watts_per_core=watts_per_core,
+        country=country,
+        region=region,
+        carbon_intensity=carbon_intensity,
+        pue=pue,
+        max_body_bytes=max_body_bytes,
+        drain_timeout_s=drain_timeout,
+    )
+    preflight(config)  # every cheap check before the port is taken or the model loads
+    sock = bind_socket(config.host, config.port)
+    try:
+        server = Server(config, announce=note)
+        try:
+            signals = run_http(
+                server,
+                sock,
+                on_ready=lambda: _ready(_address(sock) | server.describe(), config, as_json),
+                log_level=log_level,
+                access_log=access_log,
+            )
+        finally:
+            server.close(drain_timeout_s=config.drain_timeout_s)
+        summary = _summary(server)
+    finally:
+        sock.close()
+    if as_json:
+        _emit({"event": "stopped", **summary})
+    else:
+        out.print(
+            f"stopped: {summary['requests']} requests; {summary['requests_j']:.1f} J to requests, "
+            f"{summary['idle_j']:.1f} J idle; meter total {summary['meter_total_j']:.1f} J "
+            f"({summary['meter']}, {summary['energy_source']})",
+            markup=False,
+        )
+    if signal.SIGINT in signals:
+        raise typer.Exit(130)
+
+
+def _address(sock) -> dict:
+    from greenlm.serve.http import socket_url
+
+    host, port = sock.getsockname()[:2]
+    return {"url": socket_url(sock), "host": host, "port": port}
+
+
+def _emit(record: dict) -> None:
+    sys.stdout.write(json.dumps(record, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _ready(record: dict, config: ServeConfig, as_json: bool) -> None:
+    if as_json:
+        _emit({"event": "ready", "pid": os.getpid(), **record})
+        return
+    r = record
+    source = "ESTIMATED by a model" if r["energy_source"] == "estimated" else "measured by hardware counters"
+    for line in (
+        f"serving {r['model']} on {r['engine']} ({r['device']}, {r['threads']} threads, {r['max_batch']} slots) "
+        f"at {r['url']}/v1" + (" (API key required)" if r["auth"] else ""),
+        f"energy: meter {r['meter']} ({source}); carbon {r['intensity_g_per_kwh']:g} gCO2e/kWh "
+        f"({r['intensity_source']}), PUE {r['pue']:g}; every response's usage carries energy_j and carbon_g",
+        f"SIGTERM or Ctrl-C: in-flight requests finish (up to {config.drain_timeout_s:g} s), then it stops",
+    ):
+        out.print(line, markup=False, soft_wrap=True)
+    sys.stdout.flush()
+
+
+def _summary(server) -> dict:
+    energy = server.energy()
+    counts = server.metrics.request_counts()
+    keys = (
+        "meter",
+        "energy_source",
+        "duration_s",
+        "requests_j",
+        "prefill_j",
+        "decode_j",
+        "idle_j",
+        "meter_total_j",
+        "invariant_gap_j",
+        "invariant_gap_rel",
+        "carbon_g",
+    )
+    return {"requests": sum(counts.values()), "finished": counts, **{k: energy[k] for k in keys}}

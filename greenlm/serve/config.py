@@ -1,0 +1,90 @@
+"""The server's settings, validated once (cheap checks only) so the CLI and library callers agree."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from greenlm.engines import ENGINE_NAMES
+from greenlm.errors import GreenlmError
+
+DEFAULT_ENGINE = "llamacpp"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+API_KEY_ENV = "GREENLM_API_KEY"
+
+
+def _whole(flag: str, value, low: int, high: int | None = None) -> None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise GreenlmError(f"{flag} must be a whole number {bound}, got {value!r}")
+
+
+@dataclass
+class ServeConfig:
+    model: str | None = (
+        None  # built-in name, .gguf, HF or variant directory, or a dir saved by optimize --out
+    )
+    engine: str | None = None  # None: what the model directory was chosen with, else llamacpp
+    threads: int | None = None  # None: the saved setting, else the engine's default
+    device: str = "cpu"
+    dtype: str = "float32"  # transformers weights, or the float GGUF an HF model is exported to for llama.cpp
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT  # 0: any free port (the startup record says which)
+    max_batch: int = 8  # slots: requests decoded together
+    max_queue: int = 64  # requests waiting for a slot before 429
+    max_tokens_default: int = 256  # when a request gives no max_tokens (capped by the context left)
+    step_tokens: int = 256  # tokens per engine step: decode tokens plus prompt chunks
+    context_tokens: int = 2048  # per request (prompt + output), capped by the model's trained context
+    api_key: str | None = None
+    served_model_name: str | None = None  # the id clients send as "model"; default the model's name
+    meter: str = "auto"
+    watts_per_core: float | None = None
+    country: str | None = None
+    region: str | None = None
+    carbon_intensity: float | None = None
+    pue: float = 1.0
+    max_body_bytes: int = 1 << 20  # request bodies beyond this get 413
+    drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
+
+    def __post_init__(self) -> None:
+        if self.engine is not None and self.engine not in ENGINE_NAMES:
+            raise GreenlmError(f"unknown engine '{self.engine}': choose one of {', '.join(ENGINE_NAMES)}")
+        if self.threads is not None:
+            _whole("--threads", self.threads, 1)
+        _whole("--port", self.port, 0, 65535)
+        _whole("--max-batch", self.max_batch, 1, 256)
+        _whole("--max-queue", self.max_queue, 0)
+        _whole("--max-tokens-default", self.max_tokens_default, 1)
+        _whole("--step-tokens", self.step_tokens, 1)
+        _whole("--context", self.context_tokens, 16)
+        _whole("--max-body-bytes", self.max_body_bytes, 1024)
+        if self.step_tokens < self.max_batch:
+            raise GreenlmError(
+                f"--step-tokens ({self.step_tokens}) must be at least --max-batch ({self.max_batch}): every "
+                "running request decodes one token per step"
+            )
+        if not isinstance(self.host, str) or not self.host.strip():
+            raise GreenlmError("--host must be an address to bind, e.g. 127.0.0.1 or 0.0.0.0")
+        if self.api_key is not None and not self.api_key.strip():
+            raise GreenlmError(f"--api-key (or ${API_KEY_ENV}) is empty: give a key or leave it unset")
+        if self.served_model_name is not None and not self.served_model_name.strip():
+            raise GreenlmError("--served-model-name is empty")
+        if self.watts_per_core is not None and not (
+            math.isfinite(self.watts_per_core) and self.watts_per_core > 0
+        ):
+            raise GreenlmError(f"--watts-per-core must be positive, got {self.watts_per_core}")
+        if not (isinstance(self.drain_timeout_s, (int, float)) and math.isfinite(self.drain_timeout_s)) or (
+            self.drain_timeout_s < 0
+        ):
+            raise GreenlmError(
+                f"--drain-timeout must be a number of seconds >= 0, got {self.drain_timeout_s!r}"
+            )
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["api_key"] = "set" if self.api_key else None  # never echo a secret
+        return d

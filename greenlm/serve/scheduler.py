@@ -1,0 +1,442 @@
+"""Continuous batching: one background thread owns a stepper and advances every running request together.
+
+Each iteration: drop cancelled requests, admit waiting ones into free slots, build one step (a decode token
+for every running request first, then prompt chunks of new ones up to the step's token budget, so a long
+prompt is spread over several steps and never stalls the others), run it, sample, stream the new text out,
+and close the step's energy window, whose energy the requests in the step share (see `attribution`). A
+request that finished leaves its slot in the same iteration; a new one joins at the next. With nothing to
+run the thread sleeps, and the time until the next request arrives is idle energy.
+
+Results reach the caller through a per-request handle: a blocking iterator for library use, or an asyncio
+queue for the HTTP app (events are handed to its event loop thread-safely).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+
+from greenlm.engines.stepper import SlotFeed, Stepper
+from greenlm.errors import GreenlmError
+from greenlm.serve.attribution import StepWork
+from greenlm.serve.errors import NotAccepting, QueueFull, RequestError
+from greenlm.serve.ledger import EnergyLedger
+from greenlm.serve.metrics import ServeMetrics
+from greenlm.serve.sampling import SamplingParams, sample
+from greenlm.serve.text import TextStream
+
+log = logging.getLogger(__name__)
+
+
+# ---- what a caller gets back ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenEvent:
+    text: str  # final text since the previous event (may be empty while a character or stop is pending)
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RequestResult:
+    request_id: str
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str  # stop | length | abort | error
+    prompt_tokens: int
+    completion_tokens: int
+    prefill_j: float
+    decode_j: float
+    carbon_g: float
+    meter: str
+    energy_source: str
+    queue_s: float
+    ttft_s: float | None
+    e2e_s: float
+    error: str | None = None
+
+    @property
+    def energy_j(self) -> float:
+        return self.prefill_j + self.decode_j
+
+    def usage(self) -> dict:
+        """OpenAI's usage fields and greenlm's energy fields."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "energy_j": self.energy_j,
+            "prefill_energy_j": self.prefill_j,
+            "decode_energy_j": self.decode_j,
+            "carbon_g": self.carbon_g,
+            "meter": self.meter,
+            "energy_source": self.energy_source,
+        }
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    result: RequestResult
+
+
+_DONE = object()
+
+
+class RequestHandle:
+    """The caller's side of one request: iterate its events (TokenEvent..., FinishEvent), or cancel it."""
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop | None):
+        self.request_id = request_id
+        self._loop = loop
+        self._sync: queue.SimpleQueue | None = None if loop else queue.SimpleQueue()
+        self._async: asyncio.Queue | None = asyncio.Queue() if loop else None
+        self._cancel = threading.Event()
+        self.result: RequestResult | None = None
+
+    def _put(self, event) -> None:
+        if self._loop is None:
+            self._sync.put(event)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._async.put_nowait, event)
+        except RuntimeError:  # the event loop is closed: nobody is listening any more
+            self._cancel.set()
+
+    def cancel(self) -> None:
+        """Stop generating; the slot is freed at the next step. Safe to call from any thread, any time."""
+        self._cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def events(self, timeout_s: float | None = None) -> Iterator[TokenEvent | FinishEvent]:
+        if self._sync is None:
+            raise RuntimeError("this handle was submitted for asyncio: use `async for`")
+        while True:
+            event = self._sync.get(timeout=timeout_s)
+            if event is _DONE:
+                return
+            yield event
+
+    async def __aiter__(self) -> AsyncIterator[TokenEvent | FinishEvent]:
+        if self._async is None:
+            raise RuntimeError("this handle was submitted without an event loop: use events()")
+        while True:
+            event = await self._async.get()
+            if event is _DONE:
+                return
+            yield event
+
+    def wait(self, timeout_s: float | None = None) -> RequestResult:
+        """Block until the request ends; its result."""
+        for event in self.events(timeout_s):
+            if isinstance(event, FinishEvent):
+                return event.result
+        raise RuntimeError("request ended without a result")
+
+
+# ---- the scheduler's own record of a request -------------------------------------------------------------
+@dataclass
+class _Request:
+    id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    handle: RequestHandle
+    text: TextStream
+    arrival_s: float
+    rng: object = None
+    slot: int | None = None
+    fed: int = 0  # prompt tokens already in the slot's cache
+    pending: int | None = None  # sampled token not yet fed back
+    output_ids: list[int] = field(default_factory=list)
+    admitted_s: float | None = None
+    first_token_s: float | None = None
+    last_token_s: float | None = None
+    prefill_j: float = 0.0
+    decode_j: float = 0.0
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+class Scheduler:
+    """Owns `stepper` from its own thread. `submit` from any thread; `close` drains and stops."""
+
+    def __init__(
+        self,
+        stepper: Stepper,
+        ledger: EnergyLedger,
+        metrics: ServeMetrics,
+        *,
+        detokenize: Callable[[list[int]], str],
+        max_queue: int,
+        name: str = "greenlm-scheduler",
+    ):
+        self.stepper = stepper
+        self.ledger = ledger
+        self.metrics = metrics
+        self.detokenize = detokenize
+        self.max_queue = max_queue
+        self._cond = threading.Condition()
+        self._waiting: deque[_Request] = deque()
+        self._running: list[_Request] = []
+        self._free_slots = list(range(stepper.slots))
+        self._accepting = True
+        self._stop = False
+        self._ids = itertools.count()
+        self._recent_e2e_s: deque[float] = deque(maxlen=32)
+        self.fatal: BaseException | None = None  # what killed the loop, if anything did
+        metrics.watch_queue(lambda: len(self._running), lambda: len(self._waiting))
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # ---- callers ---------------------------------------------------------------------------------------
+    def submit(
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        request_id: str | None = None,
+    ) -> RequestHandle:
+        """Queue a request (its prompt and max_tokens must fit a slot's context: the caller checks)."""
+        if not prompt_ids:
+            raise RequestError("the prompt is empty", param="prompt")
+        if len(prompt_ids) + params.max_tokens > self.stepper.context_tokens:
+            raise RequestError(
+                f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceed the context of "
+                f"{self.stepper.context_tokens} tokens",
+                param="max_tokens",
+            )
+        request_id = request_id or f"{uuid.uuid4().hex[:20]}"
+        handle = RequestHandle(request_id, loop)
+        request = _Request(
+            id=request_id,
+            prompt_ids=list(prompt_ids),
+            params=params,
+            handle=handle,
+            text=TextStream(self.detokenize, params.stop),
+            arrival_s=time.perf_counter(),
+            rng=params.generator(),
+        )
+        with self._cond:
+            if not self._accepting or self.fatal is not None:
+                raise NotAccepting("the server is shutting down: retry on another instance")
+            if len(self._waiting) >= self.max_queue and not self._free_slots:
+                raise QueueFull(
+                    f"all {self.stepper.slots} slots are busy and {len(self._waiting)} requests are queued "
+                    f"(--max-queue {self.max_queue}): retry later",
+                    self._retry_after_s(),
+                )
+            self._waiting.append(request)
+            self._cond.notify()
+        return handle
+
+    def _retry_after_s(self) -> int:
+        """A guess at when a slot frees: the recent mean request latency, at least 1 s."""
+        if not self._recent_e2e_s:
+            return 1
+        return max(1, round(sum(self._recent_e2e_s) / len(self._recent_e2e_s)))
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def stop_accepting(self) -> None:
+        """Refuse new requests (safe from a signal handler: it never blocks)."""
+        self._accepting = False
+
+    def drain(self, timeout_s: float) -> bool:
+        """Stop accepting; wait up to `timeout_s` for queued and running requests to finish. True if all did."""
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            self._accepting = False
+            while (self._waiting or self._running) and self._thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def close(self, drain_timeout_s: float = 0.0) -> None:
+        """Drain (bounded), then cancel what is left and stop the thread."""
+        self.drain(drain_timeout_s)
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
+
+    # ---- the loop --------------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while True:
+                with self._cond:
+                    while not (self._waiting or self._running or self._stop):
+                        self._cond.wait()
+                    if self._stop:
+                        break
+                    self._admit()
+                self.ledger.start_busy()  # closes the idle window that ends here, if one was open
+                self._iteration()
+                if not self._running:
+                    self.ledger.mark_idle()
+                    with self._cond:
+                        self._cond.notify_all()  # a drain may be waiting for this
+        except BaseException as exc:  # a broken engine: fail everything, accept nothing more
+            log.exception("the serving loop stopped")
+            self.fatal = exc
+        finally:
+            self._abandon_all("the server stopped before the request finished")
+
+    def _admit(self) -> None:
+        """(Under the lock.) Forget cancelled queued requests; move waiting ones into free slots."""
+        if any(r.handle.cancelled for r in self._waiting):
+            for r in [r for r in self._waiting if r.handle.cancelled]:
+                self._waiting.remove(r)
+                r.finish_reason = "abort"
+                self._finish(r)
+        now = time.perf_counter()
+        while self._waiting and self._free_slots:
+            r = self._waiting.popleft()
+            r.slot = self._free_slots.pop(0)
+            r.admitted_s = now
+            self._running.append(r)
+            self.metrics.queue.observe(now - r.arrival_s)
+
+    def _plan(self) -> tuple[list[SlotFeed], list[StepWork], list[_Request]]:
+        budget = self.stepper.step_tokens
+        feeds: list[SlotFeed] = []
+        work: list[StepWork] = []
+        stepped: list[_Request] = []
+        for r in self._running:  # decode tokens first: running requests never wait for a prompt
+            if r.pending is not None:
+                feeds.append(SlotFeed(r.slot, [r.pending], True))
+                work.append(StepWork(r.id, decode_tokens=1))
+                stepped.append(r)
+                budget -= 1
+        for r in self._running:  # then prompt chunks, oldest request first
+            if r.pending is None and r.fed < len(r.prompt_ids) and budget > 0:
+                chunk = r.prompt_ids[r.fed : r.fed + budget]
+                done = r.fed + len(chunk) == len(r.prompt_ids)
+                feeds.append(SlotFeed(r.slot, chunk, done))
+                work.append(StepWork(r.id, prefill_tokens=len(chunk)))
+                stepped.append(r)
+                budget -= len(chunk)
+        return feeds, work, stepped
+
+    def _iteration(self) -> None:
+        for r in [r for r in self._running if r.handle.cancelled]:
+            r.finish_reason = "abort"
+        finished = [r for r in self._running if r.finish_reason is not None]
+        feeds, work, stepped = self._plan() if len(finished) < len(self._running) else ([], [], [])
+        stepped = [r for r in stepped if r.finish_reason is None]
+        produced = 0
+        if feeds:
+            try:
+                rows = self.stepper.step(feeds)
+            except GreenlmError as exc:
+                log.error("engine step failed: %s", exc)
+                rows = {}
+                for r in stepped:
+                    r.finish_reason, r.error = "error", str(exc)
+            for feed, r in zip(feeds, stepped, strict=True):
+                if feed.token_ids and r.pending is None:
+                    r.fed += len(feed.token_ids)
+                r.pending = None
+                if r.finish_reason is None and feed.slot in rows:
+                    produced += 1
+                    self._accept_token(r, sample(rows[feed.slot], r.params, r.rng))
+            shares = self.ledger.close_step(work, produced)
+            by_id = {s.request_id: s for s in shares}
+            for r in stepped:
+                share = by_id[r.id]
+                r.prefill_j += share.prefill_j
+                r.decode_j += share.decode_j
+        for r in [r for r in self._running if r.finish_reason is not None]:
+            self._finish(r)
+
+    def _accept_token(self, r: _Request, token: int) -> None:
+        now = time.perf_counter()
+        if r.first_token_s is None:
+            r.first_token_s = now
+            self.metrics.ttft.observe(now - r.arrival_s)
+        else:
+            self.metrics.itl.observe(now - r.last_token_s)
+        r.last_token_s = now
+        r.output_ids.append(token)
+        if not r.params.ignore_eos and self.stepper.is_end_of_generation(token):
+            r.finish_reason = "stop"  # the end-of-text token counts as generated but adds no text
+            return
+        delta = r.text.add(token)
+        if r.text.stopped:
+            r.finish_reason = "stop"
+        elif len(r.output_ids) >= r.params.max_tokens:
+            r.finish_reason = "length"
+        else:
+            r.pending = token
+        if delta:
+            r.handle._put(TokenEvent(delta, (token,)))
+
+    def _finish(self, r: _Request) -> None:
+        """Report the result, free the slot (if it had one), count it."""
+        tail = r.text.finish() if r.finish_reason in ("stop", "length") else ""
+        if tail:
+            r.handle._put(TokenEvent(tail, ()))
+        if r.slot is not None:
+            self.stepper.release(r.slot)
+            self._free_slots.append(r.slot)
+            self._running.remove(r)
+            r.slot = None
+        now = time.perf_counter()
+        snapshot_meter = self.ledger.meter
+        result = RequestResult(
+            request_id=r.id,
+            text=r.text.text,
+            token_ids=tuple(r.output_ids),
+            finish_reason=r.finish_reason or "abort",
+            prompt_tokens=len(r.prompt_ids),
+            completion_tokens=len(r.output_ids),
+            prefill_j=r.prefill_j,
+            decode_j=r.decode_j,
+            carbon_g=self.ledger.carbon_g(r.prefill_j + r.decode_j),
+            meter=snapshot_meter.name,
+            energy_source=snapshot_meter.energy_source,
+            queue_s=(r.admitted_s or now) - r.arrival_s,
+            ttft_s=None if r.first_token_s is None else r.first_token_s - r.arrival_s,
+            e2e_s=now - r.arrival_s,
+            error=r.error,
+        )
+        r.handle.result = result
+        r.handle._put(FinishEvent(result))
+        r.handle._put(_DONE)
+        m = self.metrics
+        m.finished(result.finish_reason)
+        m.prompt_tokens.inc(r.fed)
+        m.generation_tokens.inc(len(r.output_ids))
+        if result.finish_reason in ("stop", "length"):
+            m.e2e.observe(result.e2e_s)
+            m.energy.observe(result.energy_j)
+            self._recent_e2e_s.append(result.e2e_s)
+
+    def _abandon_all(self, why: str) -> None:
+        with self._cond:
+            self._accepting = False
+            left = list(self._running) + list(self._waiting)
+            self._waiting.clear()
+            for r in left:
+                r.finish_reason, r.error = "abort", why
+                try:
+                    self._finish(r)
+                except Exception:  # the engine may be what broke; the caller must still hear back
+                    r.handle._put(_DONE)
+            self._cond.notify_all()
