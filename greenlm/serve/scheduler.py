@@ -318,13 +318,14 @@ class Scheduler:
         feeds: list[SlotFeed] = []
         work: list[StepWork] = []
         stepped: list[_Request] = []
-        for r in self._running:  # decode tokens first: running requests never wait for a prompt
+        live = [r for r in self._running if r.finish_reason is None]
+        for r in live:  # decode tokens first: running requests never wait for a prompt
             if r.pending is not None:
                 feeds.append(SlotFeed(r.slot, [r.pending], True))
                 work.append(StepWork(r.id, decode_tokens=1))
                 stepped.append(r)
                 budget -= 1
-        for r in self._running:  # then prompt chunks, oldest request first
+        for r in live:  # then prompt chunks, oldest request first
             if r.pending is None and r.fed < len(r.prompt_ids) and budget > 0:
                 chunk = r.prompt_ids[r.fed : r.fed + budget]
                 done = r.fed + len(chunk) == len(r.prompt_ids)
@@ -339,7 +340,6 @@ class Scheduler:
             r.finish_reason = "abort"
         finished = [r for r in self._running if r.finish_reason is not None]
         feeds, work, stepped = self._plan() if len(finished) < len(self._running) else ([], [], [])
-        stepped = [r for r in stepped if r.finish_reason is None]
         produced = 0
         if feeds:
             try:

@@ -296,7 +296,9 @@ class Server:
         if self.scheduler is not None:
             self.scheduler.close(drain_timeout_s)
             if self._final_energy is None:
-                self._final_energy = self.energy()  # the account as it stood at the end, before the meter goes
+                self._final_energy = (
+                    self.energy()
+                )  # the account as it stood at the end, before the meter goes
         self._release()
 
     def _release(self) -> None:
