@@ -14,6 +14,8 @@ energy could not be split by what each step did. Hence this loop.
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from greenlm.engines.stepper import SlotFeed, Stepper, check_slots
@@ -53,6 +55,9 @@ class TransformersStepper(Stepper):
         extra = getattr(generation, "eos_token_id", None) if generation is not None else None
         ids += extra if isinstance(extra, list) else [extra]
         self._eos = {int(i) for i in ids if i is not None}
+        # transformers 5.x renamed the KV-cache argument (past_key_values still works there, with a warning)
+        forward = inspect.signature(type(engine.model).forward).parameters
+        self._cache_arg = "cache" if "cache" in forward else "past_key_values"
 
     # ---- cache rows ------------------------------------------------------------------------------------
     def _layers(self):
@@ -144,12 +149,11 @@ class TransformersStepper(Stepper):
                 input_ids=ids.to(device),
                 attention_mask=full_mask,
                 position_ids=pos.to(device),
-                past_key_values=self._cache,
                 use_cache=True,
                 logits_to_keep=1,
+                **{self._cache_arg: self._cache},
             )
-        self._cache = out.past_key_values
-        self._mask = full_mask
+        self._mask = full_mask  # the cache object grew in place
         last = out.logits[:, -1, :].float().cpu().numpy()
         row_of = {slot: row for row, slot in enumerate(self._rows)}
         result = [last[row_of[f.slot]].copy() for f in feeds if f.wants_logits]

@@ -67,7 +67,8 @@ def preflight(config: ServeConfig) -> Preflight:
     saved = saved_run_settings(config.model)
     engine = config.engine or (saved.engine if saved else None) or DEFAULT_ENGINE
     threads = config.threads or (saved.threads if saved else None)
-    check_engine_ready(engine, spec)
+    get_meter(config.meter, watts_per_core=config.watts_per_core).close()  # a meter this machine lacks
+    check_engine_ready(engine, spec)  # the slowest check (reads the GGUF's tensor headers): last
     return Preflight(intensity, pue, spec, saved, engine, threads)
 
 
