@@ -113,10 +113,10 @@ def serve(
         max_body_bytes=max_body_bytes,
         drain_timeout_s=drain_timeout,
     )
-    preflight(config)  # every cheap check before the port is taken or the model loads
+    checked = preflight(config)  # every cheap check before the port is taken or the model loads
     sock = bind_socket(config.host, config.port)
     try:
-        server = Server(config, announce=note)
+        server = Server(config, announce=note, checked=checked)
         try:
             signals = run_http(
                 server,
@@ -138,6 +138,7 @@ def serve(
             f"{summary['idle_j']:.1f} J idle; meter total {summary['meter_total_j']:.1f} J "
             f"({summary['meter']}, {summary['energy_source']})",
             markup=False,
+            soft_wrap=True,
         )
     if signal.SIGINT in signals:
         raise typer.Exit(130)

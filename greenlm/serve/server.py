@@ -73,10 +73,18 @@ def preflight(config: ServeConfig) -> Preflight:
 
 
 class Server:
-    def __init__(self, config: ServeConfig, *, announce: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        announce: Callable[[str], None] | None = None,
+        checked: Preflight | None = None,
+    ):
+        """Load and start serving `config.model`. `checked`: `preflight(config)`'s result when the caller has
+        it already (the CLI checks before binding its port), so the checks do not run twice."""
         announce = announce or _noop
         self.config = config
-        plan = preflight(config)
+        plan = checked or preflight(config)
         self.intensity, self.pue, self.spec, self.saved = plan.intensity, plan.pue, plan.spec, plan.saved
         self.engine_name, threads = plan.engine, plan.threads
         if self.saved and self.saved.speculative and self.engine_name == "llamacpp":
