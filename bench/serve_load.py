@@ -203,10 +203,7 @@ class ProcessEnergy:
     """The cpu-model meter's formula applied to another process (its CPU seconds and memory), from outside."""
 
     def __init__(self, pid: int):
-        import psutil
-
-        self.meter = CpuModelMeter()
-        self.meter._process = psutil.Process(pid)  # the formula, pointed at the server's process
+        self.meter = CpuModelMeter(pid=pid)
 
     def read(self):
         return self.meter.read()

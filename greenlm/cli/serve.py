@@ -10,12 +10,27 @@ import sys
 import typer
 
 from greenlm.cli.app import app
-from greenlm.cli.common import JsonOpt, note, out
+from greenlm.cli.common import (
+    CountryOpt,
+    IdleWattsOpt,
+    IntensityOpt,
+    JsonOpt,
+    MeterOpt,
+    PueOpt,
+    RegionOpt,
+    WattsOpt,
+    default,
+    note,
+    out,
+)
 from greenlm.errors import GreenlmError
-from greenlm.serve.config import API_KEY_ENV, DEFAULT_HOST, DEFAULT_PORT, ServeConfig
+from greenlm.serve.config import API_KEY_ENV, ServeConfig
 
-_DEFAULTS = ServeConfig()
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _d(name: str):
+    return default(ServeConfig, name)
 
 
 @app.command()
@@ -29,30 +44,28 @@ def serve(
     engine: str | None = typer.Option(
         None,
         "--engine",
-        help="llamacpp (default) or transformers; default: what the saved model was chosen with.",
+        help="llamacpp or transformers (default: as `optimize --out` saved it, else llamacpp).",
     ),
     threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads (default: saved setting, else all cores)."
+        None, "--threads", help="CPU threads (default: as saved, else the cores available)."
     ),
-    device: str = typer.Option(_DEFAULTS.device, "--device", help="cpu, cuda, cuda:N or auto."),
-    host: str = typer.Option(DEFAULT_HOST, "--host", help="Address to bind (0.0.0.0: every interface)."),
-    port: int = typer.Option(DEFAULT_PORT, "--port", help="Port (0: any free one, printed at start)."),
-    max_batch: int = typer.Option(
-        _DEFAULTS.max_batch, "--max-batch", help="Requests decoded together (slots)."
+    device: str = typer.Option(
+        _d("device"), "--device", help="auto (a GPU when the engine can use one), cpu, cuda or cuda:N."
     ),
+    host: str = typer.Option(_d("host"), "--host", help="Address to bind (0.0.0.0: every interface)."),
+    port: int = typer.Option(_d("port"), "--port", help="Port (0: any free one, printed at start)."),
+    max_batch: int = typer.Option(_d("max_batch"), "--max-batch", help="Requests decoded together (slots)."),
     max_queue: int = typer.Option(
-        _DEFAULTS.max_queue, "--max-queue", help="Requests waiting beyond that get 429."
+        _d("max_queue"), "--max-queue", help="Requests waiting for a slot; beyond that, 429."
     ),
     max_tokens_default: int = typer.Option(
-        _DEFAULTS.max_tokens_default, "--max-tokens-default", help="max_tokens when a request gives none."
+        _d("max_tokens_default"), "--max-tokens-default", help="max_tokens when a request gives none."
     ),
     step_tokens: int = typer.Option(
-        _DEFAULTS.step_tokens, "--step-tokens", help="Tokens per engine step (decode tokens + prompt chunks)."
+        _d("step_tokens"), "--step-tokens", help="Tokens per engine step (decode tokens + prompt chunks)."
     ),
     context: int = typer.Option(
-        _DEFAULTS.context_tokens,
-        "--context",
-        help="Tokens per request, prompt and output (capped by the model).",
+        _d("context_tokens"), "--context", help="Tokens per request, prompt and output (capped by the model)."
     ),
     api_key: str | None = typer.Option(
         None, "--api-key", help=f"Require 'Authorization: Bearer KEY' on /v1 (or set ${API_KEY_ENV})."
@@ -60,25 +73,18 @@ def serve(
     served_model_name: str | None = typer.Option(
         None, "--served-model-name", help="The model id clients send (default: the model's name)."
     ),
-    meter: str = typer.Option(_DEFAULTS.meter, "--meter", help="auto, rapl, nvml, rapl+nvml or cpu-model."),
-    watts_per_core: float | None = typer.Option(
-        None, "--watts-per-core", help="cpu-model: watts per busy core."
-    ),
-    country: str | None = typer.Option(
-        None, "--country", help="ISO 3166 country code for grid carbon intensity."
-    ),
-    region: str | None = typer.Option(None, "--region", help="Cloud region, e.g. gcp:europe-west1."),
-    carbon_intensity: float | None = typer.Option(
-        None, "--carbon-intensity", help="Grid intensity in gCO2e/kWh."
-    ),
-    pue: float = typer.Option(_DEFAULTS.pue, "--pue", help="Data-centre power usage effectiveness (>= 1)."),
+    meter: str = MeterOpt,
+    watts_per_core: float | None = WattsOpt,
+    idle_watts_per_core: float | None = IdleWattsOpt,
+    country: str | None = CountryOpt,
+    region: str | None = RegionOpt,
+    carbon_intensity: float | None = IntensityOpt,
+    pue: float = PueOpt,
     max_body_bytes: int = typer.Option(
-        _DEFAULTS.max_body_bytes, "--max-body-bytes", help="Larger request bodies get 413."
+        _d("max_body_bytes"), "--max-body-bytes", help="Larger request bodies get 413."
     ),
     drain_timeout: float = typer.Option(
-        _DEFAULTS.drain_timeout_s,
-        "--drain-timeout",
-        help="Seconds in-flight requests get to finish on SIGTERM.",
+        _d("drain_timeout_s"), "--drain-timeout", help="Seconds in-flight requests get to finish on SIGTERM."
     ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
@@ -106,6 +112,7 @@ def serve(
         served_model_name=served_model_name,
         meter=meter,
         watts_per_core=watts_per_core,
+        idle_watts_per_core=idle_watts_per_core,
         country=country,
         region=region,
         carbon_intensity=carbon_intensity,
@@ -113,7 +120,7 @@ def serve(
         max_body_bytes=max_body_bytes,
         drain_timeout_s=drain_timeout,
     )
-    checked = preflight(config)  # every cheap check before the port is taken or the model loads
+    checked = preflight(config, note)  # every cheap check before the port is taken or the model loads
     sock = bind_socket(config.host, config.port)
     try:
         server = Server(config, announce=note, checked=checked)

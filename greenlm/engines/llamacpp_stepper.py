@@ -15,9 +15,9 @@ import ctypes
 import numpy as np
 
 from greenlm.engines.llamacpp_engine import LlamaCppEngine
-from greenlm.engines.llamacpp_runtime import captured_log, raise_pending_interrupt
 from greenlm.engines.stepper import SlotFeed, Stepper, check_slots
 from greenlm.errors import GreenlmError
+from greenlm.llamacpp.runtime import captured_log, raise_pending_interrupt
 
 FLASH_ATTENTION_OFF = 0  # llama_flash_attn_type: -1 auto, 0 disabled, 1 enabled
 
@@ -69,7 +69,6 @@ class LlamaCppStepper(Stepper):
         ):
             if token >= 0:
                 self._special[name] = self._piece(token)
-        self._add_bos = bool(lib.llama_vocab_get_add_bos(self._vocab))
 
     def _piece(self, token: int) -> str:
         buf = ctypes.create_string_buffer(256)
@@ -109,20 +108,8 @@ class LlamaCppStepper(Stepper):
         return bool(self.lib.llama_vocab_is_eog(self._vocab, token_id))
 
     def tokenize_prompt(self, text: str) -> list[int]:
-        data = text.encode("utf-8")
-        size = len(data) + 16
-        for _ in range(2):
-            buf = (self.lib.llama_token * size)()
-            # add_special: the BOS the vocabulary asks for; parse_special: a template's markers are tokens
-            n = self.lib.llama_tokenize(self._vocab, data, len(data), buf, size, self._add_bos, True)
-            if n >= 0:
-                ids = list(buf[:n])
-                bos = self.lib.llama_vocab_bos(self._vocab)
-                if self._add_bos and len(ids) >= 2 and ids[0] == ids[1] == bos:
-                    ids = ids[1:]  # the chat template already wrote the BOS
-                return ids
-            size = -n
-        raise GreenlmError("llama.cpp could not tokenize the prompt")
+        # a chat template's markers are special tokens; BOS once, when the model's tokenizer adds one
+        return self.engine.with_bos(self.engine.tokenize(text, parse_special=True))
 
     @property
     def chat_template(self) -> str | None:

@@ -63,6 +63,10 @@ class Stepper(ABC):
     def chat_template(self) -> str | None:
         """The model's chat template (Jinja), None when it has none."""
 
+    def detokenize(self, token_ids: list[int]) -> str:
+        """Generated text: special tokens (end of turn, template markers) leave no text."""
+        return self.engine.detokenize(token_ids)
+
     @property
     def special_tokens(self) -> dict[str, str]:
         """Text of the bos/eos tokens, for chat templates that mention them."""

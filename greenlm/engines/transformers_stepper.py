@@ -182,13 +182,14 @@ class TransformersStepper(Stepper):
         return token_id in self._eos
 
     def tokenize_prompt(self, text: str) -> list[int]:
-        # add_special_tokens: the BOS (or other wrapping) the tokenizer adds by itself; added tokens such as a
-        # chat template's markers are parsed from the text by the tokenizer in any case
-        ids = list(self.tokenizer(text, add_special_tokens=True)["input_ids"])
-        bos = self.tokenizer.bos_token_id
-        if bos is not None and len(ids) >= 2 and ids[0] == ids[1] == bos:
-            ids = ids[1:]  # the template already wrote the BOS
-        return ids
+        # added tokens (a chat template's markers) are parsed from the text by the tokenizer; BOS once, when
+        # the model's tokenizer adds one
+        return self.engine.with_bos(self.engine.tokenize(text))
+
+    def detokenize(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(
+            token_ids, skip_special_tokens=True
+        )  # as llama.cpp's engine renders them
 
     @property
     def chat_template(self) -> str | None:

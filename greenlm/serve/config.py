@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from greenlm.engines import ENGINE_NAMES
+from greenlm.engines.names import check_device, check_engine_name
 from greenlm.errors import GreenlmError
 
-DEFAULT_ENGINE = "llamacpp"
+SERVE_ENGINE = "llamacpp"  # serve's default for a model saved without run settings: it batches best
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 API_KEY_ENV = "GREENLM_API_KEY"
@@ -28,9 +28,9 @@ class ServeConfig:
     model: str | None = (
         None  # built-in name, .gguf, HF or variant directory, or a dir saved by optimize --out
     )
-    engine: str | None = None  # None: what the model directory was chosen with, else llamacpp
+    engine: str | None = None  # None: as `optimize --out` saved it (engines/saved.py), else llamacpp
     threads: int | None = None  # None: the saved setting, else the engine's default
-    device: str = "cpu"
+    device: str = "auto"  # auto: a GPU when the engine can use one here, else the CPU
     dtype: str = "float32"  # transformers weights, or the float GGUF an HF model is exported to for llama.cpp
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT  # 0: any free port (the startup record says which)
@@ -42,7 +42,8 @@ class ServeConfig:
     api_key: str | None = None
     served_model_name: str | None = None  # the id clients send as "model"; default the model's name
     meter: str = "auto"
-    watts_per_core: float | None = None
+    watts_per_core: float | None = None  # cpu-model: a fully busy physical core (None: TDP / cores)
+    idle_watts_per_core: float | None = None  # cpu-model: an allotted core's static power (None: sourced)
     country: str | None = None
     region: str | None = None
     carbon_intensity: float | None = None
@@ -51,8 +52,9 @@ class ServeConfig:
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
 
     def __post_init__(self) -> None:
-        if self.engine is not None and self.engine not in ENGINE_NAMES:
-            raise GreenlmError(f"unknown engine '{self.engine}': choose one of {', '.join(ENGINE_NAMES)}")
+        if self.engine is not None:
+            check_engine_name(self.engine)
+        check_device(self.device)
         if self.threads is not None:
             _whole("--threads", self.threads, 1)
         _whole("--port", self.port, 0, 65535)
@@ -77,6 +79,10 @@ class ServeConfig:
             math.isfinite(self.watts_per_core) and self.watts_per_core > 0
         ):
             raise GreenlmError(f"--watts-per-core must be positive, got {self.watts_per_core}")
+        if self.idle_watts_per_core is not None and not (
+            math.isfinite(self.idle_watts_per_core) and self.idle_watts_per_core >= 0
+        ):
+            raise GreenlmError(f"--idle-watts-per-core must be 0 or more, got {self.idle_watts_per_core}")
         if not (isinstance(self.drain_timeout_s, (int, float)) and math.isfinite(self.drain_timeout_s)) or (
             self.drain_timeout_s < 0
         ):

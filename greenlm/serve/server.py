@@ -12,6 +12,7 @@ drive it without HTTP:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -19,16 +20,18 @@ from dataclasses import dataclass
 
 from greenlm.energy import Meter, get_meter
 from greenlm.energy.carbon import GridIntensity, resolve_intensity, validate_pue
-from greenlm.engines import Engine, create_engine
 from greenlm.engines.available import check_engine_ready
+from greenlm.engines.base import Engine
+from greenlm.engines.factory import create_engine
 from greenlm.engines.stepper import SlotFeed, Stepper
 from greenlm.engines.steppers import open_stepper
 from greenlm.errors import GreenlmError
-from greenlm.models import ModelSpec, resolve_model
-from greenlm.models.run_settings import RunSettings, saved_run_settings
+from greenlm.io import noop
+from greenlm.models.run import RunSettings, saved_run_settings
+from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.serve.attribution import PhaseCosts
 from greenlm.serve.chat import render_chat
-from greenlm.serve.config import DEFAULT_ENGINE, ServeConfig
+from greenlm.serve.config import SERVE_ENGINE, ServeConfig
 from greenlm.serve.errors import ModelNotFound, RequestError
 from greenlm.serve.ledger import EnergyLedger
 from greenlm.serve.metrics import ServeMetrics
@@ -42,34 +45,61 @@ WARMUP_PROMPT_TOKENS = 32
 WARMUP_DECODE_STEPS = 4
 
 
-def _noop(_message: str) -> None:
-    pass
-
-
 @dataclass(frozen=True)
 class Preflight:
     """What the cheap checks settled: everything but loading the model."""
 
+    config: ServeConfig  # engine, threads and device filled in from the saved run settings, if any
     intensity: GridIntensity
     pue: float
     spec: ModelSpec
     saved: RunSettings | None
-    engine: str
-    threads: int | None
 
 
-def preflight(config: ServeConfig) -> Preflight:
-    """Every check that takes a moment (grid, PUE, model path, saved run settings, engine installed, file
-    readable), so a mistake fails before the port is bound or a model loads."""
+def _meter(config: ServeConfig) -> Meter:
+    return get_meter(
+        config.meter, watts_per_core=config.watts_per_core, idle_watts_per_core=config.idle_watts_per_core
+    )
+
+
+def _apply_saved(
+    config: ServeConfig, saved: RunSettings | None, name: str, announce: Callable[[str], None]
+) -> ServeConfig:
+    """Fill what the user left unset (engine None, threads None, device auto) from the saved run settings;
+    threads only when the engine is the one they were chosen for. No saved settings: llama.cpp."""
+    if saved is None:
+        return config if config.engine else dataclasses.replace(config, engine=SERVE_ENGINE)
+    changes: dict = {}
+    if config.engine is None:
+        changes["engine"] = saved.engine
+    if changes.get("engine", config.engine) == saved.engine and config.threads is None and saved.threads:
+        changes["threads"] = saved.threads
+    if config.device == "auto" and saved.device:
+        changes["device"] = saved.device
+    if changes:
+        said = ", ".join(f"{k} {v}" for k, v in changes.items())
+        announce(f"{name} runs as greenlm optimize chose it: {said} (flags override)")
+    return dataclasses.replace(config, **changes)
+
+
+def preflight(config: ServeConfig, announce: Callable[[str], None] = noop) -> Preflight:
+    """Every check that takes a moment (grid, PUE, model path, saved run settings, meter, engine installed,
+    file readable), so a mistake fails before the port is bound or a model loads. A model `optimize --out`
+    saved runs on the engine, threads and device it was chosen with unless a flag says otherwise; a model
+    saved without them runs on llama.cpp."""
     intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
     pue = validate_pue(config.pue)
     spec = resolve_model(config.model)
-    saved = saved_run_settings(config.model)
-    engine = config.engine or (saved.engine if saved else None) or DEFAULT_ENGINE
-    threads = config.threads or (saved.threads if saved else None)
-    get_meter(config.meter, watts_per_core=config.watts_per_core).close()  # a meter this machine lacks
-    check_engine_ready(engine, spec)  # the slowest check (reads the GGUF's tensor headers): last
-    return Preflight(intensity, pue, spec, saved, engine, threads)
+    saved = saved_run_settings(spec)
+    config = _apply_saved(config, saved, spec.name, announce)
+    if saved and saved.speculative and config.engine == saved.engine:
+        announce(
+            f"note: {spec.name} was chosen with {saved.speculative} speculative decoding; the server batches "
+            "plain greedy decoding instead (the same output, at the speed and energy of batching)"
+        )
+    _meter(config).close()  # a meter this machine lacks fails here
+    check_engine_ready(config.engine, spec)  # the slowest check (reads a GGUF's tensor headers): last
+    return Preflight(config, intensity, pue, spec, saved)
 
 
 class Server:
@@ -82,18 +112,13 @@ class Server:
     ):
         """Load and start serving `config.model`. `checked`: `preflight(config)`'s result when the caller has
         it already (the CLI checks before binding its port), so the checks do not run twice."""
-        announce = announce or _noop
-        self.config = config
-        plan = checked or preflight(config)
+        announce = announce or noop
+        plan = checked or preflight(config, announce)
+        self.config = config = plan.config
         self.intensity, self.pue, self.spec, self.saved = plan.intensity, plan.pue, plan.spec, plan.saved
-        self.engine_name, threads = plan.engine, plan.threads
-        if self.saved and self.saved.speculative and self.engine_name == "llamacpp":
-            announce(
-                f"note: {config.model} was chosen with {self.saved.speculative} speculative decoding; the server "
-                "batches plain greedy decoding instead (same output, the speed and energy of batching)"
-            )
+        self.engine_name = config.engine
         self.model_id = config.served_model_name or self.spec.name
-        self.meter: Meter = get_meter(config.meter, watts_per_core=config.watts_per_core)
+        self.meter: Meter = _meter(config)
         self.engine: Engine | None = None
         self.stepper: Stepper | None = None
         self.scheduler: Scheduler | None = None
@@ -101,7 +126,7 @@ class Server:
         try:
             start = time.perf_counter()
             self.engine = create_engine(
-                self.engine_name, self.spec, threads=threads, device=config.device, dtype=config.dtype
+                self.engine_name, self.spec, threads=config.threads, device=config.device, dtype=config.dtype
             )
             self.stepper = open_stepper(
                 self.engine,
@@ -121,7 +146,7 @@ class Server:
                 self.stepper,
                 self.ledger,
                 self.metrics,
-                detokenize=self.engine.detokenize,
+                detokenize=self.stepper.detokenize,
                 max_queue=config.max_queue,
             )
         except BaseException:

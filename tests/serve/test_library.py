@@ -9,8 +9,9 @@ import threading
 
 import pytest
 
-from greenlm.models.run_settings import SETTINGS_FILE
+from greenlm.models.run import OPTIMIZE_FILE
 from greenlm.serve import ServeConfig, Server
+from greenlm.serve.server import preflight
 
 
 @pytest.fixture
@@ -68,13 +69,19 @@ def test_transformers_engine_batches_with_the_same_greedy_output(chat_model_dir,
 def test_a_saved_model_starts_on_its_chosen_engine_and_threads(chat_model_dir, tmp_path, torch_threads):
     saved = tmp_path / "best"
     shutil.copytree(chat_model_dir, saved)
-    (saved / SETTINGS_FILE).write_text(
-        json.dumps({"engine": "transformers", "threads": 1, "label": "hand-written"})
-    )
-    server = Server(ServeConfig(model=str(saved), max_batch=2, meter="cpu-model"))
+    # what `greenlm optimize --out` writes beside a winner (models/run.py), written by hand
+    run = {"engine": "transformers", "threads": 1, "device": "cpu", "speculative": None}
+    (saved / OPTIMIZE_FILE).write_text(json.dumps({"label": "hand-written", "run": run}))
+    notes: list[str] = []
+    server = Server(ServeConfig(model=str(saved), max_batch=2, meter="cpu-model"), announce=notes.append)
     try:
         record = server.describe()
-        assert (record["engine"], record["threads"]) == ("transformers", 1)
-        assert record["run_settings"]["source"].endswith(SETTINGS_FILE)
+        assert (record["engine"], record["threads"], record["device"]) == ("transformers", 1, "cpu")
+        assert record["run_settings"] == run
+        assert any("as greenlm optimize chose it" in n for n in notes)
     finally:
         server.close()
+    # a flag wins (and threads chosen for another engine do not carry over); no saved settings: llama.cpp
+    flagged = preflight(ServeConfig(model=str(saved), engine="llamacpp", meter="cpu-model")).config
+    assert (flagged.engine, flagged.threads) == ("llamacpp", None)
+    assert preflight(ServeConfig(model=str(chat_model_dir), meter="cpu-model")).config.engine == "llamacpp"
