@@ -358,9 +358,10 @@ def server_side(before: dict, after: dict) -> dict:
 
 # ---- one server through every level -------------------------------------------------------------------------
 def run_levels(
-    name: str, url: str, payload, args, prompts: list[str], pid: int, own_metrics: bool
+    name: str, url: str, payload, args, prompts: list[str], pid: int, own_metrics: bool, estimate: bool
 ) -> list[dict]:
-    external = ProcessEnergy(pid) if args.meter == "cpu-model" else None
+    """Every level against one server. `estimate`: also apply the cpu-model formula to its process."""
+    external = ProcessEnergy(pid) if estimate else None
     asyncio.run(closed_loop(url, [payload(prompts[0])], 1, args.max_tokens))  # warm-up, not counted
     levels: list[tuple[str, object]] = [(f"c{c}", c) for c in args.levels] + [("poisson", args.rate)]
     rows = []
@@ -523,7 +524,7 @@ def main() -> None:
         peer, peer_url = start_peer(args, spec.path, workdir)
         try:
             rows += run_levels(
-                "llama-cpp-python", peer_url, peer_payload, args, prompts, peer.proc.pid, False
+                "llama-cpp-python", peer_url, peer_payload, args, prompts, peer.proc.pid, False, external
             )
         finally:
             peer.stop()

@@ -14,7 +14,6 @@ from greenlm.cli.common import (
     CountryOpt,
     IdleWattsOpt,
     IntensityOpt,
-    JsonOpt,
     MeterOpt,
     PueOpt,
     RegionOpt,
@@ -88,7 +87,9 @@ def serve(
     ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
-    as_json: bool = JsonOpt,
+    as_json: bool = typer.Option(
+        False, "--json", help="JSON lines on stdout: the startup record when ready, a summary when stopped."
+    ),
 ) -> None:
     """Serve a model with OpenAI's API; every response carries its energy and carbon in `usage`."""
     from greenlm.serve.http import bind_socket, run_http
