@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
-import platform
 import queue
 import random
 import socket
@@ -40,6 +38,7 @@ import time
 from pathlib import Path
 
 import httpx
+from benchlib import Recorder, log
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenlm.data import load_text, split_text
@@ -53,40 +52,6 @@ RESULT = ROOT / "bench" / "results" / "serve_load.json"
 EOG_TOKENS = {"0": -100, "2": -100}  # SmolLM2's <|endoftext|> and <|im_end|>: the peer's way to ignore EOS
 PROMPT_CHARS = 400  # about 100 tokens of documentation text per prompt
 START_TIMEOUT_S = 300
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# ---- the machine ------------------------------------------------------------------------------------------
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True).stdout
-        )
-    except OSError:
-        commit, dirty = "unknown", None
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cores_available": default_threads(),
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "python": platform.python_version(),
-    }
 
 
 # ---- servers ----------------------------------------------------------------------------------------------
@@ -426,8 +391,8 @@ def markdown(report: dict) -> str:
         "",
         f"{report['workload']['requests_note']}; {report['model']} ({report['gguf_name']}), {report['threads']} threads, "
         f"energy meter {report['meter']} ({report['energy_source']}); {report['machine']['cpu']}, "
-        f"{report['machine']['cores']} cores, load average {report['load_average_1m']['start']:.2f} -> "
-        f"{report['load_average_1m']['end']:.2f}; commit {report['machine']['git_commit'][:10]}.",
+        f"{report['machine']['cpus_allowed']} CPUs, load average {report['load_average_1m']['start']:.2f} -> "
+        f"{report['load_average_1m']['end']:.2f}; commit {(report['machine']['commit'] or 'unknown')[:10]}.",
         "",
         f"- tokens/J at concurrency {t['tokens_per_j_ratio']['high']} vs 1: {fmt(t['tokens_per_j_ratio']['value'])}x "
         f"(target >= 2.5x: {t['tokens_per_j_ratio']['met']})",
@@ -443,6 +408,10 @@ def markdown(report: dict) -> str:
         "(CPU seconds x W per core + memory), the same for both servers; absent unless greenlm's meter is cpu-model.",
     ]
     return "\n".join(lines)
+
+
+def _load(rec: Recorder) -> dict:
+    return {"start": rec.load_start, "end": os.getloadavg()[0]}
 
 
 def ratio(a, b):
@@ -474,7 +443,7 @@ def main() -> None:
         else (Path(tempfile.gettempdir()) / "serve_load.quick.json" if args.quick else RESULT)
     )
 
-    load_start = os.getloadavg()[0]
+    rec = Recorder("serve_load")
     started = time.perf_counter()
     spec = resolve_model(DEFAULT_MODEL)
     split = split_text(load_text(None))
@@ -548,8 +517,6 @@ def main() -> None:
         "threads": args.threads,
         "meter": energy["meter"],
         "energy_source": energy["energy_source"],
-        "machine": machine(),
-        "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
         "workload": {
             "text": split.describe("evaluation"),
             "prompt_chars": PROMPT_CHARS,
@@ -596,14 +563,12 @@ def main() -> None:
         },
         "wall_s": time.perf_counter() - started,
     }
-    report["markdown"] = markdown(report)
+    # the table states the machine, load and commit: the same record finish() stores
+    report["markdown"] = markdown({**report, "machine": rec.machine, "load_average_1m": _load(rec)})
     if args.markdown:
         Path(args.markdown).write_text(report["markdown"] + "\n")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    log(f"wrote {out}")
     log(report["markdown"])
-    print(json.dumps(report, indent=2, default=str))
+    rec.finish(report, out=out)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from greenlm.energy.carbon import GridIntensity, resolve_intensity, validate_pue
 from greenlm.engines.available import check_engine_ready
 from greenlm.engines.base import Engine
 from greenlm.engines.factory import create_engine
+from greenlm.engines.saved import apply_saved_run
 from greenlm.engines.stepper import SlotFeed, Stepper
 from greenlm.engines.steppers import open_stepper
 from greenlm.errors import GreenlmError
@@ -62,26 +63,6 @@ def _meter(config: ServeConfig) -> Meter:
     )
 
 
-def _apply_saved(
-    config: ServeConfig, saved: RunSettings | None, name: str, announce: Callable[[str], None]
-) -> ServeConfig:
-    """Fill what the user left unset (engine None, threads None, device auto) from the saved run settings;
-    threads only when the engine is the one they were chosen for. No saved settings: llama.cpp."""
-    if saved is None:
-        return config if config.engine else dataclasses.replace(config, engine=SERVE_ENGINE)
-    changes: dict = {}
-    if config.engine is None:
-        changes["engine"] = saved.engine
-    if changes.get("engine", config.engine) == saved.engine and config.threads is None and saved.threads:
-        changes["threads"] = saved.threads
-    if config.device == "auto" and saved.device:
-        changes["device"] = saved.device
-    if changes:
-        said = ", ".join(f"{k} {v}" for k, v in changes.items())
-        announce(f"{name} runs as greenlm optimize chose it: {said} (flags override)")
-    return dataclasses.replace(config, **changes)
-
-
 def preflight(config: ServeConfig, announce: Callable[[str], None] = noop) -> Preflight:
     """Every check that takes a moment (grid, PUE, model path, saved run settings, meter, engine installed,
     file readable), so a mistake fails before the port is bound or a model loads. A model `optimize --out`
@@ -91,7 +72,9 @@ def preflight(config: ServeConfig, announce: Callable[[str], None] = noop) -> Pr
     pue = validate_pue(config.pue)
     spec = resolve_model(config.model)
     saved = saved_run_settings(spec)
-    config = _apply_saved(config, saved, spec.name, announce)
+    if config.engine is None and saved is None:
+        config = dataclasses.replace(config, engine=SERVE_ENGINE)  # serve's default: it batches best
+    config = apply_saved_run(config, spec, announce)  # flags win; threads only for the chosen engine
     if saved and saved.speculative and config.engine == saved.engine:
         announce(
             f"note: {spec.name} was chosen with {saved.speculative} speculative decoding; the server batches "
