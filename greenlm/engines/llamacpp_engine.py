@@ -19,6 +19,7 @@ import torch
 
 from greenlm.engines.base import DecodeResult, Engine, PrefillResult
 from greenlm.engines.bos import model_bos_token_id
+from greenlm.engines.chat import render_chat
 from greenlm.engines.speculative import (
     SPECULATIVE_BATCH_MESSAGE,
     Drafter,
@@ -287,32 +288,31 @@ class LlamaCppEngine(Engine):
             size = -n
         raise GreenlmError("llama.cpp could not tokenize the text")
 
+    @property
+    def chat_template(self) -> str | None:
+        """The GGUF's tokenizer.chat_template (Jinja), None when it has none."""
+        template = self.lib.llama_model_chat_template(self._model, None)
+        return template.decode("utf-8", errors="replace") if template else None
+
+    @property
+    def special_tokens(self) -> dict[str, str]:
+        """bos_token / eos_token as text, as chat templates expect them."""
+        special = {}
+        for name, token in (
+            ("bos_token", self.lib.llama_vocab_bos(self._vocab)),
+            ("eos_token", self.lib.llama_vocab_eos(self._vocab)),
+        ):
+            if token >= 0:
+                buf = ctypes.create_string_buffer(256)
+                n = self.lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+                special[name] = buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
+        return special
+
     def chat_tokens(self, messages: list[dict]) -> list[int]:
-        """Rendered by llama.cpp's llama_chat_apply_template from the GGUF's tokenizer.chat_template (the
-        templates llama.cpp recognises, as llama-server does), then tokenized with special tokens parsed."""
-        lib = self.lib
-        template = lib.llama_model_chat_template(self._model, None)
-        if not template:
-            raise GreenlmError(f"{self.model_name}'s GGUF has no chat template: give plain prompts")
-        chat = (lib.llama_chat_message * len(messages))()
-        keep = []  # the bytes must outlive the call
-        for i, message in enumerate(messages):
-            role, content = str(message["role"]).encode(), str(message["content"]).encode()
-            keep += [role, content]
-            chat[i].role, chat[i].content = role, content
-        size = 256 + 2 * sum(len(b) for b in keep)
-        for _ in range(2):
-            buf = ctypes.create_string_buffer(size)
-            n = lib.llama_chat_apply_template(template, chat, len(messages), True, buf, size)
-            if n < 0:
-                raise GreenlmError(
-                    f"llama.cpp does not recognise {self.model_name}'s chat template: use the transformers "
-                    "engine for chat prompts, or give plain prompts"
-                )
-            if n <= size:
-                return self.with_bos(self.tokenize(buf.raw[:n].decode("utf-8"), parse_special=True))
-            size = n
-        raise GreenlmError("llama.cpp could not render the chat template")
+        """Rendered from the GGUF's own chat template (Jinja, as transformers and `greenlm serve` render it, so
+        both engines build the same prompt), tokenized with special tokens parsed, BOS once."""
+        text = render_chat(self.chat_template, messages, self.special_tokens, self.model_name)
+        return self.with_bos(self.tokenize(text, parse_special=True))
 
     def detokenize(self, token_ids: list[int]) -> str:
         self._check_ids(token_ids)

@@ -10,8 +10,6 @@ The serving context is separate from the engine's own (which `measure` and `eval
 
 from __future__ import annotations
 
-import ctypes
-
 import numpy as np
 
 from greenlm.engines.llamacpp_engine import LlamaCppEngine
@@ -60,20 +58,6 @@ class LlamaCppStepper(Stepper):
         self._ctx = ctx
         self._memory = lib.llama_get_memory(ctx)
         self._batch = lib.llama_batch_init(step_tokens, 0, 1)
-        template = lib.llama_model_chat_template(engine._model, None)
-        self._chat_template = template.decode("utf-8", errors="replace") if template else None
-        self._special = {}
-        for name, token in (
-            ("bos_token", lib.llama_vocab_bos(self._vocab)),
-            ("eos_token", lib.llama_vocab_eos(self._vocab)),
-        ):
-            if token >= 0:
-                self._special[name] = self._piece(token)
-
-    def _piece(self, token: int) -> str:
-        buf = ctypes.create_string_buffer(256)
-        n = self.lib.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
-        return buf.raw[: max(n, 0)].decode("utf-8", errors="replace")
 
     # ---- Stepper ---------------------------------------------------------------------------------------
     def _forward(self, feeds: list[SlotFeed], positions: list[int]) -> list[np.ndarray]:
@@ -113,11 +97,11 @@ class LlamaCppStepper(Stepper):
 
     @property
     def chat_template(self) -> str | None:
-        return self._chat_template
+        return self.engine.chat_template
 
     @property
     def special_tokens(self) -> dict[str, str]:
-        return dict(self._special)
+        return self.engine.special_tokens
 
     def describe(self) -> dict:
         return {

@@ -22,6 +22,7 @@ from greenlm.energy import Meter, get_meter
 from greenlm.energy.carbon import GridIntensity, resolve_intensity, validate_pue
 from greenlm.engines.available import check_engine_ready
 from greenlm.engines.base import Engine
+from greenlm.engines.chat import render_chat
 from greenlm.engines.factory import create_engine
 from greenlm.engines.saved import apply_saved_run
 from greenlm.engines.stepper import SlotFeed, Stepper
@@ -31,7 +32,6 @@ from greenlm.io import noop
 from greenlm.models.run import RunSettings, saved_run_settings
 from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.serve.attribution import PhaseCosts
-from greenlm.serve.chat import render_chat
 from greenlm.serve.config import SERVE_ENGINE, ServeConfig
 from greenlm.serve.errors import ModelNotFound, RequestError
 from greenlm.serve.ledger import EnergyLedger

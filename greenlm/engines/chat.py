@@ -1,4 +1,5 @@
 """Chat messages to a prompt, through the model's own chat template (Jinja, rendered as transformers does).
+The llama.cpp engine (measure's chat prompts) and `greenlm serve` both use it.
 
 The template comes from the model: a GGUF's `tokenizer.chat_template`, a Hugging Face tokenizer's
 `chat_template`. One renderer serves both engines, so the same model gets the same prompt on either.
@@ -30,7 +31,7 @@ def _compile(template: str):
         return env.from_string(template)
     except TemplateError as exc:
         raise GreenlmError(
-            f"the model's chat template does not compile ({exc}): use /v1/completions"
+            f"the model's chat template does not compile ({exc}): give plain prompts"
         ) from None
 
 
@@ -41,7 +42,7 @@ def render_chat(
     if template is None:
         raise GreenlmError(
             f"model {model} has no chat template, so chat messages cannot be turned into a prompt: use "
-            "/v1/completions with a plain prompt"
+            "plain prompts (/v1/completions when serving)"
         )
     try:
         return _compile(template).render(messages=messages, add_generation_prompt=True, **special_tokens)
