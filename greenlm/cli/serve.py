@@ -12,6 +12,7 @@ import typer
 from greenlm.cli.app import app
 from greenlm.cli.common import (
     CountryOpt,
+    DbOpt,
     IdleWattsOpt,
     IntensityOpt,
     MeterOpt,
@@ -85,6 +86,29 @@ def serve(
     drain_timeout: float = typer.Option(
         _d("drain_timeout_s"), "--drain-timeout", help="Seconds in-flight requests get to finish on SIGTERM."
     ),
+    policy: str | None = typer.Option(
+        None,
+        "--policy",
+        help="Adaptive serving: a policy YAML (variant ladder, quality budget, load, carbon and idle policies).",
+    ),
+    ladder_from_search: str | None = typer.Option(
+        None,
+        "--ladder-from-search",
+        help="Serve the Pareto front of an optimize search as a variant ladder: 'latest' or a search id.",
+    ),
+    max_kld: float | None = typer.Option(
+        None, "--max-kld", help="Quality budget of a ladder: token-weighted mean KLD of what is served."
+    ),
+    db: str | None = DbOpt,
+    ray: bool = typer.Option(False, "--ray", help="Deploy the app on Ray Serve (replicas autoscale)."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Join this Ray cluster (default: start a local one)."
+    ),
+    min_replicas: int = typer.Option(1, "--min-replicas", help="Ray Serve: fewest replicas."),
+    max_replicas: int = typer.Option(4, "--max-replicas", help="Ray Serve: most replicas."),
+    target_ongoing: float = typer.Option(
+        2.0, "--target-ongoing-requests", help="Ray Serve: requests per replica the autoscaler aims for."
+    ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
     as_json: bool = typer.Option(
@@ -120,7 +144,16 @@ def serve(
         pue=pue,
         max_body_bytes=max_body_bytes,
         drain_timeout_s=drain_timeout,
+        policy=policy,
+        ladder_from_search=ladder_from_search,
+        max_kld=max_kld,
+        db=db,
     )
+    if ray:
+        from greenlm.serve.ray_deploy import RayOptions, run_ray
+
+        run_ray(config, RayOptions(ray_address, min_replicas, max_replicas, target_ongoing), as_json=as_json)
+        return
     checked = preflight(config, note)  # every cheap check before the port is taken or the model loads
     sock = bind_socket(config.host, config.port)
     try:
@@ -176,8 +209,20 @@ def _ready(record: dict, config: ServeConfig, as_json: bool) -> None:
         f"energy: meter {r['meter']} ({source}); carbon {r['intensity_g_per_kwh']:g} gCO2e/kWh "
         f"({r['intensity_source']}), PUE {r['pue']:g}; every response's usage carries energy_j and carbon_g",
         f"SIGTERM or Ctrl-C: in-flight requests finish (up to {config.drain_timeout_s:g} s), then it stops",
+        f"dashboard: {r['url']}/dashboard",
     ):
         out.print(line, markup=False, soft_wrap=True)
+    for v in r.get("ladder") or []:
+        figures = ", ".join(
+            f"{k} {v[k]:.4g}" for k in ("kld", "decode_j_per_token") if v.get(k) is not None
+        )
+        where = "inside" if v["inside_budget"] else "OUTSIDE"
+        mark = "*" if v["active"] else " "
+        out.print(
+            f" {mark} {v['name']}: {v['engine']}, {figures or 'no figures'} ({where} the budget; {v['source']})",
+            markup=False,
+            soft_wrap=True,
+        )
     sys.stdout.flush()
 
 
@@ -197,4 +242,13 @@ def _summary(server) -> dict:
         "invariant_gap_rel",
         "carbon_g",
     )
-    return {"requests": sum(counts.values()), "finished": counts, **{k: energy[k] for k in keys}}
+    summary = {"requests": sum(counts.values()), "finished": counts, **{k: energy[k] for k in keys}}
+    if server.adaptive:
+        summary.update(
+            load_j=energy["load_j"],
+            decisions=server.controller.decision_count,
+            tokens_by_variant=dict(server.controller.variant_tokens),
+            mean_kld_served=server.controller.quality.life_mean(),
+            reloads=energy.get("reloads", []),
+        )
+    return summary

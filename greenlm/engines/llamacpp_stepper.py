@@ -111,6 +111,10 @@ class LlamaCppStepper(Stepper):
             "step": "one llama_decode per step: prompt chunks of new requests and one decode token per running one",
         }
 
+    def set_threads(self, threads: int) -> None:
+        self.lib.llama_set_n_threads(self._ctx, threads, threads)  # takes effect at the next llama_decode
+        self.engine.threads = threads
+
     def close(self) -> None:
         if getattr(self, "_batch", None) is not None:
             self.lib.llama_batch_free(self._batch)

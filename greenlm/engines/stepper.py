@@ -79,6 +79,10 @@ class Stepper(ABC):
             "step_tokens": self.step_tokens,
         }
 
+    def set_threads(self, threads: int) -> None:
+        """Run the next steps on `threads` threads (an adaptive server changes this while serving)."""
+        self.engine.threads = threads
+
     def close(self) -> None:
         """Release the serving cache (the engine stays the caller's)."""
 

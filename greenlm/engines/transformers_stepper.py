@@ -19,7 +19,7 @@ import inspect
 import numpy as np
 
 from greenlm.engines.stepper import SlotFeed, Stepper, check_slots
-from greenlm.engines.transformers_engine import TransformersEngine
+from greenlm.engines.transformers_engine import TransformersEngine, set_threads
 from greenlm.errors import GreenlmError
 
 COMPACT_WASTE = 0.5  # compact the cache when more than this share of its cells are holes
@@ -209,6 +209,9 @@ class TransformersStepper(Stepper):
             "kv_cache": "one DynamicCache, a row per slot, feeds right-aligned and padded, compacted when half holes",
             "step": "one forward pass per step over every busy slot",
         }
+
+    def set_threads(self, threads: int) -> None:
+        self.engine.threads = set_threads(threads)  # torch's thread count is process-wide
 
     def close(self) -> None:
         self._rows, self._cache, self._mask = [], None, None

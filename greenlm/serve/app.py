@@ -3,6 +3,7 @@
 
     POST /v1/chat/completions   POST /v1/completions   GET /v1/models
     GET /health                 GET /metrics (Prometheus)   GET /energy (the energy account as JSON)
+    GET /dashboard              GET /dashboard/data (what the dashboard draws, as JSON)
 
 Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}}. With an API key every /v1 route
 wants `Authorization: Bearer <key>`. Bodies over the size limit get 413 before any parsing.
@@ -19,10 +20,11 @@ from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from greenlm.serve.dashboard import dashboard_html, dashboard_view
 from greenlm.serve.errors import EngineFailed, QueueFull, RequestError, Unauthorized
 from greenlm.serve.metrics import CONTENT_TYPE
 from greenlm.serve.protocol import (
@@ -171,6 +173,14 @@ def create_app(server: Server) -> FastAPI:
     async def energy():
         return await asyncio.to_thread(server.energy)
 
+    @app.get("/dashboard")
+    async def dashboard():
+        return HTMLResponse(dashboard_html(), headers={"Cache-Control": "no-cache"})
+
+    @app.get("/dashboard/data")
+    async def dashboard_data(since: int = 0):
+        return await asyncio.to_thread(dashboard_view, server, since)
+
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models():
         card = ModelCard(
@@ -179,6 +189,8 @@ def create_app(server: Server) -> FastAPI:
             engine=server.engine_name,
             meter=server.meter.name,
             energy_source=server.meter.energy_source,
+            variant=server.scheduler.variant,
+            variants=server.variants() if server.adaptive else None,
         )
         return ModelList(data=[card])
 

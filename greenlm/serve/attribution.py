@@ -128,9 +128,11 @@ class EnergyTotals:
     prefill_j: float = 0.0
     decode_j: float = 0.0
     idle_j: float = 0.0
+    load_j: float = 0.0  # an adaptive server loading, unloading or re-threading a variant between steps
     windows_j: float = 0.0  # sum of every window the meter measured
     step_windows: int = 0
     idle_windows: int = 0
+    load_windows: int = 0
 
     @property
     def requests_j(self) -> float:
@@ -149,6 +151,12 @@ class EnergyTotals:
         self.idle_j += energy_j
         self.idle_windows += 1
 
+    def add_load(self, energy_j: float) -> None:
+        _check_energy(energy_j)
+        self.windows_j += energy_j
+        self.load_j += energy_j
+        self.load_windows += 1
+
     def invariant_gap_j(self) -> float:
-        """(requests + idle) - windows: zero up to float rounding."""
-        return self.requests_j + self.idle_j - self.windows_j
+        """(requests + idle + load) - windows: zero up to float rounding."""
+        return self.requests_j + self.idle_j + self.load_j - self.windows_j

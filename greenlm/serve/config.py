@@ -50,6 +50,11 @@ class ServeConfig:
     pue: float = 1.0
     max_body_bytes: int = 1 << 20  # request bodies beyond this get 413
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
+    # an adaptive server (serve/policy_file.py): a variant ladder and the policies that move along it
+    policy: str | None = None  # a policy YAML file
+    ladder_from_search: str | None = None  # "latest" or an optimize search id: its Pareto front is the ladder
+    max_kld: float | None = None  # the token-weighted quality budget (overrides the policy file's)
+    db: str | None = None  # the results store the ladder is read from and decisions are written to
 
     def __post_init__(self) -> None:
         if self.engine is not None:
@@ -89,6 +94,19 @@ class ServeConfig:
             raise GreenlmError(
                 f"--drain-timeout must be a number of seconds >= 0, got {self.drain_timeout_s!r}"
             )
+
+        if self.max_kld is not None and not (
+            isinstance(self.max_kld, (int, float)) and math.isfinite(self.max_kld) and 0 <= self.max_kld <= 10
+        ):
+            raise GreenlmError(
+                f"--max-kld must be a KL divergence from 0 to 10 (e.g. 0.05), got {self.max_kld!r}"
+            )
+        if self.max_kld is not None and self.policy is None and self.ladder_from_search is None:
+            raise GreenlmError(
+                "--max-kld is the quality budget of a variant ladder: add --ladder-from-search latest or --policy FILE"
+            )
+        if self.ladder_from_search is not None and not str(self.ladder_from_search).strip():
+            raise GreenlmError("--ladder-from-search is empty: give 'latest' or a search id")
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -4,6 +4,11 @@ One reading closes a window and opens the next, so the windows tile the server's
 meter that charges for wall-clock time (static power) charges every second to a step or to idle, never to
 nobody. See `attribution` for the split rule. Thread-safe: the scheduler closes windows, an HTTP scrape may
 close an idle one (so idle energy is current) and read the totals.
+
+An adaptive server adds two things: load windows (a variant loading, unloading or changing threads between
+steps: neither a request's energy nor idle, booked as `load_j`, so requests + idle + load = the meter's total),
+and a grid intensity that changes while it runs (`set_intensity`): each window's carbon is taken at the
+intensity of its time and summed.
 """
 
 from __future__ import annotations
@@ -34,28 +39,56 @@ class EnergyLedger:
         self.meter = meter
         self.intensity_g_per_kwh = intensity_g_per_kwh
         self.pue = pue
-        self.costs = costs or PhaseCosts()
+        self._costs: dict[str | None, PhaseCosts] = {None: costs or PhaseCosts()}
         self.totals = EnergyTotals()
+        self.carbon_total_g = 0.0  # each window at the intensity of its time
+        self.output_tokens_total = 0
+        # Set when the meter's own life-long window stops being a fair total: the cpu-model charges static
+        # power for the affinity mask, and one window averages the mask at its two edges, so once an adaptive
+        # server changes the mask the meter's total is the sum of its windows (each with one mask).
+        self.tiled_total = False
         self._lock = threading.Lock()
         self._start: Reading = meter.read()
         self._last: Reading = self._start
         self._idle = True  # no request running since the last window closed
         self._recent: deque[_Window] = deque()
 
+    @property
+    def costs(self) -> PhaseCosts:
+        return self._costs[None]
+
+    @costs.setter
+    def costs(self, value: PhaseCosts) -> None:
+        self._costs[None] = value
+
+    def set_costs(self, key: str, costs: PhaseCosts) -> None:
+        """The split weights of the steps of `key` (a variant: each measures its own J/token)."""
+        with self._lock:
+            self._costs[key] = costs
+
+    def set_intensity(self, intensity_g_per_kwh: float) -> None:
+        """The grid intensity windows closed from now on are converted at."""
+        with self._lock:
+            self.intensity_g_per_kwh = float(intensity_g_per_kwh)
+
     # ---- windows (the scheduler) -----------------------------------------------------------------------
     def _close(self) -> Measurement:
         reading = self.meter.read()
         measurement = self.meter.measure(self._last, reading)
         self._last = reading
+        self.carbon_total_g += carbon_g(measurement.total_j, self.intensity_g_per_kwh, self.pue)
         return measurement
 
-    def close_step(self, work: list[StepWork], output_tokens: int) -> list[Share]:
-        """End the window of a step that processed `work` (and produced `output_tokens`): split it."""
+    def close_step(self, work: list[StepWork], output_tokens: int, key: str | None = None) -> list[Share]:
+        """End the window of a step that processed `work` (and produced `output_tokens`): split it (with
+        the split weights of `key`, the variant that ran the step)."""
         with self._lock:
             m = self._close()
-            shares = split_step(m.total_j, work, self.costs)
-            self.costs = update_costs(self.costs, m.total_j, work)
+            costs = self._costs.get(key) or self._costs[None]
+            shares = split_step(m.total_j, work, costs)
+            self._costs[key if key in self._costs else None] = update_costs(costs, m.total_j, work)
             self.totals.add_step(m.total_j, shares)
+            self.output_tokens_total += output_tokens
             self._remember(m, output_tokens)
             self._idle = False
             return shares
@@ -70,6 +103,20 @@ class EnergyLedger:
         self.totals.add_idle(m.total_j)
         self._remember(m, 0)
         return m.total_j
+
+    def begin_load(self) -> None:
+        """Work that is not a step (a variant loading) starts now: close the idle window that ends here."""
+        with self._lock:
+            if self._idle:
+                self._close_idle()
+
+    def close_load(self) -> Measurement:
+        """End a load window (it began at the last window edge): booked as load energy."""
+        with self._lock:
+            m = self._close()
+            self.totals.add_load(m.total_j)
+            self._remember(m, 0)
+            return m
 
     def mark_idle(self) -> None:
         """No request is running from now on: what the meter sees next is idle until `close_idle`."""
@@ -101,7 +148,10 @@ class EnergyLedger:
             life = self.meter.measure(self._start, self._last)
             recent = list(self._recent)
             costs = self.costs
-        gap = t.requests_j + t.idle_j - life.total_j
+            carbon_total = self.carbon_total_g
+            output_tokens = self.output_tokens_total
+        meter_total_j = t.windows_j if self.tiled_total else life.total_j
+        gap = t.requests_j + t.idle_j + t.load_j - meter_total_j
         return {
             "meter": life.meter,
             "energy_source": life.energy_source,
@@ -110,14 +160,19 @@ class EnergyLedger:
             "prefill_j": t.prefill_j,
             "decode_j": t.decode_j,
             "idle_j": t.idle_j,
+            "load_j": t.load_j,
+            "load_windows": t.load_windows,
             "windows_j": t.windows_j,
-            "meter_total_j": life.total_j,
+            "meter_total_j": meter_total_j,
+            "meter_total_basis": "sum of windows (CPU affinity changed)" if self.tiled_total else "one window",
             "invariant_gap_j": gap,
-            "invariant_gap_rel": abs(gap) / life.total_j if life.total_j > 0 else 0.0,
-            "accounting_gap_j": t.invariant_gap_j(),  # requests + idle - sum of windows: rounding only
+            "invariant_gap_rel": abs(gap) / meter_total_j if meter_total_j > 0 else 0.0,
+            "accounting_gap_j": t.invariant_gap_j(),  # requests + idle + load - windows: rounding only
             "step_windows": t.step_windows,
             "idle_windows": t.idle_windows,
-            "carbon_g": carbon_g(t.windows_j, self.intensity_g_per_kwh, self.pue),
+            "carbon_g": carbon_total,
+            "intensity_g_per_kwh": self.intensity_g_per_kwh,
+            "output_tokens": output_tokens,
             "phase_costs": costs.to_dict(),
             **self._recent_rates(recent),
         }

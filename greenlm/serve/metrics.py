@@ -25,8 +25,8 @@ ENERGY_BUCKETS_J = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0
 class _LedgerCollector:
     """Energy, carbon and recent power straight from the ledger at every scrape."""
 
-    def __init__(self, ledger: EnergyLedger, model_name: str):
-        self.ledger, self.model_name = ledger, model_name
+    def __init__(self, ledger: EnergyLedger, model_name: str, phases: tuple[str, ...]):
+        self.ledger, self.model_name, self.phases = ledger, model_name, phases
 
     def describe(self):
         return []
@@ -36,10 +36,11 @@ class _LedgerCollector:
         m = self.model_name
         energy = CounterMetricFamily(
             "greenlm:energy_joules",
-            f"Energy by phase (meter {snap['meter']}, {snap['energy_source']}); idle: no request running",
+            f"Energy by phase (meter {snap['meter']}, {snap['energy_source']}); idle: no request running; load: "
+            "an adaptive server loading, unloading or re-threading a variant",
             labels=["model_name", "phase"],
         )
-        for phase in ("prefill", "decode", "idle"):
+        for phase in self.phases:
             energy.add_metric([m, phase], snap[f"{phase}_j"])
         yield energy
         meter_total = CounterMetricFamily(
@@ -64,7 +65,7 @@ class _LedgerCollector:
 
 
 class ServeMetrics:
-    def __init__(self, model_name: str, ledger: EnergyLedger):
+    def __init__(self, model_name: str, ledger: EnergyLedger, *, adaptive: bool = False):
         self.model_name = model_name
         self.registry = registry = CollectorRegistry()
         labels = ["model_name"]
@@ -100,8 +101,27 @@ class ServeMetrics:
         self.energy = histogram(
             "greenlm:request_energy_joules", "Energy attributed to each finished request", ENERGY_BUCKETS_J
         )
-        registry.register(_LedgerCollector(ledger, model_name))
+        phases = ("prefill", "decode", "idle", "load") if adaptive else ("prefill", "decode", "idle")
+        registry.register(_LedgerCollector(ledger, model_name, phases))
         self._counts: dict[str, int] = {}
+        self.decisions = Counter(
+            "greenlm:policy_decisions",
+            "Adaptive-server decisions: what changed (variant, cores, loaded) and why",
+            [*labels, "from", "to", "reason"],
+            registry=registry,
+        )
+        self.active = Gauge(
+            "greenlm:variant_active",
+            "1 for the variant new requests start on (0 for the others of the ladder)",
+            [*labels, "variant"],
+            registry=registry,
+        )
+        self.cores = Gauge(
+            "greenlm:cores", "CPUs in the server's affinity mask (and its threads)", labels, registry=registry
+        )
+        self.intensity = Gauge(
+            "greenlm:grid_intensity_grams_per_kwh", "Grid carbon intensity now", labels, registry=registry
+        )
 
     def watch_queue(self, running: Callable[[], int], waiting: Callable[[], int]) -> None:
         self._running.labels(self.model_name).set_function(running)

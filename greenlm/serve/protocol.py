@@ -70,6 +70,7 @@ class Usage(BaseModel):
     carbon_g: float
     meter: str
     energy_source: Literal["measured", "estimated"]
+    variant: str | None = None  # greenlm: the variant of the server's ladder that generated it
 
 
 class ChatMessageOut(BaseModel):
@@ -139,6 +140,8 @@ class ModelCard(BaseModel):
     engine: str
     meter: str
     energy_source: str
+    variant: str | None = None  # the variant new requests start on now
+    variants: list[dict] | None = None  # an adaptive server's ladder: figures, where they came from, state
 
 
 class ModelList(BaseModel):

@@ -9,11 +9,18 @@ run the thread sleeps, and the time until the next request arrives is idle energ
 
 Results reach the caller through a per-request handle: a blocking iterator for library use, or an asyncio
 queue for the HTTP app (events are handed to its event loop thread-safely).
+
+Several steppers (an adaptive server's variants): a request is bound to the active stepper when it is admitted
+and finishes there, so a switch (`activate`) lets in-flight requests finish where they started while new ones
+start on the new variant. Each iteration steps every stepper that has requests, each step its own window.
+Work that is not a step (loading a variant, changing threads) runs in this thread between iterations, in a
+load window of its own (`call`), so the energy account stays exact.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import itertools
 import logging
 import queue
@@ -60,6 +67,7 @@ class RequestResult:
     ttft_s: float | None
     e2e_s: float
     error: str | None = None
+    variant: str | None = None  # the variant (of an adaptive server's ladder) that served it
 
     @property
     def energy_j(self) -> float:
@@ -68,6 +76,7 @@ class RequestResult:
     def usage(self) -> dict:
         """OpenAI's usage fields and greenlm's energy fields."""
         return {
+            "variant": self.variant,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
@@ -149,9 +158,11 @@ class _Request:
     prompt_ids: list[int]
     params: SamplingParams
     handle: RequestHandle
-    text: TextStream
+    text: TextStream | None  # made when the request is admitted, with its stepper's detokenizer
     arrival_s: float
     rng: object = None
+    stepper: Stepper | None = None  # where it runs (bound at admission)
+    variant: str | None = None
     slot: int | None = None
     fed: int = 0  # prompt tokens already in the slot's cache
     pending: int | None = None  # sampled token not yet fed back
@@ -161,40 +172,111 @@ class _Request:
     last_token_s: float | None = None
     prefill_j: float = 0.0
     decode_j: float = 0.0
+    carbon_g: float = 0.0  # each step's share at the grid intensity of its time
     finish_reason: str | None = None
     error: str | None = None
 
 
+RECENT_KEEP_S = 300.0  # how far back the latency records for the load policy reach
+
+
 class Scheduler:
-    """Owns `stepper` from its own thread. `submit` from any thread; `close` drains and stops."""
+    """Owns its steppers from its own thread. `submit` from any thread; `close` drains and stops.
+
+    `reload`: called (in this thread, in a load window) when requests wait and no stepper is active (an
+    unloaded model); it must `activate` one. `on_finish`: called with every result."""
 
     def __init__(
         self,
-        stepper: Stepper,
+        stepper: Stepper | None,
         ledger: EnergyLedger,
         metrics: ServeMetrics,
         *,
-        detokenize: Callable[[list[int]], str],
+        detokenize: Callable[[list[int]], str] | None = None,
         max_queue: int,
         name: str = "greenlm-scheduler",
+        variant: str | None = None,
+        context_tokens: int | None = None,
+        reload: Callable[[], None] | None = None,
+        on_finish: Callable[[RequestResult], None] | None = None,
     ):
-        self.stepper = stepper
+        self.stepper: Stepper | None = None  # the active one: admitted requests start here
+        self.variant: str | None = None
         self.ledger = ledger
         self.metrics = metrics
-        self.detokenize = detokenize
         self.max_queue = max_queue
+        self.reload = reload
+        self.on_finish = on_finish
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
-        self._free_slots = list(range(stepper.slots))
+        self._free: dict[Stepper, list[int]] = {}
+        self._detokenize: dict[Stepper, Callable[[list[int]], str]] = {}
+        self._tasks: deque[tuple[Callable[[], object], concurrent.futures.Future]] = deque()
         self._accepting = True
         self._stop = False
         self._ids = itertools.count()
         self._recent_e2e_s: deque[float] = deque(maxlen=32)
+        self._recent_ttft: deque[tuple[float, float]] = deque()  # (when, seconds)
+        self._recent_queue: deque[tuple[float, float]] = deque()
+        self._peak = 0
+        self._last_busy_s = time.perf_counter()
         self.fatal: BaseException | None = None  # what killed the loop, if anything did
+        if stepper is not None:
+            self.activate(stepper, variant, detokenize)
+        self.context_tokens = context_tokens or (stepper.context_tokens if stepper else None)
+        if self.context_tokens is None:
+            raise ValueError("a scheduler with no stepper needs context_tokens")
         metrics.watch_queue(lambda: len(self._running), lambda: len(self._waiting))
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
+
+    # ---- steppers (from the loop thread: inside `call`, or `reload`) -----------------------------------
+    def activate(
+        self, stepper: Stepper | None, variant: str | None = None, detokenize: Callable | None = None
+    ) -> None:
+        """Requests admitted from now on start on `stepper` (None: none until `reload` activates one)."""
+        if stepper is not None and stepper not in self._free:
+            self._free[stepper] = list(range(stepper.slots))
+            self._detokenize[stepper] = detokenize or stepper.detokenize
+        self.stepper, self.variant = stepper, variant
+
+    def busy(self, stepper: Stepper) -> bool:
+        """Requests are still running on `stepper`."""
+        return any(r.stepper is stepper for r in self._running)
+
+    def forget(self, stepper: Stepper) -> None:
+        """`stepper` is about to be closed: it must have no request running."""
+        if self.busy(stepper):
+            raise RuntimeError("a stepper with requests running cannot be closed")
+        self._free.pop(stepper, None)
+        self._detokenize.pop(stepper, None)
+        if self.stepper is stepper:
+            self.stepper = None
+
+    def call(self, fn: Callable[[], object], timeout_s: float | None = None):
+        """Run `fn` in the loop thread between iterations, in a load window; its result (or exception)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        if threading.current_thread() is self._thread:
+            self._run_task(fn, future)
+        else:
+            with self._cond:
+                if self._stop or not self._thread.is_alive():
+                    raise NotAccepting("the server is shutting down")
+                self._tasks.append((fn, future))
+                self._cond.notify()
+        return future.result(timeout_s)
+
+    def _run_task(self, fn: Callable[[], object], future: concurrent.futures.Future) -> None:
+        self.ledger.begin_load()
+        try:
+            result = fn()
+        except BaseException as exc:  # the caller hears of it; the loop goes on
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        finally:
+            self.ledger.close_load()
 
     # ---- callers ---------------------------------------------------------------------------------------
     def submit(
@@ -208,10 +290,10 @@ class Scheduler:
         """Queue a request (its prompt and max_tokens must fit a slot's context: the caller checks)."""
         if not prompt_ids:
             raise RequestError("the prompt is empty", param="prompt")
-        if len(prompt_ids) + params.max_tokens > self.stepper.context_tokens:
+        if len(prompt_ids) + params.max_tokens > self.context_tokens:
             raise RequestError(
                 f"prompt ({len(prompt_ids)} tokens) + max_tokens ({params.max_tokens}) exceed the context of "
-                f"{self.stepper.context_tokens} tokens",
+                f"{self.context_tokens} tokens",
                 param="max_tokens",
             )
         request_id = request_id or f"{uuid.uuid4().hex[:20]}"
@@ -221,20 +303,22 @@ class Scheduler:
             prompt_ids=list(prompt_ids),
             params=params,
             handle=handle,
-            text=TextStream(self.detokenize, params.stop),
+            text=None,
             arrival_s=time.perf_counter(),
             rng=params.generator(),
         )
         with self._cond:
             if not self._accepting or self.fatal is not None:
                 raise NotAccepting("the server is shutting down: retry on another instance")
-            if len(self._waiting) >= self.max_queue and not self._free_slots:
+            free = self._free.get(self.stepper) if self.stepper is not None else None
+            if len(self._waiting) >= self.max_queue and not free:
                 raise QueueFull(
-                    f"all {self.stepper.slots} slots are busy and {len(self._waiting)} requests are queued "
+                    f"all {len(self._running)} slots are busy and {len(self._waiting)} requests are queued "
                     f"(--max-queue {self.max_queue}): retry later",
                     self._retry_after_s(),
                 )
             self._waiting.append(request)
+            self._peak = max(self._peak, len(self._running) + len(self._waiting))
             self._cond.notify()
         return handle
 
@@ -247,6 +331,37 @@ class Scheduler:
     @property
     def running(self) -> int:
         return len(self._running)
+
+    def load_stats(self, recent_s: float) -> dict:
+        """What the load and idle policies look at: p90 TTFT and queue wait of the requests of the last
+        `recent_s`, the oldest wait now, the most requests at once since the previous call, idle time, and the
+        tokens requests in flight may still generate (by variant; queued ones under None)."""
+        now = time.perf_counter()
+        with self._cond:
+            # list() copies a deque atomically; the loop thread appends (and trims) them
+            ttft = [v for t, v in list(self._recent_ttft) if t >= now - recent_s]
+            waits = [v for t, v in list(self._recent_queue) if t >= now - recent_s]
+            oldest = max((now - r.arrival_s for r in self._waiting), default=0.0)
+            peak, self._peak = self._peak, len(self._running) + len(self._waiting)
+            pending: dict[str | None, int] = {}
+            for r in self._running:
+                pending[r.variant] = pending.get(r.variant, 0) + max(
+                    0, r.params.max_tokens - len(r.output_ids)
+                )
+            for r in self._waiting:
+                pending[None] = pending.get(None, 0) + r.params.max_tokens
+            busy = bool(self._running or self._waiting)
+            idle_s = 0.0 if busy else now - self._last_busy_s
+        return {
+            "ttft_p90_s": _p90(ttft),
+            "queue_p90_s": _p90(waits),
+            "oldest_wait_s": oldest,
+            "peak_concurrency": peak,
+            "running": len(self._running),
+            "waiting": len(self._waiting),
+            "idle_s": idle_s,
+            "pending_tokens": pending,
+        }
 
     @property
     def waiting(self) -> int:
@@ -281,16 +396,26 @@ class Scheduler:
         try:
             while True:
                 with self._cond:
-                    while not (self._waiting or self._running or self._stop):
+                    while not (self._waiting or self._running or self._stop or self._tasks):
                         self._cond.wait()
                     if self._stop:
                         break
+                    tasks = list(self._tasks)
+                    self._tasks.clear()
+                for fn, future in tasks:
+                    self._run_task(fn, future)
+                if self._waiting and self.stepper is None and self.reload is not None:
+                    self._run_task(self.reload, concurrent.futures.Future())
+                if not (self._waiting or self._running):
+                    continue
+                with self._cond:
                     self._admit()
                 self.ledger.start_busy()  # closes the idle window that ends here, if one was open
                 self._iteration()
                 if not self._running:
                     self.ledger.mark_idle()
                     with self._cond:
+                        self._last_busy_s = time.perf_counter()
                         self._cond.notify_all()  # a drain may be waiting for this
         except BaseException as exc:  # a broken engine: fail everything, accept nothing more
             log.exception("the serving loop stopped")
@@ -306,19 +431,22 @@ class Scheduler:
                 r.finish_reason = "abort"
                 self._finish(r)
         now = time.perf_counter()
-        while self._waiting and self._free_slots:
+        free = self._free.get(self.stepper) if self.stepper is not None else None
+        while self._waiting and free:
             r = self._waiting.popleft()
-            r.slot = self._free_slots.pop(0)
+            r.stepper, r.variant, r.slot = self.stepper, self.variant, free.pop(0)
+            r.text = TextStream(self._detokenize[self.stepper], r.params.stop)
             r.admitted_s = now
             self._running.append(r)
             self.metrics.queue.observe(now - r.arrival_s)
+            _remember(self._recent_queue, now, now - r.arrival_s)
 
-    def _plan(self) -> tuple[list[SlotFeed], list[StepWork], list[_Request]]:
-        budget = self.stepper.step_tokens
+    def _plan(self, stepper: Stepper) -> tuple[list[SlotFeed], list[StepWork], list[_Request]]:
+        budget = stepper.step_tokens
         feeds: list[SlotFeed] = []
         work: list[StepWork] = []
         stepped: list[_Request] = []
-        live = [r for r in self._running if r.finish_reason is None]
+        live = [r for r in self._running if r.finish_reason is None and r.stepper is stepper]
         for r in live:  # decode tokens first: running requests never wait for a prompt
             if r.pending is not None:
                 feeds.append(SlotFeed(r.slot, [r.pending], True))
@@ -338,12 +466,18 @@ class Scheduler:
     def _iteration(self) -> None:
         for r in [r for r in self._running if r.handle.cancelled]:
             r.finish_reason = "abort"
-        finished = [r for r in self._running if r.finish_reason is not None]
-        feeds, work, stepped = self._plan() if len(finished) < len(self._running) else ([], [], [])
+        steppers = list(dict.fromkeys(r.stepper for r in self._running if r.finish_reason is None))
+        for stepper in steppers:
+            self._step(stepper)
+        for r in [r for r in self._running if r.finish_reason is not None]:
+            self._finish(r)
+
+    def _step(self, stepper: Stepper) -> None:
+        feeds, work, stepped = self._plan(stepper)
         produced = 0
         if feeds:
             try:
-                rows = self.stepper.step(feeds)
+                rows = stepper.step(feeds)
             except GreenlmError as exc:
                 log.error("engine step failed: %s", exc)
                 rows = {}
@@ -356,25 +490,25 @@ class Scheduler:
                 if r.finish_reason is None and feed.slot in rows:
                     produced += 1
                     self._accept_token(r, sample(rows[feed.slot], r.params, r.rng))
-            shares = self.ledger.close_step(work, produced)
+            shares = self.ledger.close_step(work, produced, key=stepped[0].variant)
             by_id = {s.request_id: s for s in shares}
             for r in stepped:
                 share = by_id[r.id]
                 r.prefill_j += share.prefill_j
                 r.decode_j += share.decode_j
-        for r in [r for r in self._running if r.finish_reason is not None]:
-            self._finish(r)
+                r.carbon_g += self.ledger.carbon_g(share.energy_j)
 
     def _accept_token(self, r: _Request, token: int) -> None:
         now = time.perf_counter()
         if r.first_token_s is None:
             r.first_token_s = now
             self.metrics.ttft.observe(now - r.arrival_s)
+            _remember(self._recent_ttft, now, now - r.arrival_s)
         else:
             self.metrics.itl.observe(now - r.last_token_s)
         r.last_token_s = now
         r.output_ids.append(token)
-        if not r.params.ignore_eos and self.stepper.is_end_of_generation(token):
+        if not r.params.ignore_eos and r.stepper.is_end_of_generation(token):
             r.finish_reason = "stop"  # the end-of-text token counts as generated but adds no text
             return
         delta = r.text.add(token)
@@ -389,32 +523,33 @@ class Scheduler:
 
     def _finish(self, r: _Request) -> None:
         """Report the result, free the slot (if it had one), count it."""
-        tail = r.text.finish() if r.finish_reason in ("stop", "length") else ""
+        tail = r.text.finish() if r.text is not None and r.finish_reason in ("stop", "length") else ""
         if tail:
             r.handle._put(TokenEvent(tail, ()))
         if r.slot is not None:
-            self.stepper.release(r.slot)
-            self._free_slots.append(r.slot)
-            self._running.remove(r)
+            self._running.remove(r)  # first: a release that fails must not leave it running
+            r.stepper.release(r.slot)
+            self._free[r.stepper].append(r.slot)
             r.slot = None
         now = time.perf_counter()
         snapshot_meter = self.ledger.meter
         result = RequestResult(
             request_id=r.id,
-            text=r.text.text,
+            text=r.text.text if r.text is not None else "",
             token_ids=tuple(r.output_ids),
             finish_reason=r.finish_reason or "abort",
             prompt_tokens=len(r.prompt_ids),
             completion_tokens=len(r.output_ids),
             prefill_j=r.prefill_j,
             decode_j=r.decode_j,
-            carbon_g=self.ledger.carbon_g(r.prefill_j + r.decode_j),
+            carbon_g=r.carbon_g,
             meter=snapshot_meter.name,
             energy_source=snapshot_meter.energy_source,
             queue_s=(r.admitted_s or now) - r.arrival_s,
             ttft_s=None if r.first_token_s is None else r.first_token_s - r.arrival_s,
             e2e_s=now - r.arrival_s,
             error=r.error,
+            variant=r.variant,
         )
         r.handle.result = result
         r.handle._put(FinishEvent(result))
@@ -427,10 +562,18 @@ class Scheduler:
             m.e2e.observe(result.e2e_s)
             m.energy.observe(result.energy_j)
             self._recent_e2e_s.append(result.e2e_s)
+        if self.on_finish is not None:
+            try:
+                self.on_finish(result)
+            except Exception:  # an observer's bug must not take the serving loop down
+                log.exception("on_finish failed")
 
     def _abandon_all(self, why: str) -> None:
         with self._cond:
             self._accepting = False
+            for _fn, future in self._tasks:
+                future.set_exception(NotAccepting(f"the server stopped: {why}"))
+            self._tasks.clear()
             left = list(self._running) + list(self._waiting)
             self._waiting.clear()
             for r in left:
@@ -440,3 +583,16 @@ class Scheduler:
                 except Exception:  # the engine may be what broke; the caller must still hear back
                     r.handle._put(_DONE)
             self._cond.notify_all()
+
+
+def _p90(values: list[float]) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
+def _remember(records: deque, now: float, value: float) -> None:
+    records.append((now, value))
+    while records[0][0] < now - RECENT_KEEP_S:
+        records.popleft()

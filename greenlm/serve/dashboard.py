@@ -1,0 +1,54 @@
+"""GET /dashboard: one self-contained page (inline JS drawing SVG, nothing fetched from elsewhere, so it works
+offline) that polls GET /dashboard/data every two seconds: power, tokens per joule and joules per request
+over time, running and queued requests, the active variant and every decision, grid intensity and the carbon
+rate. The data endpoint is `dashboard_view`: the control loop's samples and decisions after a sequence
+number, with the server's state and energy account."""
+
+from __future__ import annotations
+
+import functools
+import time
+from importlib import resources
+
+
+@functools.cache
+def dashboard_html() -> str:
+    return resources.files("greenlm.serve").joinpath("dashboard.html").read_text(encoding="utf-8")
+
+
+def dashboard_view(server, since: int = 0) -> dict:
+    controller = server.controller
+    view = controller.view(since)
+    energy = server.energy()
+    state = server.state()
+    stats = server.scheduler.load_stats(10.0) if server.scheduler else {}
+    policy = server.policy
+    return {
+        "model": server.model_id,
+        "adaptive": server.adaptive,
+        "now_unix": time.time(),
+        "started_unix": controller.started_unix,
+        "interval_s": controller.interval_s,
+        "state": {
+            "variant": state.variant,
+            "loaded": state.loaded,
+            "cores": state.cores,
+            "max_cores": server.cores.max_cores,
+            "running": stats.get("running", 0),
+            "waiting": stats.get("waiting", 0),
+        },
+        "energy": {
+            k: energy.get(k)
+            for k in (
+                "meter", "energy_source", "meter_total_j", "requests_j", "idle_j", "load_j", "carbon_g",
+                "intensity_g_per_kwh", "intensity_source", "output_tokens", "duration_s", "grid_time",
+            )
+        },  # fmt: skip
+        "quality": {
+            "max_kld": policy.quality.max_kld if policy else None,
+            "mean_kld_served": controller.quality.life_mean(),
+        },
+        "variants": server.variants(),
+        "decision_count": controller.decision_count,
+        **view,
+    }

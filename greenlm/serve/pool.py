@@ -1,0 +1,154 @@
+"""What an adaptive server loads and how much CPU it holds: loaded variants, and the process's CPU affinity.
+
+A variant loads on first use (engine, serving stepper, a short warm-up that measures its prefill and decode
+J/token for the split rule). At most `MAX_LOADED` stay loaded: the active one and the one it replaced (so a
+switch back costs nothing); older ones are closed once their last request has finished. Unloading closes
+the llama.cpp model and its KV cache, which gives their memory back.
+
+`CoreAllotment` shrinks the process's CPU affinity (every thread of it, as Linux sets affinity per thread)
+to the first N CPUs it started with, and restores it on close. The cpu-model meter charges static power for
+the CPUs in that mask, so a smaller mask in quiet hours is a smaller bill there; on real hardware the freed
+core can idle deeper or serve another tenant.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from greenlm.energy import Meter
+from greenlm.engines.base import Engine
+from greenlm.engines.factory import create_engine
+from greenlm.engines.stepper import SlotFeed, Stepper
+from greenlm.engines.steppers import open_stepper
+from greenlm.models.spec import ModelSpec
+from greenlm.serve.attribution import PhaseCosts
+from greenlm.serve.ladder import Variant
+
+MAX_LOADED = 2
+WARMUP_TEXT = "The quick brown fox jumps over the lazy dog. " * 8
+WARMUP_PROMPT_TOKENS = 32
+WARMUP_DECODE_STEPS = 4
+
+
+@dataclass
+class Loaded:
+    variant: Variant
+    engine: Engine
+    stepper: Stepper
+    load_s: float
+    warmup: dict
+    costs: PhaseCosts
+    used_s: float = 0.0  # when it last became active
+
+    def close(self) -> None:
+        self.stepper.close()
+        self.engine.close()
+
+
+def warm_up(stepper: Stepper, meter: Meter) -> tuple[dict, PhaseCosts]:
+    """One prompt and a few decode steps through a slot: pays for first-call allocations, and measures
+    what a prefill token and a decode token cost, which seeds the split rule's weights."""
+    ids = stepper.tokenize_prompt(WARMUP_TEXT)[:WARMUP_PROMPT_TOKENS]
+    ids = ids[: max(1, min(len(ids), stepper.step_tokens, stepper.context_tokens - WARMUP_DECODE_STEPS - 1))]
+
+    def run() -> tuple:
+        try:
+            start = meter.read()
+            token = int(stepper.step([SlotFeed(0, ids, True)])[0].argmax())
+            prefill = meter.measure(start, meter.read())
+            start = meter.read()
+            for _ in range(WARMUP_DECODE_STEPS):
+                token = int(stepper.step([SlotFeed(0, [token], True)])[0].argmax())
+            return prefill, meter.measure(start, meter.read())
+        finally:
+            stepper.release(0)
+
+    run()  # the first steps of a new context pay for allocations: not what a token costs
+    prefill, decode = run()
+    record = {
+        "prompt_tokens": len(ids),
+        "decode_steps": WARMUP_DECODE_STEPS,
+        "prefill_j": prefill.total_j,
+        "decode_j": decode.total_j,
+        "prefill_s": prefill.duration_s,
+        "decode_s": decode.duration_s,
+    }
+    costs = PhaseCosts(
+        prefill.total_j / len(ids) if prefill.total_j > 0 else None,
+        decode.total_j / WARMUP_DECODE_STEPS if decode.total_j > 0 else None,
+    )
+    return record, costs
+
+
+def load_variant(
+    variant: Variant,
+    spec: ModelSpec,
+    *,
+    threads: int | None,
+    device: str,
+    dtype: str,
+    slots: int,
+    step_tokens: int,
+    context_tokens: int,
+    meter: Meter,
+) -> Loaded:
+    start = time.perf_counter()
+    engine = create_engine(variant.engine, spec, threads=threads, device=device, dtype=dtype)
+    try:
+        stepper = open_stepper(engine, slots=slots, step_tokens=step_tokens, context_tokens=context_tokens)
+    except BaseException:
+        engine.close()
+        raise
+    load_s = time.perf_counter() - start
+    try:
+        warmup, costs = warm_up(stepper, meter)
+    except BaseException:
+        stepper.close()
+        engine.close()
+        raise
+    return Loaded(variant, engine, stepper, load_s, warmup, costs, used_s=time.monotonic())
+
+
+class CoreAllotment:
+    """The CPUs this process may run on, shrunk or restored for every thread of it."""
+
+    def __init__(self, set_affinity: Callable[[int, list[int]], None] | None = None):
+        try:
+            self.initial = sorted(os.sched_getaffinity(os.getpid()))
+        except AttributeError:  # not Linux: nothing to change
+            self.initial = list(range(os.cpu_count() or 1))
+        self._set = set_affinity or _set_process_affinity
+        self.cores = len(self.initial)
+
+    @property
+    def max_cores(self) -> int:
+        return len(self.initial)
+
+    def set(self, cores: int) -> list[int]:
+        cores = max(1, min(int(cores), self.max_cores))
+        cpus = self.initial[:cores]
+        self._set(os.getpid(), cpus)
+        self.cores = cores
+        return cpus
+
+    def restore(self) -> None:
+        if self.cores != self.max_cores:
+            self.set(self.max_cores)
+
+
+def _set_process_affinity(pid: int, cpus: list[int]) -> None:
+    """Linux keeps an affinity mask per thread: set it on each (threads started later inherit it)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        tids = [pid]
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except (ProcessLookupError, PermissionError):  # a thread that just ended
+            continue
