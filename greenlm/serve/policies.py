@@ -213,6 +213,9 @@ def decide(obs: Observed, policy: PolicyConfig, ladder: Ladder, mem: Memory) -> 
     allowed, status, mem = quality_allowed(obs, policy, ladder, mem)
     step, load_why, mem = load_step(obs, policy, mem)
     low, low_why, mem = low_load_step(obs, policy, mem)
+    top_cores = min(obs.max_cores, (policy.load.max_cores if policy.load and policy.load.max_cores else obs.max_cores))
+    if step > 0 and mem.load_level == 1 and state.cores >= top_cores:
+        mem = replace(mem, load_level=2)  # every core already: the next step is a faster variant
     mode = carbon_mode(obs.intensity_g_per_kwh, policy, mem.carbon_mode)
     mem = replace(mem, carbon_mode=mode)
 
@@ -232,7 +235,8 @@ def decide(obs: Observed, policy: PolicyConfig, ladder: Ladder, mem: Memory) -> 
     elif mode == "high":
         target = min(allowed, key=lambda v: ladder.variants.index(v))
         reason = "carbon-high"
-        why = f"grid {obs.intensity_g_per_kwh:.0f} g/kWh >= {policy.carbon.high_g_per_kwh:g}: the cheapest variant allowed ({status})"
+        crossed = ">=" if obs.intensity_g_per_kwh >= policy.carbon.high_g_per_kwh else "since it crossed"
+        why = f"grid {obs.intensity_g_per_kwh:.0f} g/kWh {crossed} {policy.carbon.high_g_per_kwh:g}: the cheapest variant allowed ({status})"
     elif mode == "low":
         target = (
             ladder.best_quality()
@@ -240,7 +244,8 @@ def decide(obs: Observed, policy: PolicyConfig, ladder: Ladder, mem: Memory) -> 
             else min(allowed, key=lambda v: (v.kld is None, v.kld or 0.0))
         )
         reason = "carbon-low"
-        why = f"grid {obs.intensity_g_per_kwh:.0f} g/kWh <= {policy.carbon.low_g_per_kwh:g}: the best-quality variant"
+        crossed = "<=" if obs.intensity_g_per_kwh <= policy.carbon.low_g_per_kwh else "since it crossed"
+        why = f"grid {obs.intensity_g_per_kwh:.0f} g/kWh {crossed} {policy.carbon.low_g_per_kwh:g}: the best-quality variant"
     else:
         target = start_variant(policy, ladder)
         if target not in allowed:
