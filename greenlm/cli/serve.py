@@ -213,9 +213,7 @@ def _ready(record: dict, config: ServeConfig, as_json: bool) -> None:
     ):
         out.print(line, markup=False, soft_wrap=True)
     for v in r.get("ladder") or []:
-        figures = ", ".join(
-            f"{k} {v[k]:.4g}" for k in ("kld", "decode_j_per_token") if v.get(k) is not None
-        )
+        figures = ", ".join(f"{k} {v[k]:.4g}" for k in ("kld", "decode_j_per_token") if v.get(k) is not None)
         where = "inside" if v["inside_budget"] else "OUTSIDE"
         mark = "*" if v["active"] else " "
         out.print(

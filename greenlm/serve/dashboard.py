@@ -40,8 +40,18 @@ def dashboard_view(server, since: int = 0) -> dict:
         "energy": {
             k: energy.get(k)
             for k in (
-                "meter", "energy_source", "meter_total_j", "requests_j", "idle_j", "load_j", "carbon_g",
-                "intensity_g_per_kwh", "intensity_source", "output_tokens", "duration_s", "grid_time",
+                "meter",
+                "energy_source",
+                "meter_total_j",
+                "requests_j",
+                "idle_j",
+                "load_j",
+                "carbon_g",
+                "intensity_g_per_kwh",
+                "intensity_source",
+                "output_tokens",
+                "duration_s",
+                "grid_time",
             )
         },  # fmt: skip
         "quality": {

@@ -164,7 +164,9 @@ class EnergyLedger:
             "load_windows": t.load_windows,
             "windows_j": t.windows_j,
             "meter_total_j": meter_total_j,
-            "meter_total_basis": "sum of windows (CPU affinity changed)" if self.tiled_total else "one window",
+            "meter_total_basis": "sum of windows (CPU affinity changed)"
+            if self.tiled_total
+            else "one window",
             "invariant_gap_j": gap,
             "invariant_gap_rel": abs(gap) / meter_total_j if meter_total_j > 0 else 0.0,
             "accounting_gap_j": t.invariant_gap_j(),  # requests + idle + load - windows: rounding only

@@ -213,7 +213,9 @@ def decide(obs: Observed, policy: PolicyConfig, ladder: Ladder, mem: Memory) -> 
     allowed, status, mem = quality_allowed(obs, policy, ladder, mem)
     step, load_why, mem = load_step(obs, policy, mem)
     low, low_why, mem = low_load_step(obs, policy, mem)
-    top_cores = min(obs.max_cores, (policy.load.max_cores if policy.load and policy.load.max_cores else obs.max_cores))
+    top_cores = min(
+        obs.max_cores, (policy.load.max_cores if policy.load and policy.load.max_cores else obs.max_cores)
+    )
     if step > 0 and mem.load_level == 1 and state.cores >= top_cores:
         mem = replace(mem, load_level=2)  # every core already: the next step is a faster variant
     mode = carbon_mode(obs.intensity_g_per_kwh, policy, mem.carbon_mode)

@@ -29,7 +29,9 @@ class Clock:
 
 def test_csv_replays_at_any_speed_and_loops(tmp_path):
     path = tmp_path / "day.csv"
-    path.write_text("timestamp,g_per_kwh\n2025-06-01T00:00:00Z,500\n2025-06-01T12:00:00Z,100\n2025-06-01T18:00:00Z,300\n")
+    path.write_text(
+        "timestamp,g_per_kwh\n2025-06-01T00:00:00Z,500\n2025-06-01T12:00:00Z,100\n2025-06-01T18:00:00Z,300\n"
+    )
     clock = Clock()
     grid = CsvIntensity(path, speed=3600, clock=clock)  # an hour of the series per second
     grid.start()
@@ -88,7 +90,10 @@ def test_electricity_maps_live_then_failing_then_back(fake_maps, monkeypatch):
     ]
     grid.poll_once()
     reading = grid.now()
-    assert (reading.intensity_g_per_kwh, reading.stale) == (52.0, False) and "Electricity Maps FR" in reading.source
+    assert (reading.intensity_g_per_kwh, reading.stale) == (
+        52.0,
+        False,
+    ) and "Electricity Maps FR" in reading.source
     assert _FakeMaps.seen[0] == ("/v3/carbon-intensity/latest?zone=FR", "secret")
     grid.poll_once()  # a failure keeps the last good figure, marked stale
     assert (grid.now().intensity_g_per_kwh, grid.now().stale) == (52.0, True) and grid.failures == 1
@@ -111,7 +116,9 @@ def test_ladder_from_the_latest_search_front(tmp_path, tiny_model_dir):
 
     settings = EvalSettings(model=str(tiny_model_dir), workdir=str(tmp_path / "work"))
     with Store(tmp_path / "s.db") as store:
-        result = optimize(OptimizeConfig(settings=settings, space=str(space)), store=store, work=work, final=fake_final)
+        result = optimize(
+            OptimizeConfig(settings=settings, space=str(space)), store=store, work=work, final=fake_final
+        )
         ladder = ladder_from_search(store, "latest")
         assert ladder_from_search(store, result.search_id).names == ladder.names
         with pytest.raises(GreenlmError, match="no search 'nope'"):

@@ -104,7 +104,10 @@ def test_with_every_core_already_load_goes_straight_to_a_faster_variant():
     slow = dict(ttft_p90_s=3.0, running=8, waiting=4, peak_concurrency=12)
     _, mem = decide(obs(now=0, variant="q8", **slow), p, LADDER, Memory())
     decisions, mem = decide(obs(now=2, variant="q8", **slow), p, LADDER, mem)
-    assert kinds(decisions) == [("variant", "q8", "drop", "load-slo")] and "p90 TTFT 3.00 s" in decisions[0].detail
+    assert (
+        kinds(decisions) == [("variant", "q8", "drop", "load-slo")]
+        and "p90 TTFT 3.00 s" in decisions[0].detail
+    )
 
 
 def test_idle_shrinks_cores_unloads_and_restores_on_concurrency():

@@ -30,25 +30,53 @@ def folder(tmp_path, tiny_model_dir):
 LADDER = "ladder:\n  - {name: a, model: MODEL, kld: 0.01}\n  - {name: b, model: MODEL, kld: 0.2}\n"
 BAD = [
     ("unknown key", "lod: {ttft_slo_s: 1}\n", "lod is not a setting here: write 'load'"),
-    ("unknown nested key", "load: {ttft_slo: 1}\n", "load.ttft_slo is not a setting here: write 'ttft_slo_s'"),
+    (
+        "unknown nested key",
+        "load: {ttft_slo: 1}\n",
+        "load.ttft_slo is not a setting here: write 'ttft_slo_s'",
+    ),
     ("wrong type", "load: {ttft_slo_s: fast}\n", "load.ttft_slo_s must be a number above 0"),
-    ("threshold out of range", GRID + "carbon: {high_g_per_kwh: -5}\n", "carbon.high_g_per_kwh must be a number from 0"),
-    ("thresholds crossed", GRID + "carbon: {high_g_per_kwh: 200, low_g_per_kwh: 300}\n", "is above high_g_per_kwh"),
-    ("carbon without a grid", "carbon: {high_g_per_kwh: 400}\n", "carbon needs a grid intensity that changes"),
+    (
+        "threshold out of range",
+        GRID + "carbon: {high_g_per_kwh: -5}\n",
+        "carbon.high_g_per_kwh must be a number from 0",
+    ),
+    (
+        "thresholds crossed",
+        GRID + "carbon: {high_g_per_kwh: 200, low_g_per_kwh: 300}\n",
+        "is above high_g_per_kwh",
+    ),
+    (
+        "carbon without a grid",
+        "carbon: {high_g_per_kwh: 400}\n",
+        "carbon needs a grid intensity that changes",
+    ),
     ("missing CSV", "grid: {csv: nope.csv}\n", "grid.csv file"),
     ("CSV with a bad row", "grid: {csv: bad.csv}\n", "bad.csv line 2: intensity 'lots'"),
     ("CSV out of order", "grid: {csv: unsorted.csv}\n", "line 2: timestamp 2025-06-01T00:00Z is not after"),
-    ("unknown variant name", LADDER + "start: q9\n", "start names 'q9', which is not in the ladder: write one of a, b"),
+    (
+        "unknown variant name",
+        LADDER + "start: q9\n",
+        "start names 'q9', which is not in the ladder: write one of a, b",
+    ),
     ("empty ladder", "ladder: []\n", "ladder is empty"),
     ("variant without a model", "ladder:\n  - {name: a}\n", "ladder[0] (a) has no model"),
     ("variant model missing", "ladder:\n  - {name: a, model: /no/such.gguf}\n", "ladder variant 'a'"),
     ("bad engine", "ladder:\n  - {name: a, model: x.gguf, engine: vllm}\n", "ladder[0].engine 'vllm'"),
     ("search that does not exist", "ladder_from_search: deadbeef\n", "holds no optimize search"),
     ("provider without a token", "grid: {provider: electricitymaps, zone: FR}\n", "$ELECTRICITYMAPS_TOKEN"),
-    ("two grid sources", "grid: {csv: grid.csv, provider: electricitymaps}\n", "grid needs exactly one source"),
+    (
+        "two grid sources",
+        "grid: {csv: grid.csv, provider: electricitymaps}\n",
+        "grid needs exactly one source",
+    ),
     ("not YAML", "load: {ttft_slo_s: 1\n", "is not valid YAML"),
     ("not a mapping", "- load\n", "must be a YAML mapping"),
-    ("idle of the wrong type", "idle: {unload_after_s: soon}\n", "idle.unload_after_s must be a number above 0"),
+    (
+        "idle of the wrong type",
+        "idle: {unload_after_s: soon}\n",
+        "idle.unload_after_s must be a number above 0",
+    ),
     ("speed zero", "grid: {csv: grid.csv, speed: 0}\n", "grid.speed must be a number above 0"),
 ]
 
@@ -76,7 +104,11 @@ def test_flags_without_a_ladder_are_refused(monkeypatch, capsys):
 
 def test_a_good_file_parses_with_its_defaults(folder, tiny_model_dir):
     path = folder / "policy.yaml"
-    path.write_text(LADDER.replace("MODEL", str(tiny_model_dir)) + GRID + "carbon: {high_g_per_kwh: 400}\nidle: {unload_after_s: 30}\n")
+    path.write_text(
+        LADDER.replace("MODEL", str(tiny_model_dir))
+        + GRID
+        + "carbon: {high_g_per_kwh: 400}\nidle: {unload_after_s: 30}\n"
+    )
     policy = load_policy(path)
     assert [v.name for v in policy.ladder] == ["a", "b"] and policy.ladder[1].kld == 0.2
     assert policy.grid.csv == str(folder / "grid.csv") and policy.grid.speed == 60  # relative to the file
