@@ -109,6 +109,20 @@ def serve(
     target_ongoing: float = typer.Option(
         2.0, "--target-ongoing-requests", help="Ray Serve: requests per replica the autoscaler aims for."
     ),
+    upscale_delay: float = typer.Option(
+        3.0, "--upscale-delay", help="Ray Serve: seconds over target before adding a replica."
+    ),
+    downscale_delay: float = typer.Option(
+        30.0, "--downscale-delay", help="Ray Serve: seconds under target before removing one."
+    ),
+    replica_cpus: float = typer.Option(
+        1.0, "--replica-cpus", help="Ray Serve: CPUs each replica asks Ray for."
+    ),
+    ray_high_carbon: float | None = typer.Option(
+        None,
+        "--ray-high-carbon",
+        help="Ray Serve: at or above this grid g/kWh, pack twice the requests per replica.",
+    ),
     log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
     as_json: bool = typer.Option(
@@ -152,7 +166,13 @@ def serve(
     if ray:
         from greenlm.serve.ray_deploy import RayOptions, run_ray
 
-        run_ray(config, RayOptions(ray_address, min_replicas, max_replicas, target_ongoing), as_json=as_json)
+        options = RayOptions(
+            ray_address, min_replicas, max_replicas, target_ongoing, upscale_delay, downscale_delay, replica_cpus,
+            ray_high_carbon,
+        )  # fmt: skip
+        code = run_ray(config, options, as_json=as_json, announce=note, emit=_emit if as_json else _ray_line)
+        if code:
+            raise typer.Exit(code)
         return
     checked = preflight(config, note)  # every cheap check before the port is taken or the model loads
     sock = bind_socket(config.host, config.port)
@@ -183,6 +203,23 @@ def serve(
         )
     if signal.SIGINT in signals:
         raise typer.Exit(130)
+
+
+def _ray_line(record: dict) -> None:
+    if record["event"] == "ready":
+        r = record["ray"]
+        line = (
+            f"serving on Ray Serve at {record['url']}/v1: {record['replicas']} replica(s) now, "
+            f"{r['min_replicas']} to {r['max_replicas']} at {r['target_ongoing_requests']:g} ongoing requests each; "
+            f"/metrics and /energy cover every replica; SIGTERM or Ctrl-C stops it"
+        )
+    else:
+        line = (
+            f"stopped: {record.get('requests_j', 0):.1f} J to requests, {record.get('idle_j', 0):.1f} J idle over "
+            f"{len(record.get('replicas') or {})} replica(s)"
+        )
+    out.print(line, markup=False, soft_wrap=True)
+    sys.stdout.flush()
 
 
 def _address(sock) -> dict:

@@ -102,8 +102,8 @@ def _replay(messages: list[dict], then=None):
     return receive
 
 
-def _usage(result: RequestResult) -> Usage:
-    return Usage(**result.usage())
+def _usage(result: RequestResult, replica: str | None = None) -> Usage:
+    return Usage(**result.usage(), replica=replica)
 
 
 def _message_text(content) -> str:
@@ -124,7 +124,9 @@ def _sse(payload) -> str:
     return f"data: {body}\n\n"
 
 
-def create_app(server: Server) -> FastAPI:
+def create_app(server: Server, *, metrics=None, energy=None) -> FastAPI:
+    """`metrics` and `energy` (async callables): what /metrics and /energy answer instead of this server's own
+    (a Ray Serve replica answers for every replica)."""
     app = FastAPI(title="greenlm serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = server
     key = server.config.api_key
@@ -165,13 +167,13 @@ def create_app(server: Server) -> FastAPI:
         return {"status": "ok", "model": server.model_id}
 
     @app.get("/metrics")
-    async def metrics():
-        body = await asyncio.to_thread(server.metrics.render)
+    async def metrics_route():
+        body = await (metrics() if metrics else asyncio.to_thread(server.metrics.render))
         return Response(body, media_type=CONTENT_TYPE)
 
     @app.get("/energy")
-    async def energy():
-        return await asyncio.to_thread(server.energy)
+    async def energy_route():
+        return await (energy() if energy else asyncio.to_thread(server.energy))
 
     @app.get("/dashboard")
     async def dashboard():
@@ -217,7 +219,8 @@ def create_app(server: Server) -> FastAPI:
         rid, created = f"chatcmpl-{handle.request_id}", int(time.time())
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _stream(handle, request, _chat_chunks(handle, rid, created, server.model_id, usage))
+            chunks = _chat_chunks(handle, rid, created, server.model_id, usage, server.replica)
+            return _stream(handle, request, chunks)
         result = await _collect(handle, request)
         return ChatCompletion(
             id=rid,
@@ -226,7 +229,7 @@ def create_app(server: Server) -> FastAPI:
             choices=[
                 ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)
             ],
-            usage=_usage(result),
+            usage=_usage(result, server.replica),
         )
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
@@ -258,14 +261,15 @@ def create_app(server: Server) -> FastAPI:
         rid, created = f"cmpl-{handle.request_id}", int(time.time())
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _stream(handle, request, _completion_chunks(handle, rid, created, server.model_id, usage))
+            chunks = _completion_chunks(handle, rid, created, server.model_id, usage, server.replica)
+            return _stream(handle, request, chunks)
         result = await _collect(handle, request)
         return Completion(
             id=rid,
             created=created,
             model=server.model_id,
             choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
-            usage=_usage(result),
+            usage=_usage(result, server.replica),
         )
 
     return BodyLimit(app, server.config.max_body_bytes)
@@ -356,7 +360,7 @@ def _stream_error(result: RequestResult) -> str | None:
     return _sse(ErrorResponse.of(str(error), error.type, code=error.code))
 
 
-async def _chat_chunks(handle, rid, created, model, include_usage) -> AsyncIterator[str]:
+async def _chat_chunks(handle, rid, created, model, include_usage, replica=None) -> AsyncIterator[str]:
     def chunk(delta: ChatDelta, finish: str | None = None) -> str:
         choice = ChatChunkChoice(delta=delta, finish_reason=finish)
         return _sse(ChatCompletionChunk(id=rid, created=created, model=model, choices=[choice]))
@@ -375,11 +379,13 @@ async def _chat_chunks(handle, rid, created, model, include_usage) -> AsyncItera
         yield chunk(ChatDelta(), result.finish_reason)
         if include_usage:
             yield _sse(
-                ChatCompletionChunk(id=rid, created=created, model=model, choices=[], usage=_usage(result))
+                ChatCompletionChunk(
+                    id=rid, created=created, model=model, choices=[], usage=_usage(result, replica)
+                )
             )
 
 
-async def _completion_chunks(handle, rid, created, model, include_usage) -> AsyncIterator[str]:
+async def _completion_chunks(handle, rid, created, model, include_usage, replica=None) -> AsyncIterator[str]:
     def chunk(text: str, finish: str | None = None) -> str:
         choice = CompletionChoice(text=text, finish_reason=finish)
         return _sse(Completion(id=rid, created=created, model=model, choices=[choice]))
@@ -396,4 +402,6 @@ async def _completion_chunks(handle, rid, created, model, include_usage) -> Asyn
             return
         yield chunk("", result.finish_reason)
         if include_usage:
-            yield _sse(Completion(id=rid, created=created, model=model, choices=[], usage=_usage(result)))
+            yield _sse(
+                Completion(id=rid, created=created, model=model, choices=[], usage=_usage(result, replica))
+            )

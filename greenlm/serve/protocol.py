@@ -71,6 +71,7 @@ class Usage(BaseModel):
     meter: str
     energy_source: Literal["measured", "estimated"]
     variant: str | None = None  # greenlm: the variant of the server's ladder that generated it
+    replica: str | None = None  # greenlm --ray: the replica that served it (and metered its energy)
 
 
 class ChatMessageOut(BaseModel):

@@ -200,6 +200,11 @@ class Server:
         self.intensity, self.pue, self.spec, self.saved = plan.intensity, plan.pue, plan.spec, plan.saved
         self.ladder, self.policy, self.specs = plan.ladder, plan.policy, plan.specs
         self.adaptive = plan.policy is not None
+        # threads follow the cores when a policy moves them (load or low-load); else each variant runs on the
+        # threads it was measured with (a flag's, or the engine's default)
+        self.moves_cores = self.adaptive and (
+            plan.policy.load is not None or plan.policy.idle.low_load_after_s is not None
+        )
         self.model_id = (
             config.served_model_name or (plan.model_name if self.adaptive else None) or self.spec.name
         )
@@ -212,6 +217,7 @@ class Server:
         self.controller: Controller | None = None
         self._final_energy: dict | None = None
         self.reloads: list[dict] = []
+        self.replica: str | None = None  # a Ray Serve replica's id
         try:
             first = self._load(plan.start)
             self.engine_name = first.engine.name
@@ -253,7 +259,7 @@ class Server:
 
     # ---- variants (these run in the scheduler's thread, between steps) ----------------------------------
     def _load(self, variant: Variant) -> Loaded:
-        threads = self.cores.cores if self.adaptive else self.config.threads
+        threads = self.cores.cores if self.moves_cores else (self.config.threads or variant.threads)
         loaded = load_variant(
             variant,
             self.specs[variant.name],
@@ -305,7 +311,7 @@ class Server:
             spent = self.meter.measure(start, self.meter.read())
             info = {"load_s": loaded.load_s, "energy_j": spent.total_j}
             self.ledger.set_costs(name, loaded.costs)
-        elif loaded.stepper.engine.threads != self.cores.cores:
+        elif self.moves_cores and loaded.stepper.engine.threads != self.cores.cores:
             loaded.stepper.set_threads(self.cores.cores)
         loaded.used_s = time.monotonic()
         sched.activate(loaded.stepper, name)
@@ -348,7 +354,7 @@ class Server:
         name = sched.variant
         start = self.meter.read()
         loaded = self._loaded.get(name) or self._load(self.ladder.get(name))
-        if loaded.stepper.engine.threads != self.cores.cores and self.adaptive:
+        if self.moves_cores and loaded.stepper.engine.threads != self.cores.cores:
             loaded.stepper.set_threads(self.cores.cores)
         spent = self.meter.measure(start, self.meter.read())
         self.ledger.set_costs(name, loaded.costs)
