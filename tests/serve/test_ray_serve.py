@@ -10,7 +10,6 @@ import time
 from types import SimpleNamespace
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenlm.serve.ray_deploy import CarbonQueuePolicy, merge_energy, merge_metrics
