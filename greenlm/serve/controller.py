@@ -139,7 +139,7 @@ class Controller:
         pending_tokens, pending_kld = 0, 0.0
         active = server.state()
         for name, count in stats["pending_tokens"].items():
-            kld = self._kld(name or active.variant)
+            kld = self._kld(name) if name is not None else None
             if kld is not None:
                 pending_tokens += count
                 pending_kld += count * kld
@@ -159,6 +159,8 @@ class Controller:
             served_kld_sum=kld_sum,
             pending_tokens=pending_tokens,
             pending_kld_sum=pending_kld,
+            waiting_tokens=stats["pending_tokens"].get(None, 0),
+            active_kld=self._kld(active.variant),
         )
 
     def tick(self) -> None:

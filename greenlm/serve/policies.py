@@ -4,10 +4,10 @@ keeps between ticks) to decisions. No threads, no clocks, no server: tests drive
 Each tick, `decide` combines them:
 
 * quality (token-weighted budget): the mean KLD of the tokens served over the window, counting the tokens
-  still to come of requests in flight, decides which variants may serve. Below the budget less twice the
-  margin there is room, and variants outside the budget may serve too; above the budget less the margin the
-  room is gone (hysteresis between the two); above the budget itself only the best-quality variant serves
-  until the mean is back.
+  still to come of requests in flight, decides which variants may serve. A variant outside the budget may
+  serve while it has credit: the tokens it could generate before the mean reaches the budget less the margin
+  (it needs `min_credit_tokens` of credit to start, and keeps serving while any is left); above the budget
+  itself only the best-quality variant serves until the mean is back.
 * carbon: at or above `high_g_per_kwh` serve the cheapest variant the quality policy allows; at or below
   `low_g_per_kwh` the best-quality one; in between, keep what the last crossing chose.
 * load: the p90 time to first token or queue wait over the SLO for `sustain_s` steps up: first to every core
@@ -51,13 +51,18 @@ class Observed:
     intensity_g_per_kwh: float | None = None
     served_tokens: int = 0  # generated tokens in the quality window
     served_kld_sum: float = 0.0  # sum of KLD x tokens over them
-    pending_tokens: int = 0  # tokens requests in flight may still generate
+    pending_tokens: int = 0  # tokens running requests may still generate (on the variant they run on)
     pending_kld_sum: float = 0.0
+    waiting_tokens: int = 0  # tokens queued requests may generate (on whichever variant admits them)
+    active_kld: float | None = None  # the active variant's KLD
 
     def mean_kld(self) -> float | None:
-        """Token-weighted mean KLD served, counting what requests in flight may still generate."""
-        tokens = self.served_tokens + self.pending_tokens
-        return (self.served_kld_sum + self.pending_kld_sum) / tokens if tokens else None
+        """Token-weighted mean KLD served, counting what requests in flight may still generate (queued ones
+        on the active variant)."""
+        waiting = self.waiting_tokens if self.active_kld is not None else 0
+        tokens = self.served_tokens + self.pending_tokens + waiting
+        kld_sum = self.served_kld_sum + self.pending_kld_sum + waiting * (self.active_kld or 0.0)
+        return kld_sum / tokens if tokens else None
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,6 @@ class Memory:
     calm_since_s: float | None = None
     load_level: int = 0  # 0: none; 1: every core; 2: the fastest allowed variant
     carbon_mode: str | None = None  # "high" | "low" | None (no crossing yet)
-    room: bool = True  # the quality budget has room for variants outside it
     quiet_since_s: float | None = None  # since when at most one request at a time
     low_load: bool = False
 
@@ -98,26 +102,42 @@ def start_variant(policy: PolicyConfig, ladder: Ladder) -> Variant:
 
 
 # ---- quality ----------------------------------------------------------------------------------------------
+def credit_tokens(obs: Observed, policy: PolicyConfig, variant: Variant) -> float:
+    """How many more tokens `variant` could generate before the token-weighted mean KLD reaches the budget
+    less its margin, counting the tokens requests in flight may still generate (queued ones as `variant`'s,
+    since they would start on it). Infinite for a variant inside that line, negative once past it."""
+    line = policy.quality.max_kld * (1 - policy.quality.margin)
+    tokens = obs.served_tokens + obs.pending_tokens + obs.waiting_tokens
+    kld_sum = obs.served_kld_sum + obs.pending_kld_sum + obs.waiting_tokens * variant.kld
+    if variant.kld <= line:
+        return float("inf")
+    return (line * tokens - kld_sum) / (variant.kld - line)
+
+
 def quality_allowed(
     obs: Observed, policy: PolicyConfig, ladder: Ladder, mem: Memory
 ) -> tuple[list[Variant], str, Memory]:
-    """(variants allowed now, why, memory). Status 'room' | 'tight' | 'over' | 'none' (no budget)."""
+    """(variants allowed now, status, memory). Status: 'none' (no budget), 'over' (the mean is above the
+    budget: the best quality only, until it is back), 'room' (a variant outside the budget has credit) or
+    'tight'. An outside variant becomes allowed with at least `min_credit_tokens` of credit and stays allowed
+    while it is active and its credit lasts (hysteresis: no switch for a handful of tokens)."""
     budget = policy.quality.max_kld
     if budget is None:
         return list(ladder), "none", mem
     inside = [v for v in ladder if v.inside(budget)] or [ladder.best_quality()]
     mean = obs.mean_kld()
     if mean is not None and mean > budget:
-        return [ladder.best_quality()], "over", replace(mem, room=False)
-    margin = policy.quality.margin
-    room = mem.room
-    if mean is None or mean <= budget * (1 - 2 * margin):
-        room = True
-    elif mean > budget * (1 - margin):
-        room = False
-    mem = replace(mem, room=room)
-    known = [v for v in ladder if v.kld is not None] or inside  # a variant of unknown KLD cannot be budgeted
-    return (known if room else inside), ("room" if room else "tight"), mem
+        return [ladder.best_quality()], "over", mem
+    outside = []
+    for v in ladder:
+        if v.kld is None or v.inside(budget):
+            continue  # a variant of unknown KLD cannot be budgeted
+        credit = credit_tokens(obs, policy, v)
+        keep = v.name == obs.state.variant and credit > 0
+        if keep or credit >= policy.quality.min_credit_tokens:
+            outside.append(v)
+    allowed = [v for v in ladder if v in inside or v in outside]
+    return allowed, ("room" if outside else "tight"), mem
 
 
 # ---- carbon -----------------------------------------------------------------------------------------------

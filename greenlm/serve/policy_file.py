@@ -85,7 +85,10 @@ class QualityPolicy:
         None  # token-weighted mean KLD of what is served, over the window (None: no budget)
     )
     window_tokens: int = 50_000  # generated tokens the mean is taken over
-    margin: float = 0.1  # fraction of the budget kept in hand before an outside member may serve
+    margin: float = (
+        0.1  # fraction of the budget kept in hand: outside members serve up to budget x (1 - margin)
+    )
+    min_credit_tokens: int = 2000  # an outside member starts only with credit for this many tokens
 
 
 @dataclass(frozen=True)
@@ -324,6 +327,10 @@ def parse_policy(data, source: str = "<policy>", base: Path | None = None) -> Po
     if "window_tokens" in q:
         quality["window_tokens"] = _number(
             where, "quality.window_tokens", q["window_tokens"], low=1, example=50000, whole=True
+        )
+    if "min_credit_tokens" in q:
+        quality["min_credit_tokens"] = _number(
+            where, "quality.min_credit_tokens", q["min_credit_tokens"], low=0, example=2000, whole=True
         )
     if "margin" in q:
         quality["margin"] = _number(where, "quality.margin", q["margin"], low=0, high=0.99, example=0.1)

@@ -35,7 +35,7 @@ interval_s: 0.2
 ladder:
   - {{name: good, model: {chat_model_dir}, kld: 0.0, decode_j_per_token: 0.2, decode_tokens_per_s: 50}}
   - {{name: cheap, model: {chat_model_dir}, kld: 0.3, decode_j_per_token: 0.1, decode_tokens_per_s: 80}}
-quality: {{max_kld: 0.1, window_tokens: 100000}}
+quality: {{max_kld: 0.1, window_tokens: 100000, min_credit_tokens: 0}}
 grid: {{csv: grid.csv, speed: 3600}}
 carbon: {{high_g_per_kwh: 400, low_g_per_kwh: 100}}
 idle: {{unload_after_s: 2, low_load_after_s: 0.6}}

@@ -5,7 +5,15 @@ from dataclasses import replace
 import pytest
 
 from greenlm.serve.ladder import Ladder, Variant
-from greenlm.serve.policies import Memory, Observed, State, decide, quality_allowed, start_variant
+from greenlm.serve.policies import (
+    Memory,
+    Observed,
+    State,
+    credit_tokens,
+    decide,
+    quality_allowed,
+    start_variant,
+)
 from greenlm.serve.policy_file import CarbonPolicy, IdlePolicy, LoadPolicy, PolicyConfig, QualityPolicy
 
 LADDER = Ladder(
@@ -36,22 +44,30 @@ def test_start_is_the_cheapest_inside_the_budget_unless_named():
     assert start_variant(policy(quality=QualityPolicy(max_kld=0.001)), LADDER).name == "q8"  # nothing inside
 
 
-def test_quality_budget_room_hysteresis_and_repayment():
-    p = policy()
-    # nothing served yet: room, outside members allowed
-    allowed, status, mem = quality_allowed(obs(), p, LADDER, Memory())
-    assert status == "room" and [v.name for v in allowed] == ["drop", "q4", "q8"]
-    # mean 0.046 (over budget - margin = 0.045): no room; still no room at 0.042 (needs <= 0.04 to reopen)
-    allowed, status, mem = quality_allowed(obs(served_tokens=1000, served_kld_sum=46.0), p, LADDER, mem)
+def test_quality_budget_credit_hysteresis_and_repayment():
+    p = policy()  # budget 0.05, margin 0.1: outside members serve up to a mean of 0.045
+    drop = LADDER.get("drop")
+    # nothing served yet: no credit, so nothing outside the budget may start
+    allowed, status, _ = quality_allowed(obs(), p, LADDER, Memory())
     assert status == "tight" and {v.name for v in allowed} == {"q8", "q4"}
-    _, status, mem = quality_allowed(obs(served_tokens=1000, served_kld_sum=42.0), p, LADDER, mem)
-    assert status == "tight"
-    _, status, mem = quality_allowed(obs(served_tokens=1000, served_kld_sum=39.0), p, LADDER, mem)
-    assert status == "room"
+    # 100k tokens at 0.004: credit (0.045 x 100k - 400) / (0.2 - 0.045) = 26.5k tokens on drop
+    served = dict(served_tokens=100_000, served_kld_sum=400.0)
+    assert credit_tokens(obs(**served), p, drop) == pytest.approx(26_451.6, rel=1e-4)
+    allowed, status, _ = quality_allowed(obs(**served), p, LADDER, Memory())
+    assert status == "room" and [v.name for v in allowed] == ["drop", "q4", "q8"]
+    # queued requests count as drop's when it would admit them: 30k queued tokens exhaust the credit
+    queued = obs(**served, waiting_tokens=30_000, active_kld=0.03)
+    assert credit_tokens(queued, p, drop) < 0
+    assert quality_allowed(queued, p, LADDER, Memory())[1] == "tight"
+    # little credit left: drop may not start, but keeps serving while it is the active one
+    little = dict(served_tokens=100_000, served_kld_sum=4_400.0)
+    assert 0 < credit_tokens(obs(**little), p, drop) < p.quality.min_credit_tokens
+    assert quality_allowed(obs(**little), p, LADDER, Memory())[1] == "tight"
+    assert quality_allowed(obs(variant="drop", **little), p, LADDER, Memory())[1] == "room"
     # over the budget (counting the tokens requests in flight may still generate): best quality only
     over = obs(served_tokens=1000, served_kld_sum=40.0, pending_tokens=200, pending_kld_sum=40.0)
     assert over.mean_kld() == pytest.approx(80 / 1200)
-    allowed, status, _ = quality_allowed(over, p, LADDER, mem)
+    allowed, status, _ = quality_allowed(over, p, LADDER, Memory())
     assert status == "over" and [v.name for v in allowed] == ["q8"]
     decisions, _ = decide(over, p, LADDER, Memory())
     assert kinds(decisions) == [("variant", "q4", "q8", "quality-budget")]
@@ -59,8 +75,9 @@ def test_quality_budget_room_hysteresis_and_repayment():
 
 def test_carbon_high_serves_the_cheapest_allowed_low_the_best_and_keeps_between():
     p = policy(carbon=CarbonPolicy(high_g_per_kwh=400, low_g_per_kwh=250))
-    decisions, mem = decide(obs(intensity_g_per_kwh=450), p, LADDER, Memory())
-    assert kinds(decisions) == [("variant", "q4", "drop", "carbon-high")]  # room in the budget
+    room = dict(served_tokens=100_000, served_kld_sum=400.0)
+    decisions, mem = decide(obs(intensity_g_per_kwh=450, **room), p, LADDER, Memory())
+    assert kinds(decisions) == [("variant", "q4", "drop", "carbon-high")]  # credit in the budget
     tight = obs(variant="drop", intensity_g_per_kwh=450, served_tokens=1000, served_kld_sum=46.0)
     decisions, mem = decide(tight, p, LADDER, mem)
     assert kinds(decisions) == [("variant", "drop", "q4", "carbon-high")]  # the cheapest inside
@@ -87,8 +104,11 @@ def test_load_steps_up_cores_then_a_faster_variant_and_back_with_hysteresis():
     decisions, mem = decide(obs(now=7, **slow), p, LADDER, mem)
     assert decisions == []  # a new sustain window starts at each step
     decisions, mem = decide(obs(now=10, **slow), p, LADDER, mem)
+    assert kinds(decisions) == [] and mem.load_level == 2  # no credit in the budget for drop yet
+    slow.update(served_tokens=100_000, served_kld_sum=400.0)
+    decisions, mem = decide(obs(now=10.5, **slow), p, LADDER, mem)
     assert kinds(decisions) == [("variant", "q4", "drop", "load-slo")] and mem.load_level == 2
-    calm = dict(ttft_p90_s=0.2, running=1, peak_concurrency=2)
+    calm = dict(ttft_p90_s=0.2, running=1, peak_concurrency=2, served_tokens=100_000, served_kld_sum=400.0)
     decisions, mem = decide(obs(now=11, variant="drop", **calm), p, LADDER, mem)
     assert decisions == []
     decisions, mem = decide(obs(now=31, variant="drop", **calm), p, LADDER, mem)
@@ -101,7 +121,9 @@ def test_load_steps_up_cores_then_a_faster_variant_and_back_with_hysteresis():
 
 def test_with_every_core_already_load_goes_straight_to_a_faster_variant():
     p = policy(load=LoadPolicy(ttft_slo_s=1.0, sustain_s=2), start="q8")
-    slow = dict(ttft_p90_s=3.0, running=8, waiting=4, peak_concurrency=12)
+    slow = dict(
+        ttft_p90_s=3.0, running=8, waiting=4, peak_concurrency=12, served_tokens=10**5, served_kld_sum=400.0
+    )
     _, mem = decide(obs(now=0, variant="q8", **slow), p, LADDER, Memory())
     decisions, mem = decide(obs(now=2, variant="q8", **slow), p, LADDER, mem)
     assert (
