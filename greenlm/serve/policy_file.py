@@ -444,8 +444,10 @@ def load_policy(path: str | Path) -> PolicyConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        first = str(exc).replace("\n", " ")
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise GreenlmError(
-            f"policy {path} is not valid YAML ({first[:160]}): check indentation and colons"
+            f"policy {path} is not valid YAML ({where}{problem}): check indentation, colons and brackets"
         ) from None
     return parse_policy(data, str(path), p.resolve().parent)
