@@ -310,8 +310,9 @@ class Scheduler:
         with self._cond:
             if not self._accepting or self.fatal is not None:
                 raise NotAccepting("the server is shutting down: retry on another instance")
-            free = self._free.get(self.stepper) if self.stepper is not None else None
-            if len(self._waiting) >= self.max_queue and not free:
+            free = len(self._free.get(self.stepper, ())) if self.stepper is not None else 0
+            # queued requests a free slot will take at the next step do not count against --max-queue
+            if len(self._waiting) >= self.max_queue + free:
                 raise QueueFull(
                     f"all {len(self._running)} slots are busy and {len(self._waiting)} requests are queued "
                     f"(--max-queue {self.max_queue}): retry later",
