@@ -23,7 +23,14 @@ def _isolated_paths(tmp_path, monkeypatch, shared_cache_dir):
 
 
 def build_tiny_model(
-    path, *, layers: int = 2, hidden: int = 64, seed: int = 0, add_bos: bool = False, chat_template=None
+    path,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    seed: int = 0,
+    add_bos: bool = False,
+    chat_template=None,
+    context: int = 512,
 ):
     """A random Llama with a byte-level BPE tokenizer trained here on the CPython docs: no download.
 
@@ -59,7 +66,7 @@ def build_tiny_model(
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=context,
         tie_word_embeddings=True,
         bos_token_id=1,
         eos_token_id=2,

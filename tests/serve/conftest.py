@@ -29,7 +29,8 @@ CHAT_TEMPLATE = (
 def chat_model_dir(tmp_path_factory):
     from transformers import AutoTokenizer
 
-    path = build_tiny_model(tmp_path_factory.mktemp("tiny-chat"))
+    # a long context, so a request can hold its slot for seconds even on a fast machine (overload tests)
+    path = build_tiny_model(tmp_path_factory.mktemp("tiny-chat"), context=4096)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(path)

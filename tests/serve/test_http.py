@@ -35,7 +35,7 @@ TIMEOUT = httpx.Timeout(60.0)
 def server(start_server, chat_model_dir):
     return start_server(
         "--model", str(chat_model_dir), "--served-model-name", MODEL, "--max-batch", "8",
-        "--max-queue", "16", "--max-body-bytes", "4096", "--meter", "cpu-model", "--threads", "1",
+        "--max-queue", "16", "--max-body-bytes", "32768", "--meter", "cpu-model", "--threads", "1",
     )  # fmt: skip
 
 
@@ -169,7 +169,7 @@ def test_metrics_parse_and_balance(server):
         ({"model": MODEL, "prompt": "x", "temperature": "hot"}, 400, "temperature", None),
         ({"model": MODEL, "prompt": "x", "temperature": 3}, 400, "temperature", None),
         ({"model": MODEL, "prompt": "x", "max_tokens": 100000}, 400, "max_tokens", "context_length_exceeded"),
-        ({"model": MODEL, "prompt": "the " * 600}, 400, "prompt", "context_length_exceeded"),
+        ({"model": MODEL, "prompt": "the " * 5000}, 400, "prompt", "context_length_exceeded"),
         ({"model": MODEL, "prompt": ""}, 400, "prompt", None),
         ({"model": MODEL, "prompt": ["a", "b"]}, 400, "prompt", None),
         ({"model": MODEL, "prompt": "x", "n": 2}, 400, "n", None),
@@ -199,7 +199,7 @@ def test_chat_errors_malformed_json_unknown_routes_and_big_bodies(server):
     assert "not valid JSON" in cases[2].json()["error"]["message"]
     missing = httpx.get(url + "/v1/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["type"] == "not_found_error"
-    big = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x" * 5000})
+    big = httpx.post(url + "/v1/completions", json={"model": MODEL, "prompt": "x" * 40000})
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
     # curl -d sends a form content type: the JSON is read all the same
     ok = httpx.post(
@@ -256,7 +256,7 @@ def wait_for(condition, timeout_s: float = 60) -> None:
 def test_overload_gets_429_and_a_disconnect_frees_the_slot(small):
     url, long = (
         small.url,
-        {"model": MODEL, "prompt": "x", "max_tokens": 480, "ignore_eos": True, "stream": True},
+        {"model": MODEL, "prompt": "x", "max_tokens": 2000, "ignore_eos": True, "stream": True},
     )
     aborted_before = metric(url, "greenlm:request_success_total", finished_reason="abort")
     with httpx.Client(base_url=url, headers=auth(), timeout=TIMEOUT) as http:
