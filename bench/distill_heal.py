@@ -20,56 +20,22 @@ suffer from other work on the same cores (the load average is recorded).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
-from greenlm.compress.pipeline import CompressConfig, compress
+from benchlib import RESULTS, Recorder, log
+
+from greenlm.compress.config import CompressConfig
+from greenlm.compress.pipeline import compress
 from greenlm.distill.config import DistillConfig
 from greenlm.distill.runner import distill
 from greenlm.energy.payback import payback_tokens
 from greenlm.export import ExportConfig, export_model
 from greenlm.models import DEFAULT_MODEL
 from greenlm.workload import MeasureConfig, run_measure
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def machine() -> dict:
-    """Where and when the figures were taken."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(
-                ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "git_commit": git("rev-parse", "HEAD"),
-        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-    }
 
 
 def decode_cost(model: str, args) -> dict:
@@ -99,11 +65,11 @@ def heal(drop: int, parent_cost: dict, workdir: Path, args) -> dict:
     cut_dir, healed_dir = workdir / f"drop{drop}", workdir / f"drop{drop}-kd"
     for d in (cut_dir, healed_dir, workdir / f"drop{drop}-kd.ckpt"):
         shutil.rmtree(d, ignore_errors=True)
-    say(f"drop {drop}: cutting")
+    log(f"drop {drop}: cutting")
     compress(
         CompressConfig(recipe=[{"method": "drop_layers", "count": drop}], out=str(cut_dir), evaluate=False)
     )
-    say(f"drop {drop}: distilling for {args.minutes:g} min")
+    log(f"drop {drop}: distilling for {args.minutes:g} min")
     t0 = time.perf_counter()
     result = distill(
         DistillConfig(
@@ -115,11 +81,11 @@ def heal(drop: int, parent_cost: dict, workdir: Path, args) -> dict:
             threads=args.threads,
             meter=args.meter,
         ),
-        announce=lambda m: say(f"  {m}"),
+        announce=lambda m: log(f"  {m}"),
     ).to_dict()
     distill_s = time.perf_counter() - t0
     before, after, e = result["quality_before"], result["quality_after"], result["energy"]
-    say(
+    log(
         f"drop {drop}: PPL +{before['ppl_increase_pct']:.1f}% -> +{after['ppl_increase_pct']:.1f}%; exporting"
     )
     cost = decode_cost(export(str(healed_dir), workdir / f"drop{drop}-kd-{args.quant}.gguf", args), args)
@@ -207,19 +173,19 @@ def main() -> None:
     ap.add_argument("--meter", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--keep", default=None, help="keep variants and GGUF files under this folder")
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "distill_heal.json"))
+    ap.add_argument("--out", default=str(RESULTS / "distill_heal.json"), help="where the JSON is written")
     ap.add_argument("--markdown", default=None, help="also write the markdown table to this file")
     args = ap.parse_args()
     if not args.minutes > 0:
         sys.exit("--minutes must be > 0")
     drops = [int(d) for d in args.drops.split(",")]
 
+    rec = Recorder("distill_heal")
     start = time.perf_counter()
-    load_start = os.getloadavg()
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="greenlm-distill-heal-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        say(f"original {DEFAULT_MODEL}: exporting {args.quant} and measuring decode")
+        log(f"original {DEFAULT_MODEL}: exporting {args.quant} and measuring decode")
         parent_cost = decode_cost(export(DEFAULT_MODEL, workdir / f"original-{args.quant}.gguf", args), args)
         rows = [heal(drop, parent_cost, workdir, args) for drop in drops]
     finally:
@@ -228,8 +194,6 @@ def main() -> None:
     report = {
         "benchmark": "distill_heal",
         "model": DEFAULT_MODEL,
-        "machine": machine(),
-        "load_average": {"start": load_start, "end": os.getloadavg()},
         "minutes": args.minutes,
         "quant": args.quant,
         "parent_decode": parent_cost,
@@ -254,13 +218,9 @@ def main() -> None:
         "wall_s": time.perf_counter() - start,
     }
     report["markdown"] = markdown(report)
-    text = json.dumps(report, indent=2, default=str)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
     if args.markdown:
         Path(args.markdown).write_text(report["markdown"] + "\n", encoding="utf-8")
-    print(text)
+    rec.finish(report, out=args.out)
 
 
 if __name__ == "__main__":
