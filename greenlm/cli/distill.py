@@ -119,7 +119,7 @@ def distill(
     teacher_topk: int = typer.Option(
         _D.teacher_topk,
         "--teacher-topk",
-        help="Cache the teacher's top-K log-probabilities once and reuse them every epoch; 0 = on the fly.",
+        help="Cache the teacher's top-K log-probabilities once, reuse them every epoch; 0 = teacher on the fly.",
     ),
     teacher_generate: int = typer.Option(
         _D.teacher_generate, "--teacher-generate", help="Extra training windows the teacher writes."

@@ -82,7 +82,7 @@ def test_topk_cache_and_teacher_text_train_too(tiny_model_dir, tmp_path, small_t
         teacher,
         student,
         data,
-        TrainSettings(steps=4, teacher_topk=8, teacher_generate=3, loss="jsd", **FAST),
+        TrainSettings(steps=4, teacher_generate=3, loss="jsd", **{**FAST, "teacher_topk": 8}),
         run=run_dir,
     )
     assert outcome.data["teacher_generated_windows"] == 3 and outcome.data["windows"] == data.text_windows + 3
