@@ -23,7 +23,10 @@ from greenlm.cli.common import (
 )
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    options_metavar="[OPTIONS] -- CMD [ARGS]...",
+)
 def track(
     ctx: typer.Context,
     name: str | None = typer.Option(None, "--name", help="Name of the stored row (default: the command)."),
