@@ -6,6 +6,7 @@ The evaluation split is never read here: quality is measured on text training ne
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,6 +19,14 @@ from greenlm.train.losses import TeacherTopK, teacher_topk
 
 GENERATE_PROMPT_TOKENS = 32  # each generated window starts from this many tokens of a calibration window
 GENERATE_BATCH = 8
+# The cached teacher pays for itself only over several epochs, and only if its one pass is a small part of a
+# wall-clock budget: above this share the teacher runs on the fly instead.
+CACHE_MAX_BUDGET_SHARE = 0.25
+CACHE_MAX_BYTES = 4 * 2**30  # ids int32 + log-probabilities float32 per position and token kept
+
+
+def cache_bytes(num_windows: int, seq_len: int, k: int) -> int:
+    return num_windows * seq_len * k * 8
 
 
 @dataclass
@@ -128,13 +137,22 @@ def teacher_topk_cache(
     batch_size: int,
     autocast: Callable,
     progress: Callable[[int, int], None] | None = None,
-) -> TeacherTopK:
+    keep_going: Callable[[int, int, float], bool] | None = None,
+) -> TeacherTopK | None:
     """One teacher pass over every window: its top-k tokens and log-probabilities per position, kept for
-    every epoch (ids int32, log-probabilities float32)."""
+    every epoch (ids int32, log-probabilities float32). `keep_going(done, total, elapsed_s)` may stop the
+    pass early (then None)."""
     device = next(teacher.parameters()).device
     ids, logp = [], []
+    start_s = time.perf_counter()
     with torch.inference_mode():
         for start in range(0, windows.shape[0], batch_size):
+            if (
+                keep_going
+                and start
+                and not keep_going(start, windows.shape[0], time.perf_counter() - start_s)
+            ):
+                return None
             batch = windows[start : start + batch_size].to(device)
             with autocast():
                 logits = teacher(input_ids=batch, use_cache=False).logits

@@ -20,8 +20,11 @@ from greenlm.energy.base import Meter
 from greenlm.energy.carbon import GridIntensity, carbon_g, energy_kwh
 from greenlm.train.checkpoint import DATA_FILE, TOPK_FILE, RunDir
 from greenlm.train.data import (
+    CACHE_MAX_BUDGET_SHARE,
+    CACHE_MAX_BYTES,
     TrainingData,
     batches_per_epoch,
+    cache_bytes,
     micro_batch_indices,
     teacher_generate,
     teacher_topk_cache,
@@ -131,6 +134,51 @@ class _Plan:
         return None
 
 
+def _teacher_cache(
+    teacher, windows, settings: TrainSettings, plan: _Plan, session_start: float, amp, progress, announce
+):
+    """The teacher's top-k for every window, computed once, when it pays: not for less than one epoch of
+    steps, not beyond CACHE_MAX_BYTES, and not when its pass would take more than CACHE_MAX_BUDGET_SHARE of
+    a wall-clock budget. Returns (cache or None, how the teacher runs)."""
+    num_windows, seq_len = int(windows.shape[0]), int(windows.shape[1])
+    size = cache_bytes(num_windows, seq_len, settings.teacher_topk)
+    on_the_fly = "on the fly, full vocabulary"
+    if size > CACHE_MAX_BYTES:
+        reason = f"its top-{settings.teacher_topk} cache would take {size / 2**30:.1f} GiB"
+    elif plan.fixed() is not None and plan.fixed() * settings.grad_accum < batches_per_epoch(
+        num_windows, settings.batch_size
+    ):
+        reason = "the budget is less than one epoch, so a cache would not be reused"
+    else:
+        reason = None
+
+        def keep_going(done: int, total: int, elapsed_s: float) -> bool:
+            if plan.budget_s is None:
+                return True
+            projected_s = (time.perf_counter() - session_start) + elapsed_s * (total - done) / done
+            return projected_s <= CACHE_MAX_BUDGET_SHARE * plan.budget_s
+
+        topk = teacher_topk_cache(
+            teacher,
+            windows,
+            settings.teacher_topk,
+            settings.temperature,
+            batch_size=settings.batch_size,
+            autocast=amp,
+            progress=lambda d, t: progress({"phase": "caching teacher top-k", "done": d, "total": t}),
+            keep_going=keep_going,
+        )
+        if topk is not None:
+            return topk, ""
+        reason = (
+            f"its one pass over the text would take more than {CACHE_MAX_BUDGET_SHARE:.0%} of the "
+            f"{plan.value:g}-minute budget here"
+        )
+    mode = f"{on_the_fly} ({reason})"
+    announce(f"teacher: {mode}")
+    return None, mode
+
+
 def train(
     teacher,
     student,
@@ -201,27 +249,22 @@ def train(
                 generated = int(extra.shape[0])
             if run is not None:
                 run.save_tensors(DATA_FILE, {"windows": windows})
-        if settings.teacher_topk and topk is None:
-            topk = teacher_topk_cache(
-                teacher,
-                windows,
-                settings.teacher_topk,
-                settings.temperature,
-                batch_size=settings.batch_size,
-                autocast=amp,
-                progress=lambda d, t: progress({"phase": "caching teacher top-k", "done": d, "total": t}),
+        teacher_mode = "on the fly, full vocabulary"
+        if settings.teacher_topk and topk is None and not resume:
+            topk, teacher_mode = _teacher_cache(
+                teacher, windows, settings, plan, session_start, amp, progress, announce
             )
-            if run is not None:
+            if topk is not None and run is not None:
                 run.save_tensors(TOPK_FILE, {"ids": topk.ids, "logp": topk.logp})
+        if topk is not None:
+            teacher_mode = f"cached top-{settings.teacher_topk} (+ rest bucket)"
         num_windows = int(windows.shape[0])
         data_info = data.describe() | {
             "teacher_generated_windows": generated,
             "teacher_generated_tokens": generated * data.seq_len,
             "windows": num_windows,
             "batches_per_epoch": batches_per_epoch(num_windows, settings.batch_size),
-            "teacher": f"cached top-{settings.teacher_topk} (+ rest bucket)"
-            if settings.teacher_topk
-            else "on the fly, full vocabulary",
+            "teacher": teacher_mode,
         }
 
         def micro_step(index: int) -> float:

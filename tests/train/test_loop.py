@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -10,8 +13,8 @@ from greenlm.compress.layers import remove_layers
 from greenlm.energy import get_meter
 from greenlm.energy.carbon import resolve_intensity
 from greenlm.train.checkpoint import RunDir
-from greenlm.train.data import epoch_order, micro_batch_indices, text_windows
-from greenlm.train.loop import train
+from greenlm.train.data import TrainingData, epoch_order, micro_batch_indices, text_windows
+from greenlm.train.loop import _Plan, _teacher_cache, train
 from greenlm.train.losses import distill_loss
 from greenlm.train.settings import TrainSettings
 
@@ -76,20 +79,25 @@ def test_loss_decreases_and_every_step_is_metered(tiny_model_dir):
 
 def test_topk_cache_and_teacher_text_train_too(tiny_model_dir, tmp_path, small_text):
     teacher, student, tokenizer = pair(tiny_model_dir)
-    data = text_windows(tokenizer, str(small_text), FAST["seq_len"])
+    full = text_windows(tokenizer, str(small_text), FAST["seq_len"])
+    data = TrainingData(full.windows[:5], full.text, full.text_fingerprint, 5)  # 8 windows with the teacher's
     run_dir = RunDir.create(tmp_path / "ckpt", {"test": 1}, {})
+    settings = {**FAST, "teacher_topk": 8}
     outcome = run(
         teacher,
         student,
         data,
-        TrainSettings(steps=4, teacher_generate=3, loss="jsd", **{**FAST, "teacher_topk": 8}),
+        TrainSettings(steps=6, teacher_generate=3, loss="jsd", **settings),
         run=run_dir,
     )
-    assert outcome.data["teacher_generated_windows"] == 3 and outcome.data["windows"] == data.text_windows + 3
-    assert outcome.data["teacher"].startswith("cached top-8")
-    cached = run_dir.load_tensors("teacher-topk.safetensors")
-    assert cached["ids"].shape == (data.text_windows + 3, 32, 8)
+    assert outcome.data["teacher_generated_windows"] == 3 and outcome.data["windows"] == 8
+    assert outcome.data["teacher"].startswith("cached top-8") and outcome.epochs == 1.5
+    assert run_dir.load_tensors("teacher-topk.safetensors")["ids"].shape == (8, 32, 8)
     assert outcome.loss_last is not None and outcome.loss_last >= 0
+    # less than one epoch: the cache would never be reused, so the teacher runs alongside the student
+    _, student, _ = pair(tiny_model_dir)
+    short = run(teacher, student, data, TrainSettings(steps=1, **settings))
+    assert short.data["teacher"].startswith("on the fly") and "less than one epoch" in short.data["teacher"]
 
 
 def test_a_killed_run_resumes_exactly(tiny_model_dir, tmp_path):
@@ -130,3 +138,15 @@ def test_a_wall_clock_budget_is_planned_then_replanned(tiny_model_dir, small_tex
     assert plan["replanned_at_step"] >= 1 and plan["total_steps"] == outcome.planned_steps
     assert outcome.steps == outcome.planned_steps or outcome.stopped_by == "time limit"
     assert outcome.energy["forecast"]["steps_done"] == plan["replanned_at_step"]  # forecast from the re-plan
+
+
+def test_the_cache_gives_way_when_its_pass_would_eat_the_wall_clock_budget(tiny_model_dir, small_text):
+    teacher, _, tokenizer = pair(tiny_model_dir)
+    windows = text_windows(tokenizer, str(small_text), FAST["seq_len"]).windows
+    settings = TrainSettings(minutes=1e-6, **{**FAST, "teacher_topk": 8})  # any pass is over a quarter of it
+    notes = []
+    topk, mode = _teacher_cache(
+        teacher, windows, settings, _Plan(settings), time.perf_counter(), contextlib.nullcontext,
+        lambda _s: None, notes.append,
+    )  # fmt: skip
+    assert topk is None and mode.startswith("on the fly") and "25%" in mode and notes == [f"teacher: {mode}"]
