@@ -10,8 +10,7 @@ light:
 import os
 
 from greenlm._lazy import lazy
-
-__version__ = "0.1.0"
+from greenlm.version import __version__  # noqa: F401
 
 # Models and text are local files: no call may wait on a hub time-out. Set before anything imports
 # huggingface_hub, which reads these once.
@@ -22,16 +21,19 @@ __getattr__, __dir__, __all__ = lazy(
     __name__,
     {
         "CompressConfig": "greenlm.compress.config",
+        "DistillConfig": "greenlm.distill.config",
         "EvalConfig": "greenlm.evaluate.config",
         "ExportConfig": "greenlm.export.config",
         "GreenlmError": "greenlm.errors",
         "MeasureConfig": "greenlm.workload.config",
         "OptimizeConfig": "greenlm.optimize.config",
         "compress": "greenlm.compress.pipeline",
+        "distill": "greenlm.distill.runner",
         "evaluate": "greenlm.evaluate.runner",
         "export": "greenlm.export.runner:export_model",
         "measure": "greenlm.workload.runner:run_measure",
         "optimize": "greenlm.optimize.search",
         "report": "greenlm.report.html:write_report",
+        "track": "greenlm.train.tracker",
     },
 )

@@ -13,9 +13,9 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from greenlm import __version__
 from greenlm.errors import GreenlmError
 from greenlm.paths import default_db_path
+from greenlm.version import __version__
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -105,6 +105,16 @@ class Store:
         sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
         rows = self._conn.execute(sql, args + (limit,)).fetchall()
         return [dict(r) for r in rows]
+
+    def runs_for_model(self, model_fingerprint: str, kind: str | None = None, limit: int = 100) -> list[dict]:
+        """Rows of one model (by content fingerprint), newest first."""
+        sql = "SELECT * FROM runs WHERE model_fingerprint = ?"
+        args: tuple = (model_fingerprint,)
+        if kind:
+            sql += " AND kind = ?"
+            args += (kind,)
+        sql += " ORDER BY created_at DESC, rowid DESC LIMIT ?"
+        return [dict(r) for r in self._conn.execute(sql, args + (limit,)).fetchall()]
 
     def get(self, run_id: str) -> dict | None:
         row = self._conn.execute("SELECT record_json FROM runs WHERE run_id = ?", (run_id,)).fetchone()

@@ -79,3 +79,26 @@ def test_renders_in_headless_chromium(searched, tmp_path):
     image = Image.open(shot).convert("L")
     colours = image.getcolors(maxcolors=1_000_000)
     assert colours is not None and len(colours) > 20, "the page rendered more than a blank canvas"
+
+
+def test_trained_candidates_show_training_energy_and_payback(tmp_path, tiny_model_dir):
+    """A candidate row that carries training energy (a healed cut) gets its payback against the baseline."""
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+
+    def trained_work(candidate, front):
+        row = fake_work(candidate, front)
+        if candidate.quant_type == "q8_0":
+            row["training_energy_j"] = 3000.0  # saves 0.5 - 0.2 J/token: repaid after 10,000 tokens
+        return row
+
+    with Store(tmp_path / "s.db") as store:
+        settings = EvalSettings(model=str(tiny_model_dir), workdir=str(tmp_path / "work"))
+        optimize(
+            OptimizeConfig(settings=settings, space=str(space)),
+            store=store,
+            work=trained_work,
+            final=fake_final,
+        )
+        page = build_report(store)
+    assert "<th>payback tokens</th>" in page and "<td>10000</td>" in page and "Payback tokens:" in page

@@ -13,7 +13,19 @@ import sys
 import typer
 
 # Each module registers its command on `app` when imported.
-from greenlm.cli import compress, engines, export, measure, meters, optimize, report, runs, serve  # noqa: F401
+from greenlm.cli import (  # noqa: F401
+    compress,
+    distill,
+    engines,
+    export,
+    measure,
+    meters,
+    optimize,
+    report,
+    runs,
+    serve,
+    track,
+)
 from greenlm.cli import eval as _eval  # noqa: F401  (`eval` would shadow the builtin here)
 from greenlm.cli.app import app
 from greenlm.cli.common import err

@@ -141,6 +141,8 @@ def _print_eval(r: dict) -> None:
         lines.append(f"wall time {r['wall_s']:.1f} s (model pass {r['eval_s']:.1f} s{speed})")
     if r.get("execution"):
         lines.append(f"variant execution: {r['execution']}")
+    if r.get("payback"):
+        lines.append(f"payback: {r['payback']['message']}")
     lines.append(f"stored as run {r['run_id']}")
     for line in lines:
         out.print(line, markup=False)

@@ -59,6 +59,8 @@ class CompressContext:
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
     progress: Callable[[str, int, int], None] = lambda _label, _done, _total: None
+    parent: Any = None  # the parent's ModelSpec: a step that learns from the parent (distill) loads it
+    reports: list[StepReport] = field(default_factory=list)  # the steps applied before this one
     _windows: Any = None
 
     def calibration_windows(self):

@@ -6,11 +6,11 @@ module imports them all, so a lookup here sees every method.
 
 from __future__ import annotations
 
-from greenlm.compress import layers, prune, quant_awq, quant_gptq, quant_rtn, structured
+from greenlm.compress import distill, layers, prune, quant_awq, quant_gptq, quant_rtn, structured
 from greenlm.compress.base import _REGISTRY, CompressContext, StepConfig, StepReport
 from greenlm.errors import GreenlmError
 
-MODULES = (layers, prune, quant_awq, quant_gptq, quant_rtn, structured)
+MODULES = (distill, layers, prune, quant_awq, quant_gptq, quant_rtn, structured)
 
 
 def method_names() -> list[str]:

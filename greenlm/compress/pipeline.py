@@ -32,6 +32,7 @@ from greenlm.models.loader import LoadedModel, load_model
 from greenlm.models.manifest import dir_size_bytes
 from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.models.variant import save_variant_files
+from greenlm.train.energy import training_summary
 
 Progress = Callable[[str, int, int], None]  # (label, done, total)
 
@@ -75,7 +76,7 @@ class CompressResult:
         }
 
 
-def _architecture(model) -> dict[str, Any]:
+def architecture(model) -> dict[str, Any]:
     c = model.config
     return {
         "model_type": getattr(c, "model_type", None),
@@ -149,8 +150,9 @@ def compress(
         calibration_samples=config.calibration_samples,
         calibration_tokens=config.calibration_tokens,
         progress=progress,
+        parent=parent,
     )
-    reports: list[StepReport] = []
+    reports: list[StepReport] = ctx.reports
     for index, step in enumerate(recipe.steps, 1):
         progress(f"step {index}/{len(recipe.steps)}: {step.method}", 0, 1)
         report = apply_step(model, step, ctx)
@@ -195,7 +197,7 @@ def compress(
         "parent": parent.identity(),
         "execution": execution,
         "steps": [r.to_dict() for r in reports],
-        "architecture": _architecture(model),
+        "architecture": architecture(model),
         "calibration": {
             "text": split.describe("calibration"),
             "samples": config.calibration_samples,
@@ -204,6 +206,9 @@ def compress(
         "quality": quality,
         "notes": notes,
     }
+    trained = [r.details["training"] for r in reports if "training" in r.details]
+    if trained:  # training energy (a distill step): what payback and the optimizer read
+        manifest["training"] = training_summary(trained)
     progress("saving", 0, 1)
     with atomic_directory(out) as tmp:
         manifest = save_variant_files(model, tokenizer, tmp, manifest)

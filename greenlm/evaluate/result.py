@@ -89,6 +89,7 @@ class EvalResult:
     variant: dict | None = None  # from greenlm-variant.json: execution, recipe, parent
     notes: list[str] = field(default_factory=list)
     run_id: str | None = None
+    payback: dict | None = None  # a variant made with training energy: served tokens until it is repaid
 
     def to_dict(self) -> dict:
         q = self.quality.to_dict()
@@ -123,6 +124,7 @@ class EvalResult:
             "variant": self.variant,
             "execution": (self.variant or {}).get("execution"),
             "notes": self.notes,
+            "payback": self.payback,
             "run_id": self.run_id,
         }
         # llama.cpp rows carry the file's type and size at the top level, as `greenlm measure` rows do.

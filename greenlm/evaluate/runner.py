@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from greenlm.data import load_text, split_text
+from greenlm.energy.payback import payback_from_store, training_energy_j
 from greenlm.engines.available import check_engine_ready
 from greenlm.engines.factory import create_engine
 from greenlm.engines.saved import apply_saved_run
@@ -187,9 +188,33 @@ def evaluate(
             notes=notes + ref.notes,
         )
     result.wall_s = time.perf_counter() - start
+    training_j = training_energy_j(manifest)
+    if training_j is not None:
+        result.payback = _payback(
+            store, training_j, spec, manifest, ref_spec if ref_source == "variant parent" else None
+        )
     if store is not None:
         result.run_id = store.add("eval", result.to_dict(), **_store_columns(result, manifest))
     return result
+
+
+def _payback(store, training_j: float, spec: ModelSpec, manifest: dict, parent: ModelSpec | None) -> dict:
+    """Payback of a variant made with training energy, from the store's measure rows of it and its parent."""
+    recorded = manifest.get("parent") or {}
+    if store is None:
+        return {
+            "status": "unmeasured",
+            "training_j": training_j,
+            "message": "no results store to read measurements from",
+        }
+    return payback_from_store(
+        store,
+        training_j,
+        parent.fingerprint() if parent is not None else str(recorded.get("fingerprint")),
+        spec.fingerprint(),
+        parent_name=parent.name if parent is not None else str(recorded.get("name")),
+        variant_name=spec.name,
+    ).to_dict()
 
 
 def _store_columns(result: EvalResult, manifest: dict | None) -> dict:

@@ -8,6 +8,7 @@ import json
 from datetime import datetime, timezone
 from pathlib import Path
 
+from greenlm.energy.payback import payback_tokens
 from greenlm.errors import GreenlmError
 from greenlm.io import write_text_atomic
 from greenlm.optimize.pareto import QualityBudget, choose, pareto_front
@@ -129,8 +130,12 @@ def build_report(store, search_id: str | None = None) -> str:
     parts.append("<h2>Energy by phase (J per generated token)</h2>")
     parts.append(f"<div class='figure' id='phase-plot'>{phase_svg(bars)}</div>")
 
+    columns = list(COLUMNS)
+    if any(r.get("training_energy_j") for r in rows):  # healed cuts: what training cost and when it is repaid
+        _add_payback(rows, baseline)
+        columns += [("training J", "training_energy_j", 0), ("payback tokens", "payback_tokens", 0)]
     parts.append("<h2>Candidates</h2><table id='candidates'><tr>")
-    parts += [f"<th>{name}</th>" for name, _, _ in COLUMNS]
+    parts += [f"<th>{name}</th>" for name, _, _ in columns]
     parts.append("</tr>")
     for r in rows:
         cls = (
@@ -140,7 +145,7 @@ def build_report(store, search_id: str | None = None) -> str:
             if r["key"] == baseline["key"]
             else ""
         )
-        cells = "".join(f"<td>{_cell(r.get(key), digits)}</td>" for _, key, digits in COLUMNS)
+        cells = "".join(f"<td>{_cell(r.get(key), digits)}</td>" for _, key, digits in columns)
         reason = f" title='{html.escape(r.get('reason', ''))}'" if r.get("reason") else ""
         parts.append(f"<tr class='{cls}'{reason}>{cells}</tr>")
     parts.append("</table>")
@@ -162,6 +167,12 @@ def build_report(store, search_id: str | None = None) -> str:
         values = sorted({str(r.get(key)) for r in measured if r.get(key)})
         if values:
             parts.append(f"<li>{what}: {html.escape('; '.join(values))}.</li>")
+    if any(r.get("training_energy_j") for r in rows):
+        parts.append(
+            "<li>Payback tokens: training J / (baseline decode J/token - candidate decode J/token), the served "
+            "tokens after which a trained (distilled) candidate has repaid its training energy; empty when it "
+            "saves nothing per token or was not measured.</li>"
+        )
     engines = sorted({str(r.get("engine")) for r in measured})
     hosts = sorted({str(r.get("host")) for r in measured})
     parts.append(
@@ -218,6 +229,13 @@ def _final_round_table(summary: dict) -> str:
         )
     parts.append("</table>")
     return "".join(parts)
+
+
+def _add_payback(rows: list[dict], baseline: dict) -> None:
+    """Served tokens until a trained candidate's saving against the baseline repays its training energy."""
+    for r in rows:
+        if r.get("training_energy_j") and r.get("status") == "measured":
+            r["payback_tokens"] = payback_tokens(r["training_energy_j"], _cost(baseline), _cost(r))
 
 
 def write_report(store, out: str | Path, search_id: str | None = None) -> Path:

@@ -1,0 +1,134 @@
+"""Distillation as a recipe step: after structured cuts, the cut model learns the parent's next-token
+distribution for a fixed budget, so "drop 2 layers, then heal for 10 minutes" is one recipe:
+
+```yaml
+steps:
+  - method: drop_layers
+    count: 2
+  - method: distill
+    minutes: 10
+```
+
+The parent (before any step) is the teacher; training reads only the calibration split. The step's report
+carries the training energy, and the variant's manifest sums it under `training`, so payback and the
+optimizer see what healing cost. `greenlm distill` runs the same training with checkpoints and resume.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from greenlm.compress.base import CompressContext, StepConfig, StepReport, register
+from greenlm.energy.carbon import resolve_intensity
+from greenlm.energy.detect import get_meter
+from greenlm.errors import GreenlmError
+from greenlm.kernels.base import QuantizedModule
+from greenlm.models.loader import load_model
+from greenlm.train.data import check_one_batch, text_windows
+from greenlm.train.loop import train
+from greenlm.train.settings import TrainSettings
+
+_D = TrainSettings  # the defaults: one place for the CLI, the library and recipes
+
+
+@dataclass
+class Distill(StepConfig):
+    """Train the model so far to match the parent's next-token distribution, within one budget."""
+
+    method = "distill"
+    minutes: float | None = None
+    steps: int | None = None
+    tokens: int | None = None
+    loss: str = _D.loss
+    beta: float = _D.beta
+    temperature: float = _D.temperature
+    ce_weight: float = _D.ce_weight
+    lr: float = _D.lr
+    weight_decay: float = _D.weight_decay
+    warmup_fraction: float = _D.warmup_fraction
+    min_lr_ratio: float = _D.min_lr_ratio
+    max_grad_norm: float = _D.max_grad_norm
+    seq_len: int = _D.seq_len
+    batch_size: int = _D.batch_size
+    grad_accum: int = _D.grad_accum
+    teacher_topk: int = _D.teacher_topk
+    teacher_generate: int = _D.teacher_generate
+    train_embeddings: bool = _D.train_embeddings
+    precision: str = _D.precision
+    seed: int = _D.seed
+    forecast_after: float = _D.forecast_after
+    meter: str = "auto"
+
+    def __post_init__(self) -> None:
+        TrainSettings.pick(self).validate(cli=False)
+        if not isinstance(self.meter, str) or not self.meter:
+            raise GreenlmError(
+                f"distill meter must be a meter name such as auto or cpu-model, got {self.meter!r}"
+            )
+
+
+def check_trainable(model, name: str) -> None:
+    """Refuse low-bit modules: their weights are codes, not parameters gradient descent can move."""
+    quantized = [n for n, m in model.named_modules() if isinstance(m, QuantizedModule)]
+    if quantized:
+        raise GreenlmError(
+            f"{name} holds quantized modules ({quantized[0]}, ...): distill before quantizing "
+            "(put distill right after the structured cuts in the recipe, quantization after it)"
+        )
+
+
+def _params(model) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+@register(Distill)
+def apply_distill(model, config: Distill, ctx: CompressContext) -> StepReport:
+    if ctx.parent is None:
+        raise GreenlmError(
+            "distill needs the parent model as its teacher: use it inside a recipe run by greenlm compress"
+        )
+    check_trainable(model, "the model")
+    simulated = [r.method for r in ctx.reports if r.execution == "simulated"]
+    if simulated:
+        raise GreenlmError(
+            f"distill after {simulated[0]}, a simulated step (its effect lives in dense float weights, and "
+            "training would undo it): distill right after structured cuts (drop_layers, prune_channels, "
+            "prune_heads), and quantize or sparsify after it"
+        )
+    settings = TrainSettings.pick(config)
+    data = text_windows(ctx.tokenizer, ctx.text, settings.seq_len)
+    check_one_batch(data, settings.batch_size, settings.seq_len)
+    device = str(next(model.parameters()).device)
+    teacher = load_model(ctx.parent, device=device).model
+    if _params(model) >= _params(teacher):
+        raise GreenlmError(
+            "distill has nothing to heal: the model is not smaller than its parent; put a structured cut "
+            "(drop_layers, prune_channels, prune_heads) before it"
+        )
+    meter = get_meter(config.meter)
+    intensity = resolve_intensity()
+
+    def progress(status: dict) -> None:
+        if status.get("phase") == "training":
+            label = f"distill: {status['energy_j']:.0f} J"
+            if status.get("forecast"):
+                label += f", forecast {status['forecast']['total_j']:.0f} J"
+            ctx.progress(label, status["step"], status["total_steps"])
+        elif "done" in status:
+            ctx.progress(f"distill: {status['phase']}", status["done"], status["total"])
+
+    outcome = train(teacher, model, data, settings, meter=meter, intensity=intensity, progress=progress)
+    model.eval()
+    del teacher
+    notes = list(outcome.notes)
+    notes.append(
+        f"trained {outcome.steps} steps ({outcome.tokens:,} tokens) in {outcome.training_s:.0f} s: "
+        f"{outcome.energy['energy_j']:.0f} J ({outcome.energy['meter']}, {outcome.energy['energy_source']}), "
+        f"{outcome.energy['carbon_g']:.3g} gCO2e at the world-average grid intensity"
+    )
+    return StepReport(
+        config.method,
+        "real",
+        notes=notes,
+        details={"teacher": ctx.parent.identity(), "training": outcome.to_dict()},
+    )

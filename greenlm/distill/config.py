@@ -1,0 +1,79 @@
+"""What `greenlm distill` takes, with the CLI's defaults: flags, numbers and paths checked on construction (no
+torch here); the student recipe is parsed first thing in `distill()`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from greenlm.compress.config import (
+    DEFAULT_CALIBRATION_SAMPLES,
+    DEFAULT_CALIBRATION_TOKENS,
+    DEFAULT_EVAL_TOKENS,
+)
+from greenlm.errors import GreenlmError
+from greenlm.train.settings import TrainSettings
+
+DEFAULT_CHECKPOINT_MINUTES = 5.0
+
+
+@dataclass
+class DistillConfig(TrainSettings):
+    out: str = ""  # the variant directory to create; must not exist
+    teacher: str | None = None  # built-in name, HF directory or .gguf; None = the built-in model
+    student: str | None = None  # a variant (or HF) directory with the teacher's vocabulary
+    student_recipe: Any = None  # or a recipe (YAML path, Recipe, step list) applied to a copy of the teacher
+    text: str | None = None  # training reads its calibration split; quality its evaluation split
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES  # for a student recipe's cuts
+    calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
+    checkpoint_dir: str | None = None  # default: OUT.ckpt beside the output
+    checkpoint_minutes: float | None = DEFAULT_CHECKPOINT_MINUTES
+    checkpoint_steps: int | None = None
+    resume: bool = False
+    keep_checkpoint: bool = False
+    evaluate: bool = True  # quality against the teacher before and after training
+    eval_tokens: int = DEFAULT_EVAL_TOKENS
+    threads: int | None = None
+    device: str = "auto"  # a CUDA GPU when torch sees one, else the CPU
+    meter: str = "auto"
+    watts_per_core: float | None = None
+    idle_watts_per_core: float | None = None
+    country: str | None = None
+    region: str | None = None
+    carbon_intensity: float | None = None
+    pue: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.out, (str, Path)) or not str(self.out).strip():
+            raise GreenlmError("--out is required: the variant directory to write")
+        if (self.student is None) == (self.student_recipe is None):
+            raise GreenlmError(
+                "give the student as --student DIR (a variant directory) or --student-recipe FILE, not "
+                f"{'both' if self.student is not None else 'neither'}"
+            )
+        self.validate()
+        if self.checkpoint_minutes is not None and not (
+            isinstance(self.checkpoint_minutes, (int, float)) and self.checkpoint_minutes > 0
+        ):
+            raise GreenlmError(f"--checkpoint-minutes must be > 0, got {self.checkpoint_minutes!r}")
+        if self.checkpoint_steps is not None and (
+            not isinstance(self.checkpoint_steps, int) or self.checkpoint_steps < 1
+        ):
+            raise GreenlmError(f"--checkpoint-steps must be at least 1, got {self.checkpoint_steps!r}")
+        for flag, value, low in (
+            ("--calibration-samples", self.calibration_samples, 1),
+            ("--calibration-tokens", self.calibration_tokens, 2),
+            ("--eval-tokens", self.eval_tokens, 2),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise GreenlmError(f"{flag} must be a whole number of at least {low}, got {value!r}")
+        if self.threads is not None and self.threads < 1:
+            raise GreenlmError(f"--threads must be at least 1, got {self.threads}")
+
+    @property
+    def checkpoint_path(self) -> Path:
+        if self.checkpoint_dir:
+            return Path(self.checkpoint_dir).expanduser()
+        out = Path(self.out).expanduser()
+        return out.with_name(out.name + ".ckpt")
