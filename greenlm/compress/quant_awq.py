@@ -58,6 +58,7 @@ def apply_awq(model, config: AWQ, ctx: CompressContext) -> StepReport:
             group_size=config.group_size,
             symmetric=config.symmetric,
             grid=config.grid,
+            gguf=config.gguf_grid,
         )
         alphas[name] = result.alpha
         error += result.error
