@@ -21,7 +21,20 @@ def export(
         default(ExportConfig, "quant"),
         "--quant",
         "-q",
-        help="f32, f16, bf16, or a llama.cpp type: q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... (see the error for all).",
+        help="auto (a quantized variant's own GGUF codes format, else f16), f32, f16, bf16, or a llama.cpp type: "
+        "q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... (see the error for all).",
+    ),
+    codes: bool = typer.Option(
+        default(ExportConfig, "codes"),
+        "--codes/--no-codes",
+        help="Write a quantized variant's own integer codes as GGUF blocks when their format is the file type "
+        "(--no-codes: let llama.cpp re-round its weights).",
+    ),
+    embedding_type: str | None = typer.Option(
+        None,
+        "--embedding-type",
+        help="Type of the token embedding and output head when llama.cpp quantizes (f32, f16, q8_0, ...; "
+        "default: llama.cpp's choice).",
     ),
     imatrix: bool = typer.Option(
         False, "--imatrix", help="Guide quantization with an importance matrix from the calibration split."
@@ -49,6 +62,8 @@ def export(
         model=model,
         format=fmt,
         quant=quant,
+        codes=codes,
+        embedding_type=embedding_type,
         imatrix=imatrix,
         text=text,
         imatrix_samples=imatrix_samples,
@@ -89,6 +104,12 @@ def _print_export(r: dict) -> None:
         f"architecture: {r['arch']} ({layout}); tokenizer: {r['tokenizer_pre']} ({r['tokenizer_check']})",
         f"written by: {r['quantizer']}",
     ]
+    if r.get("codes"):
+        c = r["codes"]
+        lines.append(
+            f"greenlm codes: {c['layers']} weight matrices written as the variant's own "
+            f"{'/'.join(c['formats'])} blocks, not re-rounded; {c['summary']}"
+        )
     if r["imatrix"]:
         im = r["imatrix"]
         lines.append(

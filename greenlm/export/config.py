@@ -11,9 +11,11 @@ from greenlm.llamacpp.quantize import (
     DEFAULT_IMATRIX_TOKENS,
     FLOAT_TYPES,
     check_quant_type,
+    ggml_type_of,
 )
 
 FORMATS = ("gguf",)
+AUTO = "auto"
 
 
 @dataclass
@@ -21,7 +23,11 @@ class ExportConfig:
     out: str
     model: str | None = None  # built-in name, HF directory, variant directory; None = the built-in model
     format: str = "gguf"
-    quant: str = "f16"  # f32, f16, bf16, or a llama.cpp type: q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ...
+    # auto: a variant's own GGUF codes format (q4_0 for a default GPTQ variant), else f16; or f32, f16, bf16,
+    # or a llama.cpp type: q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ...
+    quant: str = AUTO
+    codes: bool = True  # write a variant's integer codes as GGUF blocks when their format is the file's type
+    embedding_type: str | None = None  # token embedding / output head type; None: llama.cpp's choice
     imatrix: bool = False  # importance matrix from the calibration split (quantized types only)
     text: str | None = None  # calibration text for --imatrix; None = the built-in corpus
     imatrix_samples: int = DEFAULT_IMATRIX_SAMPLES
@@ -36,7 +42,18 @@ class ExportConfig:
             raise GreenlmError("--out is required: the .gguf file to write")
         if Path(self.out).suffix.lower() != ".gguf":
             raise GreenlmError(f"--out {self.out} should end in .gguf")
-        self.quant = check_quant_type(self.quant, imatrix=self.imatrix)
+        if (self.quant or "").strip().lower() == AUTO:
+            self.quant = AUTO
+        else:
+            self.quant = check_quant_type(self.quant, imatrix=self.imatrix)
+        if self.embedding_type is not None:
+            self.embedding_type = ggml_type_of(self.embedding_type).name.lower()
+            if self.quant in FLOAT_TYPES:
+                raise GreenlmError(
+                    f"--embedding-type applies when llama.cpp quantizes; {self.quant} is not quantized: drop it"
+                )
+        if not isinstance(self.codes, bool):
+            raise GreenlmError(f"codes must be true or false, got {self.codes!r}")
         if self.imatrix and self.quant in FLOAT_TYPES:
             raise GreenlmError(
                 f"--imatrix guides quantization; {self.quant} is not quantized: drop --imatrix"

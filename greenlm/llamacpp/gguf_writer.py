@@ -93,6 +93,7 @@ class FloatExport:
 
 
 GgufExport = FloatExport
+BlockSource = dict[str, Blocks] | Callable[[list[TensorPlan]], dict[str, Blocks]] | None
 
 
 def _refuse(message: str) -> None:
@@ -257,15 +258,16 @@ def write_float_gguf(
     name: str = "",
     metadata: dict | None = None,
     progress: Progress | None = None,
-    blocks: dict[str, Blocks] | None = None,
+    blocks: BlockSource = None,
     file_type: gguf.LlamaFileType | None = None,
 ) -> FloatExport:
     """Write `model` and `tokenizer` to `out_path` as GGUF: every tensor in `outtype` (norms and biases in f32)
-    except the weights `blocks` supplies by GGUF name, written as those blocks."""
+    except the weights `blocks` supplies by GGUF name (a dict, or a function of the tensor plans returning
+    one), written as those blocks."""
     if outtype not in FLOAT_TYPES:
         _refuse(f"unknown float type '{outtype}': choose one of {', '.join(FLOAT_TYPES)}")
-    blocks = dict(blocks or {})
     family, arch, head_dim, shapes, plans = plan_tensors(model)
+    blocks = dict((blocks(plans) if callable(blocks) else blocks) or {})
     config = model.config
     uniform = arch == family.arch
     arch_name = gguf.MODEL_ARCH_NAMES[arch]
@@ -309,9 +311,9 @@ def write_float_gguf(
                 _refuse(
                     f"cannot export: the blocks given for {plan.gguf_name} have {block.data.shape[0]} rows, not {rows}"
                 )
-            writer.add_tensor(
-                plan.gguf_name, np.ascontiguousarray(block.data, dtype=np.uint8), raw_dtype=block.qtype
-            )
+            data = np.ascontiguousarray(block.data)
+            # quantized blocks are bytes (the writer needs their type); f32/f16 copies carry their own dtype
+            writer.add_tensor(plan.gguf_name, data, raw_dtype=block.qtype if data.dtype == np.uint8 else None)
             written[plan.gguf_name] = block.source
         else:
             data, raw_dtype = _encode(plan.data, outtype)
@@ -373,7 +375,7 @@ def write_model_gguf(
     *,
     outtype: str,
     progress: Progress = noop,
-    blocks: dict[str, Blocks] | None = None,
+    blocks: BlockSource = None,
     file_type: gguf.LlamaFileType | None = None,
 ) -> FloatExport:
     """Write a loaded model (`models.LoadedModel`) of `spec` as GGUF, with its provenance."""
