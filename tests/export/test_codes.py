@@ -184,8 +184,7 @@ def test_gptq_variant_exports_its_codes_by_default(gptq_variant, tmp_path):
 def test_the_coded_tolerance_catches_a_packing_fault(gptq_variant, tmp_path, monkeypatch):
     """Nibbles in the wrong halves of each byte: the bound fails the file (the read-back check is bypassed)."""
     import greenlm.export.codes as codes_module
-    from greenlm.export import ExportConfig, export_model
-    from greenlm.export import runner
+    from greenlm.export import ExportConfig, export_model, runner
 
     def swapped(weight, grid):
         data = pack_blocks(weight, grid)
@@ -299,10 +298,9 @@ def test_stale_codes_are_not_written(gptq_variant):
 
 
 def test_awq_scaled_layers_are_noted(tiny_model_dir, tmp_path):
+    from greenlm.compress.pipeline import CompressConfig, compress
     from greenlm.export.codes import collect_codes
     from greenlm.models import resolve_model
-
-    from greenlm.compress.pipeline import CompressConfig, compress
 
     compress(
         CompressConfig(
