@@ -36,7 +36,9 @@ from greenlm.export.codes import (
     verify_blocks,
 )
 from greenlm.export.config import AUTO, ExportConfig
+from greenlm.export.mixed import export_mixed
 from greenlm.io import atomic_file, check_file_target, noop
+from greenlm.kernels.base import QuantizedModule
 from greenlm.llamacpp.gguf_writer import (
     check_declared_architecture,
     plan_tensors,
@@ -77,6 +79,7 @@ class ExportResult:
     family: str = "llama"
     # greenlm codes written as GGUF blocks: layers, formats, how they were checked (None: none written)
     codes: dict | None = None
+    mixed: dict | None = None  # per-tensor types chosen for energy (export/mixed.py); None: not mixed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,7 +113,7 @@ def export_model(
     # Everything cheap before the slow load: the model's declared architecture, the calibration text.
     spec = resolve_model(config.model)
     check_declared_architecture(spec)
-    quant = resolve_quant(config, spec)
+    quant = "mixed" if config.mixed else resolve_quant(config, spec)
     quantized = quant not in FLOAT_TYPES
     if config.imatrix and not quantized:
         raise GreenlmError(
@@ -122,8 +125,13 @@ def export_model(
     if config.imatrix:
         split_text(load_text(config.text))
     loaded = load_for_export(spec, announce)
+    if config.mixed and any(isinstance(m, QuantizedModule) for m in loaded.model.modules()):
+        raise GreenlmError(
+            f"--mixed chooses types for a float model, and {spec.name} holds greenlm low-bit layers: export its "
+            "parent with --mixed --codes-from <this variant> to offer its codes as candidates"
+        )
     notes: list[str] = []
-    codes = collect_codes(spec, loaded.model) if config.codes else ModelCodes()
+    codes = collect_codes(spec, loaded.model) if config.codes and not config.mixed else ModelCodes()
     use_codes = quantized and quant in codes.formats
     if codes.layers and not use_codes:
         why = "--no-codes" if not config.codes else f"the file type is {quant}"
@@ -137,6 +145,7 @@ def export_model(
         notes.extend(codes.notes)
     imatrix_info = None
     codes_info = None
+    mixed_info = None
     with atomic_file(target, overwrite=config.force) as tmp_out:
         if not quantized:
             announce(f"writing {quant} GGUF")
@@ -160,30 +169,45 @@ def export_model(
                         tokens=config.imatrix_tokens,
                         progress=progress,
                     )
-                llama_out = Path(scratch) / f"model-{quant}.gguf" if use_codes else tmp_out
-                announce(
-                    f"quantizing to {quant} with llama.cpp"
-                    + (" (the layers greenlm has no codes for)" if use_codes else "")
-                )
-                quantize_gguf(
-                    f32,
-                    llama_out,
-                    quant,
-                    threads=config.threads,
-                    imatrix=imatrix,
-                    embedding_type=config.embedding_type,
-                )
-                if use_codes:
+                if config.mixed:
+                    mixed = export_mixed(
+                        config,
+                        loaded,
+                        spec,
+                        tmp_out,
+                        Path(scratch),
+                        f32=f32,
+                        imatrix=imatrix,
+                        progress=progress,
+                        announce=announce,
+                    )
+                    mixed_info = mixed.to_dict()
+                    notes.extend(mixed.notes)
+                else:
+                    llama_out = Path(scratch) / f"model-{quant}.gguf" if use_codes else tmp_out
                     announce(
-                        f"writing {len(codes.layers)} layers as greenlm's own {'/'.join(codes.formats)} blocks"
+                        f"quantizing to {quant} with llama.cpp"
+                        + (" (the layers greenlm has no codes for)" if use_codes else "")
                     )
-                    written, codes_info = _write_coded(
-                        loaded, spec, tmp_out, codes, llama_out, quant, progress
+                    quantize_gguf(
+                        f32,
+                        llama_out,
+                        quant,
+                        threads=config.threads,
+                        imatrix=imatrix,
+                        embedding_type=config.embedding_type,
                     )
+                    if use_codes:
+                        announce(
+                            f"writing {len(codes.layers)} layers as greenlm's own {'/'.join(codes.formats)} blocks"
+                        )
+                        written, codes_info = _write_coded(
+                            loaded, spec, tmp_out, codes, llama_out, quant, progress
+                        )
         report = tensor_type_report(tmp_out)
         report.path = str(target)
     notes.extend(written.notes)
-    if report.fallback:
+    if report.fallback and not mixed_info:
         widths = sorted({f["row_width"] for f in report.fallback})
         notes.append(
             f"{len(report.fallback)} weight matrices are not k-quants: llama.cpp fell back to "
@@ -191,7 +215,13 @@ def export_model(
             "wide) are not multiples of the 256-wide k-quant block"
         )
     version_note = f"llama-cpp-python {llama_cpp_status().get('version')}" if quantized else ""
-    if codes_info:
+    if mixed_info:
+        quantizer = (
+            f"greenlm mixed types ({', '.join(mixed_info['by_option'])}): blocks from llama.cpp's "
+            f"llama_model_quantize ({version_note})"
+            + (" and greenlm codes" if any(":" in k for k in mixed_info["by_option"]) else "")
+        )
+    elif codes_info:
         quantizer = (
             f"greenlm {codes.method or 'quantization'} codes as {'/'.join(codes.formats)} blocks for "
             f"{codes_info['tensors_checked']} weight matrices; llama.cpp llama_model_quantize ({version_note}) "
@@ -228,6 +258,7 @@ def export_model(
         config=config.to_dict(),
         family=written.family,
         codes=codes_info,
+        mixed=mixed_info,
     )
 
 
