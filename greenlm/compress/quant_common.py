@@ -375,7 +375,8 @@ def install(
         if len(direct) < len(results):
             notes.append(
                 f"gguf {grid.name}: {len(results) - len(direct)} layers carry per-input-channel scales, which GGUF "
-                "blocks cannot hold: export writes them re-rounded by llama.cpp, the rest as their own codes"
+                "blocks cannot hold: export writes them re-rounded by llama.cpp, the rest as their own codes "
+                "(awq fold: true folds the scales into the norms instead)"
             )
     report_details = {
         "bits": config.bits,

@@ -93,7 +93,9 @@ def collect_codes(spec, model) -> ModelCodes:
         if not isinstance(module, QuantizedModule):
             continue
         if getattr(module, "input_scale", None) is not None:
-            skipped.setdefault("per-input-channel (AWQ) scales, which no GGUF block holds", []).append(name)
+            skipped.setdefault(
+                "per-input-channel (AWQ) scales, which no GGUF block holds (quantize with awq fold: true)", []
+            ).append(name)
             continue
         weight = module.quantized_weight()
         grid, why = _grid_of(weight)

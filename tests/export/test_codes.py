@@ -317,3 +317,30 @@ def test_awq_scaled_layers_are_noted(tiny_model_dir, tmp_path):
     scaled = [n for n, m in loaded.model.named_modules() if getattr(m, "input_scale", None) is not None]
     assert scaled and not set(scaled) & set(codes.layers)
     assert any("per-input-channel (AWQ) scales" in n for n in codes.notes)
+
+
+@needs_llamacpp
+def test_folded_awq_exports_its_codes_exactly(tiny_model_dir, tmp_path):
+    from greenlm.compress.pipeline import CompressConfig, compress
+    from greenlm.export import ExportConfig, export_model
+
+    result = compress(
+        CompressConfig(
+            recipe=[{"method": "awq", "kernel": "dense", "fold": True}],
+            out=str(tmp_path / "v"),
+            model=str(tiny_model_dir),
+            calibration_samples=4,
+            calibration_tokens=64,
+            evaluate=False,
+        )
+    )
+    details = result.manifest["steps"][0]["details"]
+    assert details["fold"] and details["gguf_format"] == "q4_0"
+    assert details["output_error"] <= details["output_error_without_scales"]
+    exported = export_model(
+        ExportConfig(out=str(tmp_path / "m.gguf"), model=str(tmp_path / "v"), embedding_type="f32")
+    )
+    assert exported.codes["method"] == "awq" and exported.codes["bit_exact"] == 14
+    variant = _variant(tmp_path / "v")
+    ids = sample_ids(variant.tokenizer)
+    assert_roundtrip(hf_logits(variant.model, [ids]), _logits(exported.out, [ids]), ROUNDTRIP_CODED_TINY)
