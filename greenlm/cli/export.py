@@ -40,7 +40,9 @@ def export(
         False, "--imatrix", help="Guide quantization with an importance matrix from the calibration split."
     ),
     text: str | None = typer.Option(
-        None, "--text", help=".txt or .jsonl text for --imatrix; only its calibration split is read."
+        None,
+        "--text",
+        help=".txt or .jsonl text for --imatrix or --mixed; only its calibration split is read.",
     ),
     imatrix_samples: int = typer.Option(
         default(ExportConfig, "imatrix_samples"),

@@ -63,7 +63,7 @@ class ExportConfig:
     codes: bool = True  # write a variant's integer codes as GGUF blocks when their format is the file's type
     embedding_type: str | None = None  # token embedding / output head type; None: llama.cpp's choice
     imatrix: bool = False  # importance matrix from the calibration split (quantized types only)
-    text: str | None = None  # calibration text for --imatrix; None = the built-in corpus
+    text: str | None = None  # calibration text for --imatrix / --mixed; None = the built-in corpus
     imatrix_samples: int = DEFAULT_IMATRIX_SAMPLES
     imatrix_tokens: int = DEFAULT_IMATRIX_TOKENS
     threads: int | None = None  # llama.cpp quantizer threads; None = its default
@@ -102,8 +102,8 @@ class ExportConfig:
             raise GreenlmError(
                 f"--imatrix guides quantization; {self.quant} is not quantized: drop --imatrix"
             )
-        if self.text is not None and not self.imatrix:
-            raise GreenlmError("--text is calibration text for --imatrix: add --imatrix or drop --text")
+        if self.text is not None and not (self.imatrix or self.mixed):
+            raise GreenlmError("--text is calibration text for --imatrix or --mixed: add one or drop --text")
         for flag, value in (
             ("--imatrix-samples", self.imatrix_samples),
             ("--imatrix-tokens", self.imatrix_tokens),
