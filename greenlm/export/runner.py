@@ -95,7 +95,7 @@ def resolve_quant(config: ExportConfig, spec) -> str:
     """The file type `auto` stands for: a variant's GGUF codes format, else f16."""
     if config.quant != AUTO:
         return config.quant
-    return (declared_format(spec) if config.codes else None) or "f16"
+    return declared_format(spec) or "f16"
 
 
 def export_model(
