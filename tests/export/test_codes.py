@@ -344,3 +344,38 @@ def test_folded_awq_exports_its_codes_exactly(tiny_model_dir, tmp_path):
     variant = _variant(tmp_path / "v")
     ids = sample_ids(variant.tokenizer)
     assert_roundtrip(hf_logits(variant.model, [ids]), _logits(exported.out, [ids]), ROUNDTRIP_CODED_TINY)
+
+
+@needs_llamacpp
+@pytest.mark.realmodel
+def test_builtin_coded_q4_0_round_trip(tmp_path):
+    """The built-in model's Q4_0 codes (RTN, quick to make; GPTQ's are written by the same path) through
+    llama.cpp, against transformers running the variant: within ROUNDTRIP_CODED_BUILTIN (llama.cpp's own
+    re-rounding of the same variant is measured in greenlm/llamacpp/verify.py, too slow to repeat here)."""
+    from greenlm.compress.pipeline import CompressConfig, compress
+    from greenlm.data import load_text, split_text
+    from greenlm.export import ExportConfig, export_model
+    from greenlm.llamacpp.verify import ROUNDTRIP_CODED_BUILTIN
+
+    compress(
+        CompressConfig(
+            recipe=[{"method": "rtn", "bits": 4, "group_size": 32, "kernel": "dense"}],
+            out=str(tmp_path / "v"),
+            evaluate=False,
+        )
+    )
+    coded = export_model(
+        ExportConfig(out=str(tmp_path / "c.gguf"), model=str(tmp_path / "v"), embedding_type="f32")
+    )
+    assert coded.codes["bit_exact"] == coded.codes["tensors_checked"] == 210
+    rounded = export_model(
+        ExportConfig(
+            out=str(tmp_path / "r.gguf"), model=str(tmp_path / "v"), embedding_type="f32", codes=False
+        )
+    )
+    variant = _variant(tmp_path / "v")
+    text = split_text(load_text(None)).text("evaluation")
+    ids = variant.tokenizer(text[:20000], add_special_tokens=False)["input_ids"][:512]
+    ref = hf_logits(variant.model, [ids])
+    error = assert_roundtrip(ref, _logits(coded.out, [ids]), ROUNDTRIP_CODED_BUILTIN)
+    print(f"built-in coded Q4_0 round trip: {error}")
