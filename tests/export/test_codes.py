@@ -368,11 +368,6 @@ def test_builtin_coded_q4_0_round_trip(tmp_path):
         ExportConfig(out=str(tmp_path / "c.gguf"), model=str(tmp_path / "v"), embedding_type="f32")
     )
     assert coded.codes["bit_exact"] == coded.codes["tensors_checked"] == 210
-    rounded = export_model(
-        ExportConfig(
-            out=str(tmp_path / "r.gguf"), model=str(tmp_path / "v"), embedding_type="f32", codes=False
-        )
-    )
     variant = _variant(tmp_path / "v")
     text = split_text(load_text(None)).text("evaluation")
     ids = variant.tokenizer(text[:20000], add_special_tokens=False)["input_ids"][:512]
