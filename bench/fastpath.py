@@ -21,20 +21,17 @@ and greenlm's) reproduce them almost exactly; read their KLD accordingly.
 Run it on an otherwise idle machine (llama.cpp's threads wait for each other at every operation):
     .venv/bin/python bench/fastpath.py --markdown fastpath.md          # the full run, about 1-2 hours on 2 cores
     .venv/bin/python bench/fastpath.py --quick                          # smallest settings: checks the script
-JSON on stdout; results written to bench/results/fastpath.json (--quick: fastpath-quick.json).
+JSON on stdout, with the machine record (bench/benchlib.py: date, CPU, cores, load average, git commit), also
+written to bench/results/fastpath.json (--quick: fastpath-quick.json, so a quick run never replaces the real one).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import subprocess
-import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
+
+from benchlib import Recorder, log
 
 from greenlm.engines.llamacpp_engine import default_threads
 from greenlm.evaluate import DEFAULT_MAX_EVAL_TOKENS, EvalConfig, evaluate
@@ -58,46 +55,6 @@ REFERENCE = (
     f"{DEFAULT_MODEL} float32 through transformers (its packaged Q4_1 GGUF dequantized): Q4_1-grid weights, so Q4_1 "
     "files reproduce them almost exactly"
 )
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
-        ).stdout.strip()
-        dirty = bool(
-            subprocess.run(
-                ["git", "status", "--porcelain"], capture_output=True, text=True, cwd=Path(__file__).parent
-            ).stdout.strip()
-        )
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "unknown", None
-    return {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "usable_cores": default_threads(),
-        "load_average_1m_start": os.getloadavg()[0],
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "python": platform.python_version(),
-    }
 
 
 # --- files -------------------------------------------------------------------------------------------------
@@ -455,12 +412,8 @@ def main() -> None:
         if args.out_dir == str(cache_dir() / "bench-fastpath"):
             args.out_dir = str(cache_dir() / "bench-fastpath-quick")
     args.budgets = [float(b) for b in str(args.budgets).split(",") if b.strip()]
-    results_path = Path(
-        args.results
-        or Path(__file__).parent / "results" / ("fastpath-quick.json" if args.quick else "fastpath.json")
-    )
+    recorder = Recorder("fastpath-quick" if args.quick else "fastpath")
     start = time.perf_counter()
-    record = machine()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = make_files(out_dir, args)
@@ -482,7 +435,6 @@ def main() -> None:
         "issue": 13,
         "model": DEFAULT_MODEL,
         "reference": REFERENCE,
-        "machine": record | {"load_average_1m_end": os.getloadavg()[0]},
         "quick": args.quick,
         "threads": args.threads,
         "meter": first["meter"],
@@ -516,11 +468,9 @@ def main() -> None:
         "wall_s": time.perf_counter() - start,
     }
     result["markdown"] = markdown(result)
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     if args.markdown:
         Path(args.markdown).write_text(result["markdown"] + "\n")
-    print(json.dumps(result, indent=2, default=str))
+    recorder.finish(result, out=args.results)
     log("\n" + result["markdown"])
 
 
