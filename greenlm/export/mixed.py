@@ -4,9 +4,9 @@ At batch-1 decode a CPU streams every weight matrix once per token (the token em
 is also the output head), so bytes read per token is what the energy of decoding follows. Every weight matrix
 gets one type from a candidate set:
 
-- llama.cpp's own quantization of it to each candidate type (uniform files made with `pure`, so llama.cpp's
-  per-tensor rules do not interfere; a type the matrix's rows do not fit, e.g. a k-quant on 576-wide rows,
-  is not offered for it);
+- llama.cpp's own quantization of it to each candidate type (one file per type, the embedding and output head
+  forced to it too; a matrix llama.cpp gave another type, by its per-tensor rules or because its rows do not
+  fit the type's blocks, e.g. a k-quant on 576-wide rows, is not offered that type);
 - `f16` (written by numpy);
 - greenlm's own codes from quantized variants of the same model (`codes_from`: e.g. a GPTQ Q4_0 and a GPTQ
   Q4_1 variant), labelled `gptq:q4_0`.
@@ -46,7 +46,7 @@ from greenlm.export.sensitivity import (
 from greenlm.io import noop
 from greenlm.llamacpp.blocks import dequantize_blocks
 from greenlm.llamacpp.gguf_writer import Blocks, TensorPlan, plan_tensors, write_model_gguf
-from greenlm.llamacpp.quantize import quantize_gguf
+from greenlm.llamacpp.quantize import quantize_gguf, rows_fit
 from greenlm.models.loader import load_model
 from greenlm.models.manifest import read_manifest
 from greenlm.models.spec import resolve_model
@@ -188,19 +188,23 @@ def _llama_candidates(
 ) -> dict[str, dict]:
     """candidate -> {GGUF name: reader tensor} of a uniform llama.cpp file of that type."""
     tensors = {}
+    embedding_width = next(
+        int(t.shape[0]) for t in gguf.GGUFReader(str(f32)).tensors if t.name == "token_embd.weight"
+    )
     for name in names:
         if name in FLOAT_CANDIDATES:
             continue
         out = scratch / f"uniform-{name}.gguf"
         announce(f"llama.cpp: every matrix as {name} (a candidate)")
+        # the embedding too, where its rows fit the type (llama.cpp applies a forced type without falling back)
+        fits = rows_fit(embedding_width, gguf.GGMLQuantizationType[name.upper()])
         quantize_gguf(
             f32,
             out,
             CANDIDATE_FILE_TYPES[name],
             threads=config.threads,
             imatrix=imatrix,
-            embedding_type=name,
-            pure=True,
+            embedding_type=name if fits else None,
         )
         tensors[name] = {t.name: t for t in gguf.GGUFReader(str(out)).tensors}
     return tensors

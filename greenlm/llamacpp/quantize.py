@@ -55,6 +55,23 @@ def ggml_type_of(name: str) -> gguf.GGMLQuantizationType:
         raise GreenlmError(f"unknown tensor type '{name}': choose one of {valid}") from None
 
 
+def rows_fit(width: int, ggml_type: gguf.GGMLQuantizationType) -> bool:
+    """Whether rows `width` wide split into whole blocks of `ggml_type`."""
+    return width % gguf.GGML_QUANT_SIZES[ggml_type][0] == 0
+
+
+def check_rows_fit(path: Path, names: tuple[str, ...], ggml_type: gguf.GGMLQuantizationType) -> None:
+    """Refuse a type forced on tensors whose rows it cannot hold: llama.cpp applies a forced type without its
+    usual fallback, and writes a corrupt tensor (llama-cpp-python 0.3.36 then crashes)."""
+    for tensor in gguf.GGUFReader(str(path)).tensors:
+        if tensor.name in names and not rows_fit(int(tensor.shape[0]), ggml_type):
+            block = gguf.GGML_QUANT_SIZES[ggml_type][0]
+            raise GreenlmError(
+                f"{ggml_type.name.lower()} stores rows in blocks of {block} and {tensor.name} has rows "
+                f"{int(tensor.shape[0])} wide: choose another embedding type"
+            )
+
+
 def _ftype(lib, quant: str) -> int:
     member = gguf.LlamaFileType["MOSTLY_" + quant.upper()]
     value = getattr(lib, "LLAMA_FTYPE_MOSTLY_" + quant.upper(), None)
@@ -98,9 +115,10 @@ def quantize_gguf(
     params.nthread = threads or 0  # 0: llama.cpp's choice (the machine's cores)
     params.pure = bool(pure)
     if embedding_type is not None:
-        ggml_type = int(ggml_type_of(embedding_type))
-        params.token_embedding_type = ggml_type
-        params.output_tensor_type = ggml_type
+        ggml_type = ggml_type_of(embedding_type)
+        check_rows_fit(src, ("token_embd.weight", "output.weight"), ggml_type)
+        params.token_embedding_type = int(ggml_type)
+        params.output_tensor_type = int(ggml_type)
     keep: list = []
     if imatrix:
         params.imatrix = ctypes.cast(
