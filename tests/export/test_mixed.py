@@ -244,3 +244,49 @@ def test_fisher_ranks_matrices_like_the_measured_kld(tiny_loaded):
     ratio = torch.tensor(estimated) / torch.tensor(measured)
     assert bool(((ratio > 0.1) & (ratio < 10)).all()), ratio
     assert float(((ratio > 0.75) & (ratio < 1.25)).float().mean()) >= 0.6, ratio
+
+
+@needs_llamacpp
+def test_k_quants_are_offered_only_where_rows_fit(wide_model_dir, tiny_model_dir, tmp_path):
+    """A k-quant needs rows in multiples of 256: on 64-wide rows it is offered for no matrix (and forcing it on
+    the embedding would make llama.cpp write a corrupt tensor); on 256-wide rows it is offered."""
+    from greenlm.export import export_model
+
+    narrow = export_model(
+        ExportConfig(
+            out=str(tmp_path / "n.gguf"),
+            model=str(tiny_model_dir),
+            mixed=True,
+            max_kld=1e-3,
+            candidates=("q8_0", "q6_k"),
+            **SMALL,
+        )
+    )
+    assert narrow.mixed["uniform"]["q6_k"]["matrices"] == 0
+    wide = export_model(
+        ExportConfig(
+            out=str(tmp_path / "w.gguf"),
+            model=str(wide_model_dir),
+            mixed=True,
+            max_kld=1e-3,
+            candidates=("q8_0", "q6_k"),
+            **SMALL,
+        )
+    )
+    # every matrix with 256-multiple rows: the down projections (512 wide) and all others (256 wide)
+    assert wide.mixed["uniform"]["q6_k"]["matrices"] == wide.mixed["uniform"]["q8_0"]["matrices"] == 15
+
+
+@needs_llamacpp
+def test_an_embedding_type_the_rows_do_not_fit_is_refused(tiny_model_dir, tmp_path):
+    from greenlm.export import export_model
+
+    with pytest.raises(
+        GreenlmError, match="q6_k stores rows in blocks of 256 and token_embd.weight has rows 64"
+    ):
+        export_model(
+            ExportConfig(
+                out=str(tmp_path / "m.gguf"), model=str(tiny_model_dir), quant="q8_0", embedding_type="q6_k"
+            )
+        )
+    assert list(tmp_path.iterdir()) == []
