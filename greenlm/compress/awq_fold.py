@@ -98,7 +98,7 @@ def search_shared_scale(
         s = awq_scales(stats.mean_abs, alpha) if step else torch.ones(stats.mean_abs.shape[0])
         err = 0.0
         for w in weights:
-            _q, equivalent = awq_weight(w, s, bits, group_size, symmetric, gguf)
+            _q, equivalent = awq_weight(w, s, bits, group_size, symmetric, gguf, stats.hessian)
             err += output_error(w, equivalent, stats.hessian)
         if step == 0:
             unscaled = err

@@ -114,9 +114,18 @@ def _apply_folded(model, config: AWQ, ctx: CompressContext, targets, untied: lis
     alphas: dict[str, float] = {}
     error = unscaled = 0.0
 
+    importance: dict[str, torch.Tensor] = {}
+
     def quantize(name: str) -> None:
         linear = targets[name]
-        qw = rtn(linear.weight.detach(), config.bits, config.group_size, config.symmetric, grid)
+        qw = rtn(
+            linear.weight.detach(),
+            config.bits,
+            config.group_size,
+            config.symmetric,
+            grid,
+            importance.get(name),
+        )
         results[name] = Quantized(qw)
         with torch.no_grad():  # later layers must see this layer's quantized outputs
             linear.weight.copy_(qw.dequantize().to(linear.weight.dtype))
@@ -148,6 +157,8 @@ def _apply_folded(model, config: AWQ, ctx: CompressContext, targets, untied: lis
             error, unscaled = error + err, unscaled + base
             for n in names:
                 alphas[n] = alpha
+                # the folded layer reads x / s: its columns' weight in the block-scale search is H_jj / s_j^2
+                importance[n] = stats[names[0]].hessian.diagonal() / scale**2
         for group, scale in folds:  # every fold before any rounding: a fold into a linear's rows comes first
             fold_scale(layer, group, scale, offset)
         for name in stats:

@@ -90,7 +90,7 @@ def gptq(
     zero = torch.zeros(rows, groups)
     static = act_order or group_size is None
     if static:
-        scale, zero = fit_grid(w, bits, symmetric, group_size, gguf)
+        scale, zero = fit_grid(w, bits, symmetric, group_size, gguf, h.diagonal())
 
     perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(cols)
     w = w[:, perm]
@@ -111,7 +111,14 @@ def gptq(
             if not static and orig % size == 0:
                 # The group's grid, on its weights as updated so far (in-block columns from w1).
                 span = torch.cat([w1[:, i:], w[:, end:]], dim=1)[:, :size]
-                s, z = fit_grid(span, bits, symmetric, size if gguf else None, gguf)
+                s, z = fit_grid(
+                    span,
+                    bits,
+                    symmetric,
+                    size if gguf else None,
+                    gguf,
+                    h.diagonal()[col : col + size] if gguf else None,
+                )
                 scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
             s, z = scale[:, g], zero[:, g]
             col_w = w1[:, i]
@@ -156,9 +163,14 @@ def awq_weight(
     group_size: int | None,
     symmetric: bool,
     gguf: GgufGrid | None = None,
+    hessian: torch.Tensor | None = None,
 ) -> tuple[QuantizedWeight, torch.Tensor]:
-    """RTN of w * s, and the float weight it is equivalent to: Q(w * s) / s."""
-    qw = rtn(w.float() * input_scale[None, :], bits, group_size, symmetric, gguf)
+    """RTN of w * s, and the float weight it is equivalent to: Q(w * s) / s. With a GGUF grid and the input
+    `hessian`, block scales are chosen for the least error weighted by the scaled inputs' H_jj / s_j^2."""
+    importance = (
+        hessian.diagonal() / input_scale.float() ** 2 if (gguf is not None and hessian is not None) else None
+    )
+    qw = rtn(w.float() * input_scale[None, :], bits, group_size, symmetric, gguf, importance)
     return qw, qw.dequantize() / input_scale[None, :]
 
 
@@ -183,7 +195,7 @@ def awq_search(
     for step in range(grid):
         alpha = step / grid
         s = awq_scales(mean_abs, alpha) if step else torch.ones(w.shape[1])
-        qw, equivalent = awq_weight(w, s, bits, group_size, symmetric, gguf)
+        qw, equivalent = awq_weight(w, s, bits, group_size, symmetric, gguf, hessian)
         err = output_error(w, equivalent, hessian)
         if step == 0:
             unscaled = err

@@ -135,16 +135,49 @@ def _fp16_neighbour(x: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.where(torch.isfinite(moved) & (moved * x.float() >= 0), moved, x.float())
 
 
-def _gguf_params(g: torch.Tensor, grid: GgufGrid) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero) of a GGUF format's grid for grouped weights g [out, groups, 32]."""
+# Symmetric 4/5-bit scales tried per block: amax / t for these t (in units of the zero code, 8 or 16), with
+# either sign. Codes run from -zero to zero - 1, so a negative scale puts the extra level on the side of the
+# block's largest weight (ggml's own Q4_0 rule, d = max / -8, is t = 1 with that sign); t = 15/16 with a
+# positive scale is greenlm's plain symmetric grid, so the search never does worse than it.
+SCALE_SEARCH = (0.875, 0.90625, 0.9375, 0.96875, 1.0, 1.03125, 1.0625)
+
+
+def _symmetric_search(
+    g: torch.Tensor, grid: GgufGrid, weights: torch.Tensor | None, fp16_tiny: float
+) -> torch.Tensor:
+    """Per block the fp16 scale (of either sign) with the least weighted squared rounding error."""
+    amax = g.abs().amax(-1)
+    zero = float(grid.zero)
+    imp = torch.ones_like(g) if weights is None else weights.expand_as(g)
+    best_err = torch.full_like(amax, float("inf"))
+    best = torch.ones_like(amax)
+    for t in SCALE_SEARCH:
+        for sign in (1.0, -1.0):
+            raw = sign * amax / (t * zero)
+            d = raw.to(torch.float16).float()
+            d = torch.where(d.abs() > 0, d, torch.full_like(d, fp16_tiny))
+            q = torch.clamp(torch.round(g / d[..., None] + zero), grid.qmin, max_code(grid.bits))
+            err = (imp * (g - (d[..., None] * q - d[..., None] * zero)) ** 2).sum(-1)
+            better = err < best_err
+            best_err, best = torch.where(better, err, best_err), torch.where(better, d, best)
+    return torch.where(amax > 0, best, torch.ones_like(best))
+
+
+def _gguf_params(
+    g: torch.Tensor, grid: GgufGrid, weights: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) of a GGUF format's grid for grouped weights g [out, groups, 32]; `weights` [groups, 32]
+    (or broadcastable): how much each input column's error counts in the symmetric scale search."""
     maxq = max_code(grid.bits)
     fp16_tiny = 2.0**-24  # the smallest positive fp16 number
     if grid.symmetric:
-        amax = g.abs().amax(-1)
-        # Q8_0 as ggml does it (amax -> 127, codes -127..127); 4 and 5 bits as greenlm's symmetric grid
-        raw = amax / 127.0 if grid.qmin else 2.0 * amax / maxq
-        scale = raw.to(torch.float16).float()
-        scale = torch.where(raw > 0, scale.clamp(min=fp16_tiny), torch.ones_like(scale))
+        if grid.qmin:  # Q8_0 as ggml does it: amax -> 127, codes -127..127 (8 bits leave little to search)
+            amax = g.abs().amax(-1)
+            raw = amax / 127.0
+            scale = raw.to(torch.float16).float()
+            scale = torch.where(raw > 0, scale.clamp(min=fp16_tiny), torch.ones_like(scale))
+        else:
+            scale = _symmetric_search(g, grid, weights, fp16_tiny)
         return scale, torch.full_like(scale, grid.zero)
     low, high = g.amin(-1), g.amax(-1)
     raw = (high - low) / maxq
@@ -166,14 +199,24 @@ def _gguf_params(g: torch.Tensor, grid: GgufGrid) -> tuple[torch.Tensor, torch.T
 
 
 def fit_grid(
-    w: torch.Tensor, bits: int, symmetric: bool, group_size: int | None = None, gguf: GgufGrid | None = None
+    w: torch.Tensor,
+    bits: int,
+    symmetric: bool,
+    group_size: int | None = None,
+    gguf: GgufGrid | None = None,
+    importance: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, zero) for `w` [out, in]: greenlm's round-to-nearest grid, or with `gguf` that format's."""
+    """(scale, zero) for `w` [out, in]: greenlm's round-to-nearest grid, or with `gguf` that format's (its
+    symmetric scales searched per block for the least squared error, each input column weighted by
+    `importance` [in], e.g. the diagonal of the input Hessian; uniform when None)."""
     if gguf is None:
         return grid_params(w, bits, symmetric, group_size)
     if (bits, symmetric, group_size) != (gguf.bits, gguf.symmetric, GGUF_BLOCK):
         raise ValueError(f"{gguf.name} is {gguf.bits}-bit, groups of 32, symmetric={gguf.symmetric}")
-    return _gguf_params(_grouped(w.detach().float(), group_size), gguf)
+    weights = None
+    if importance is not None:
+        weights = importance.detach().float().clamp(min=0).reshape(-1, GGUF_BLOCK)[None]
+    return _gguf_params(_grouped(w.detach().float(), group_size), gguf, weights)
 
 
 def grid_params(
@@ -226,9 +269,11 @@ def rtn(
     group_size: int | None = None,
     symmetric: bool = True,
     gguf: GgufGrid | None = None,
+    importance: torch.Tensor | None = None,
 ) -> QuantizedWeight:
-    """Round-to-nearest quantization of `w` [out, in] (on a GGUF format's grid with `gguf`)."""
-    scale, zero = fit_grid(w, bits, symmetric, group_size, gguf)
+    """Round-to-nearest quantization of `w` [out, in] (on a GGUF format's grid with `gguf`, its scales chosen
+    for the least error weighted by `importance` per input column)."""
+    scale, zero = fit_grid(w, bits, symmetric, group_size, gguf, importance)
     qmin = gguf.qmin if gguf else 0
     return QuantizedWeight(quantize(w, scale, zero, bits, group_size, qmin), scale, zero, bits, group_size)
 
