@@ -382,3 +382,19 @@ def test_builtin_coded_q4_0_round_trip(tmp_path):
     ref = hf_logits(variant.model, [ids])
     error = assert_roundtrip(ref, _logits(coded.out, [ids]), ROUNDTRIP_CODED_BUILTIN)
     print(f"built-in coded Q4_0 round trip: {error}")
+
+
+@pytest.mark.parametrize("kernel", ["int4_packed_f32", "dequant_eager"])
+def test_kernels_run_q4_0_grids_with_negative_scales(kernel):
+    """The Q4_0 scale search may pick a negative scale (the extra level on the side of a block's largest
+    weight): greenlm's own kernels compute the same weights."""
+    from greenlm.kernels.linear import KERNELS, available_kernels
+
+    if kernel not in available_kernels():
+        pytest.skip(f"{kernel} is not in this PyTorch build")
+    qw = rtn(_weights(cols=128), 4, 32, True, GGUF_GRIDS["q4_0"])
+    assert bool((qw.scale < 0).any()) and bool((qw.scale > 0).any())
+    module = KERNELS[kernel].build(qw)
+    x = torch.randn(3, 128)
+    expected = x @ qw.dequantize().T
+    assert torch.allclose(module(x), expected, atol=1e-4, rtol=1e-4)
