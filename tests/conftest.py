@@ -22,24 +22,14 @@ def _isolated_paths(tmp_path, monkeypatch, shared_cache_dir):
     monkeypatch.setenv("GREENLM_CACHE_DIR", str(shared_cache_dir))
 
 
-def build_tiny_model(
-    path,
-    *,
-    layers: int = 2,
-    hidden: int = 64,
-    seed: int = 0,
-    add_bos: bool = False,
-    chat_template=None,
-    context: int = 512,
-):
-    """A random Llama with a byte-level BPE tokenizer trained here on the CPython docs: no download.
+def tiny_tokenizer(*, add_bos: bool = False, chat_template=None):
+    """A byte-level BPE tokenizer trained here on the CPython docs (320 tokens): no download.
 
     `add_bos`: the tokenizer starts every sequence with <s> (a post-processor, as Llama 3's does)."""
     from pydoc_data.topics import topics
 
-    import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -58,6 +48,26 @@ def build_tiny_model(
     )
     if chat_template is not None:
         fast.chat_template = chat_template
+    return fast
+
+
+def build_tiny_model(
+    path,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    seed: int = 0,
+    add_bos: bool = False,
+    chat_template=None,
+    context: int = 512,
+):
+    """A random Llama with a byte-level BPE tokenizer trained here on the CPython docs: no download.
+
+    `add_bos`: the tokenizer starts every sequence with <s> (a post-processor, as Llama 3's does)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    fast = tiny_tokenizer(add_bos=add_bos, chat_template=chat_template)
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(fast),

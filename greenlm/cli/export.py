@@ -21,13 +21,28 @@ def export(
         default(ExportConfig, "quant"),
         "--quant",
         "-q",
-        help="f32, f16, bf16, or a llama.cpp type: q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... (see the error for all).",
+        help="auto (a quantized variant's own GGUF codes format, else f16), f32, f16, bf16, or a llama.cpp type: "
+        "q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... (see the error for all).",
+    ),
+    codes: bool = typer.Option(
+        default(ExportConfig, "codes"),
+        "--codes/--no-codes",
+        help="Write a quantized variant's own integer codes as GGUF blocks when their format is the file type "
+        "(--no-codes: let llama.cpp re-round its weights).",
+    ),
+    embedding_type: str | None = typer.Option(
+        None,
+        "--embedding-type",
+        help="Type of the token embedding and output head when llama.cpp quantizes (f32, f16, q8_0, ...; "
+        "default: llama.cpp's choice).",
     ),
     imatrix: bool = typer.Option(
         False, "--imatrix", help="Guide quantization with an importance matrix from the calibration split."
     ),
     text: str | None = typer.Option(
-        None, "--text", help=".txt or .jsonl text for --imatrix; only its calibration split is read."
+        None,
+        "--text",
+        help=".txt or .jsonl text for --imatrix or --mixed; only its calibration split is read.",
     ),
     imatrix_samples: int = typer.Option(
         default(ExportConfig, "imatrix_samples"),
@@ -39,9 +54,49 @@ def export(
     ),
     threads: int | None = typer.Option(None, "--threads", help="Quantizer threads (default: llama.cpp's)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
+    mixed: bool = typer.Option(
+        False,
+        "--mixed",
+        help="Choose every weight matrix's type for the fewest bytes read per decoded token within --max-kld.",
+    ),
+    max_kld: float = typer.Option(
+        default(ExportConfig, "max_kld"),
+        "--max-kld",
+        help="With --mixed: the KLD budget (nats per token against the float model, measured through llama.cpp "
+        "on calibration text).",
+    ),
+    candidates: str = typer.Option(
+        ",".join(default(ExportConfig, "candidates")),
+        "--candidates",
+        help="With --mixed: tensor types to choose from (f16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, "
+        "iq4_nl, q3_k, q2_k).",
+    ),
+    codes_from: list[str] = typer.Option(
+        [],
+        "--codes-from",
+        help="With --mixed: a quantized variant of this model whose greenlm codes (e.g. GPTQ Q4_0) are candidates "
+        "too; repeatable.",
+    ),
+    sensitivity: str = typer.Option(
+        default(ExportConfig, "sensitivity"),
+        "--sensitivity",
+        help="With --mixed: fisher (one backward pass per calibration window) or measured (one pass per matrix "
+        "and type).",
+    ),
+    calibration_samples: int = typer.Option(
+        default(ExportConfig, "calibration_samples"),
+        "--calibration-samples",
+        help="With --mixed: calibration windows for the sensitivity and the KLD check.",
+    ),
+    calibration_tokens: int = typer.Option(
+        default(ExportConfig, "calibration_tokens"),
+        "--calibration-tokens",
+        help="With --mixed: tokens per window.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Write a model as GGUF (float, or quantized by llama.cpp) and report the tensor types it holds."""
+    """Write a model as GGUF (float, quantized by llama.cpp, a variant's own codes, or mixed types chosen for
+    energy) and report the tensor types it holds."""
     from greenlm.export.runner import export_model
 
     config = ExportConfig(
@@ -49,12 +104,21 @@ def export(
         model=model,
         format=fmt,
         quant=quant,
+        codes=codes,
+        embedding_type=embedding_type,
         imatrix=imatrix,
         text=text,
         imatrix_samples=imatrix_samples,
         imatrix_tokens=imatrix_tokens,
         threads=threads,
         force=force,
+        mixed=mixed,
+        max_kld=max_kld,
+        candidates=candidates,
+        codes_from=tuple(codes_from),
+        sensitivity=sensitivity,
+        calibration_samples=calibration_samples,
+        calibration_tokens=calibration_tokens,
     )
     try:
         with LazyProgress("exporting") as bar:
@@ -89,6 +153,21 @@ def _print_export(r: dict) -> None:
         f"architecture: {r['arch']} ({layout}); tokenizer: {r['tokenizer_pre']} ({r['tokenizer_check']})",
         f"written by: {r['quantizer']}",
     ]
+    if r.get("mixed"):
+        m = r["mixed"]
+        chosen = ", ".join(f"{label} x{e['matrices']}" for label, e in m["by_option"].items())
+        lines.append(
+            f"mixed types for energy: {chosen}; {m['read_bytes_per_token'] / 1e6:.1f} MB read per decoded token, "
+            f"{m['bits_per_weight']:.2f} bits per weight; KLD {m['measured_kld']:.4g} measured through llama.cpp on "
+            f"calibration text (budget {m['max_kld']:g}, predicted {m['predicted_kld']:.4g}, "
+            f"{len(m['rounds'])} round(s)); sensitivity: {m['sensitivity']}"
+        )
+    if r.get("codes"):
+        c = r["codes"]
+        lines.append(
+            f"greenlm codes: {c['layers']} weight matrices written as the variant's own "
+            f"{'/'.join(c['formats'])} blocks, not re-rounded; {c['summary']}"
+        )
     if r["imatrix"]:
         im = r["imatrix"]
         lines.append(

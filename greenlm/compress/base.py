@@ -8,7 +8,7 @@ model really cheaper to run (`real`) or only models the quality effect (`simulat
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, ClassVar, Literal
 
 from greenlm.compress.config import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_CALIBRATION_TOKENS
@@ -45,9 +45,12 @@ class StepReport:
     # things the user must know, e.g. "no dense-kernel speed-up on CPU"
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # e.g. layers removed, parameters before/after
+    # Integer codes (kernels.grid.QuantizedWeight) of quantized layers installed as dense float weights, by
+    # module name: saved beside the variant so `greenlm export` can write them as GGUF blocks. Not in the JSON.
+    codes: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(replace(self, codes={}), dict_factory=lambda kv: {k: v for k, v in kv if k != "codes"})
 
 
 @dataclass

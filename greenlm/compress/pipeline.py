@@ -210,8 +210,9 @@ def compress(
     if trained:  # training energy (a distill step): what payback and the optimizer read
         manifest["training"] = training_summary(trained)
     progress("saving", 0, 1)
+    codes = {name: weight for r in reports for name, weight in r.codes.items()}
     with atomic_directory(out) as tmp:
-        manifest = save_variant_files(model, tokenizer, tmp, manifest)
+        manifest = save_variant_files(model, tokenizer, tmp, manifest, codes=codes)
     progress("saving", 1, 1)
 
     result = CompressResult(

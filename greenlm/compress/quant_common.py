@@ -23,11 +23,12 @@ from greenlm.compress.base import CompressContext, StepConfig, StepReport
 from greenlm.data.calibration import LinearInputStats, capture_linear_inputs, linear_names
 from greenlm.data.calibration import sequential_linear_inputs as _sequential
 from greenlm.errors import GreenlmError
-from greenlm.kernels.grid import BITS, QuantizedWeight
+from greenlm.kernels.grid import BITS, GGUF_GRIDS, GgufGrid, QuantizedWeight, gguf_grid_for
 from greenlm.kernels.linear import DENSE, KERNEL_CHOICES, KERNELS, available_kernels
 from greenlm.kernels.timing import FLOAT, KernelTiming, Stack, time_stacks
 
-DEFAULT_SKIP = ("lm_head",)  # SmolLM2 and most small models tie it to the input embedding
+DEFAULT_SKIP = ("lm_head",)
+GGUF_CHOICES = ("auto", "off", *GGUF_GRIDS)  # SmolLM2 and most small models tie it to the input embedding
 # A kernel counts as faster only beyond timing noise: repeated timings on a shared 2-core machine still
 # wander by a few percent between runs.
 REAL_MIN_SPEEDUP = 1.05
@@ -60,6 +61,24 @@ def check_skip(skip) -> tuple[str, ...]:
     return tuple(skip)
 
 
+def check_gguf(gguf, bits: int, group_size: int | None, symmetric: bool) -> GgufGrid | None:
+    """The GGUF block format the step's grid follows (None: greenlm's own float32-scale grid)."""
+    if gguf not in GGUF_CHOICES:
+        raise GreenlmError(f"unknown gguf {gguf!r}: choose one of {', '.join(map(str, GGUF_CHOICES))}")
+    if gguf == "off":
+        return None
+    if gguf == "auto":
+        return gguf_grid_for(bits, group_size, symmetric)
+    grid = GGUF_GRIDS[gguf]
+    if (bits, group_size, symmetric) != (grid.bits, 32, grid.symmetric):
+        raise GreenlmError(
+            f"gguf {gguf} holds {grid.bits}-bit codes in groups of 32, symmetric={str(grid.symmetric).lower()}: "
+            f"set bits: {grid.bits}, group_size: 32, symmetric: {str(grid.symmetric).lower()} (got bits={bits}, "
+            f"group_size={group_size}, symmetric={str(symmetric).lower()})"
+        )
+    return grid
+
+
 def check_kernel(kernel, bits: int, group_size: int | None, symmetric: bool) -> str:
     if kernel not in KERNEL_CHOICES:
         raise GreenlmError(f"unknown kernel {kernel!r}: choose one of {', '.join(KERNEL_CHOICES)}")
@@ -84,6 +103,9 @@ class WeightQuantConfig(StepConfig):
     symmetric: bool = True
     skip: tuple[str, ...] = DEFAULT_SKIP  # fnmatch patterns of linear layers left in float
     kernel: str = "auto"  # auto | dense | one of quant_kernels.KERNELS
+    # The grid as a GGUF block format, so `greenlm export` writes the codes as they are: auto (when bits,
+    # group size and symmetry match Q4_0/Q4_1/Q5_0/Q5_1/Q8_0), off (float32 scales), or a format by name.
+    gguf: str = "auto"
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
@@ -92,6 +114,11 @@ class WeightQuantConfig(StepConfig):
             raise GreenlmError(f"symmetric must be true or false, got {self.symmetric!r}")
         self.skip = check_skip(self.skip)
         check_kernel(self.kernel, self.bits, self.group_size, self.symmetric)
+        check_gguf(self.gguf, self.bits, self.group_size, self.symmetric)
+
+    @property
+    def gguf_grid(self) -> GgufGrid | None:
+        return check_gguf(self.gguf, self.bits, self.group_size, self.symmetric)
 
 
 @dataclass
@@ -336,6 +363,21 @@ def install(
             f"{', '.join(untied)} shared its weight with another parameter (tied embedding): it now has its own "
             "quantized copy and the other stays float"
         )
+    grid = config.gguf_grid
+    codes: dict[str, QuantizedWeight] = {}
+    if grid is not None:
+        # Codes on a GGUF format's grid: kept for `greenlm export`, which writes them as blocks. A low-bit
+        # module holds its own; dense layers' codes go to the variant's codes file. AWQ's per-input-channel
+        # scales are not part of any GGUF block, so those layers' codes cannot be written as they are.
+        direct = [n for n, r in results.items() if r.input_scale is None]
+        if kernel is None:
+            codes = {n: results[n].weight for n in direct}
+        if len(direct) < len(results):
+            notes.append(
+                f"gguf {grid.name}: {len(results) - len(direct)} layers carry per-input-channel scales, which GGUF "
+                "blocks cannot hold: export writes them re-rounded by llama.cpp, the rest as their own codes "
+                "(awq fold: true folds the scales into the norms instead)"
+            )
     report_details = {
         "bits": config.bits,
         "group_size": config.group_size,
@@ -346,8 +388,11 @@ def install(
         "kernel_speedup_vs_float32": round(speedup, 4) if speedup is not None else None,
         "kernel_selection": basis if timings else None,
         "kernel_timings": [t.to_dict() for t in timings],
+        "gguf_format": grid.name if grid else None,
         "quantized_weight_bytes": _storage_bytes(config, targets) if kernel else None,
         "float_weight_bytes": sum(lin.weight.numel() * lin.weight.element_size() for lin in targets.values()),
         **(details or {}),
     }
-    return StepReport(config.method, "real" if real else "simulated", notes=notes, details=report_details)
+    return StepReport(
+        config.method, "real" if real else "simulated", notes=notes, details=report_details, codes=codes
+    )

@@ -64,6 +64,7 @@ def apply_gptq(model, config: GPTQ, ctx: CompressContext) -> StepReport:
                 damp_percent=float(config.damp_percent),
                 block_size=config.block_size,
                 act_order=config.act_order,
+                gguf=config.gguf_grid,
             )
         except ValueError as exc:
             raise GreenlmError(

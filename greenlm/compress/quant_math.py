@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from greenlm.kernels.grid import QuantizedWeight, grid_params, groups_of, max_code, rtn
+from greenlm.kernels.grid import GgufGrid, QuantizedWeight, fit_grid, groups_of, max_code, rtn
 
 __all__ = ["AWQResult", "GPTQResult", "awq_scales", "awq_search", "awq_weight", "gptq", "output_error"]
 
@@ -56,6 +56,7 @@ def gptq(
     damp_percent: float = 0.01,
     block_size: int = 128,
     act_order: bool = False,
+    gguf: GgufGrid | None = None,
 ) -> GPTQResult:
     """GPTQ (Frantar et al., 2022): quantize columns one at a time, spreading each column's rounding error
     over the columns not yet quantized through the inverse Hessian of the layer's inputs; updates are applied
@@ -65,6 +66,9 @@ def gptq(
     With `act_order` (columns in decreasing H_ii order) the group grids are fitted up front on the original
     weights ("static groups"), so groups stay contiguous in the original column order and every kernel can
     use them.
+
+    With `gguf` the grids are that GGUF format's (fp16 scales and minima), so the error each column spreads
+    is the error of exactly the values the GGUF file will hold.
     """
     w = w.detach().float().clone()
     rows, cols = w.shape
@@ -74,6 +78,7 @@ def gptq(
     if group_size is not None and cols % group_size:
         raise ValueError(f"group size {group_size} does not divide {cols} input columns")
     maxq = max_code(bits)
+    qmin = gguf.qmin if gguf else 0
     groups = groups_of(cols, group_size)
     size = cols if group_size is None else group_size
 
@@ -85,7 +90,7 @@ def gptq(
     zero = torch.zeros(rows, groups)
     static = act_order or group_size is None
     if static:
-        scale, zero = grid_params(w, bits, symmetric, group_size)
+        scale, zero = fit_grid(w, bits, symmetric, group_size, gguf, h.diagonal())
 
     perm = torch.argsort(h.diagonal(), descending=True) if act_order else torch.arange(cols)
     w = w[:, perm]
@@ -106,12 +111,19 @@ def gptq(
             if not static and orig % size == 0:
                 # The group's grid, on its weights as updated so far (in-block columns from w1).
                 span = torch.cat([w1[:, i:], w[:, end:]], dim=1)[:, :size]
-                s, z = grid_params(span, bits, symmetric, None)
+                s, z = fit_grid(
+                    span,
+                    bits,
+                    symmetric,
+                    size if gguf else None,
+                    gguf,
+                    h.diagonal()[col : col + size] if gguf else None,
+                )
                 scale[:, g], zero[:, g] = s[:, 0], z[:, 0]
             s, z = scale[:, g], zero[:, g]
             col_w = w1[:, i]
-            q = torch.clamp(torch.round(col_w / s + z), 0, maxq)
-            dq = s * (q - z)
+            q = torch.clamp(torch.round(col_w / s + z), qmin, maxq)
+            dq = s * q - s * z  # as grid.dequantize computes it
             codes[:, col] = q
             d = hinv1[i, i]
             loss += (((col_w - dq) ** 2) / d**2 / 2).sum().double()
@@ -145,10 +157,20 @@ def awq_scales(mean_abs: torch.Tensor, alpha: float) -> torch.Tensor:
 
 
 def awq_weight(
-    w: torch.Tensor, input_scale: torch.Tensor, bits: int, group_size: int | None, symmetric: bool
+    w: torch.Tensor,
+    input_scale: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    symmetric: bool,
+    gguf: GgufGrid | None = None,
+    hessian: torch.Tensor | None = None,
 ) -> tuple[QuantizedWeight, torch.Tensor]:
-    """RTN of w * s, and the float weight it is equivalent to: Q(w * s) / s."""
-    qw = rtn(w.float() * input_scale[None, :], bits, group_size, symmetric)
+    """RTN of w * s, and the float weight it is equivalent to: Q(w * s) / s. With a GGUF grid and the input
+    `hessian`, block scales are chosen for the least error weighted by the scaled inputs' H_jj / s_j^2."""
+    importance = (
+        hessian.diagonal() / input_scale.float() ** 2 if (gguf is not None and hessian is not None) else None
+    )
+    qw = rtn(w.float() * input_scale[None, :], bits, group_size, symmetric, gguf, importance)
     return qw, qw.dequantize() / input_scale[None, :]
 
 
@@ -161,6 +183,7 @@ def awq_search(
     group_size: int | None = None,
     symmetric: bool = True,
     grid: int = 20,
+    gguf: GgufGrid | None = None,
 ) -> AWQResult:
     """Activation-aware scale search (Lin et al., 2023): try alpha in {0, 1/grid, ..., (grid-1)/grid} and
     keep the one with the least output error on the calibration inputs. The error is computed exactly from
@@ -172,7 +195,7 @@ def awq_search(
     for step in range(grid):
         alpha = step / grid
         s = awq_scales(mean_abs, alpha) if step else torch.ones(w.shape[1])
-        qw, equivalent = awq_weight(w, s, bits, group_size, symmetric)
+        qw, equivalent = awq_weight(w, s, bits, group_size, symmetric, gguf, hessian)
         err = output_error(w, equivalent, hessian)
         if step == 0:
             unscaled = err

@@ -25,6 +25,8 @@ def apply_rtn(model, config: RTN, ctx: CompressContext) -> StepReport:
     results = {}
     for i, (name, linear) in enumerate(targets.items(), 1):
         with torch.no_grad():
-            results[name] = Quantized(rtn(linear.weight, config.bits, config.group_size, config.symmetric))
+            results[name] = Quantized(
+                rtn(linear.weight, config.bits, config.group_size, config.symmetric, config.gguf_grid)
+            )
         ctx.progress("quantizing", i, len(targets))
     return install(model, config, targets, results, untied=untied)

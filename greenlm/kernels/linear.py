@@ -394,10 +394,10 @@ class Int4DynamicLinear(QuantLinear):
 
 def _dequant_matmul(x, q, scale, zero, columns: int, group_size: int):
     # per-group scale and zero broadcast over a [out, groups, size] view: no [out, in] copies of them;
-    # the same arithmetic as quant_math.dequantize, so the same floats
+    # the same arithmetic as grid.dequantize, so the same floats
     rows = q.shape[0]
     grouped = q.float().view(rows, columns // group_size, group_size)
-    w = (scale[..., None] * (grouped - zero[..., None])).view(rows, columns)
+    w = (scale[..., None] * grouped - (scale * zero)[..., None]).view(rows, columns)
     return F.linear(x.float(), w)
 
 

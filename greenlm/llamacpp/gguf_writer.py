@@ -1,13 +1,19 @@
-"""Write a loaded transformers Llama-family model, with its tokenizer, as a float GGUF file llama.cpp runs.
+"""Write a loaded transformers model of a supported family (families.py), with its tokenizer, as a GGUF file
+llama.cpp runs: float tensors, or quantized blocks made elsewhere (greenlm's own codes, blocks copied from a
+file llama.cpp quantized) in place of any weight.
 
 Tensor names come from gguf's `TensorNameMap`, keys from `GGUFWriter`'s typed setters, the vocabulary from
-gguf's vocab helpers (vocab.py). Two things differ between the layouts and are handled here:
+gguf's vocab helpers (vocab.py). What differs between the Hugging Face and llama.cpp layouts is handled here
+and in families.py:
 - Llama q/k projections: Hugging Face orders each head's rotary dimensions as two halves, llama.cpp's rope
   as interleaved pairs, so q and k rows are permuted per head (the same reordering llama.cpp's converter
-  applies to LlamaModel).
+  applies to LlamaModel). Quantized blocks are whole rows, so the same row order applies to them.
+- Gemma's norms multiply by (1 + w); llama.cpp's by w: 1 is added.
 - Layer sizes are read from the weights, not the config, so a variant with layers dropped or channels/heads
-  pruned exports as it really is. When layers differ in size the file uses llama.cpp's `deci` architecture
-  (Llama blocks whose head counts and feed-forward widths are per-layer arrays), which llama.cpp loads.
+  pruned exports as it really is. When Llama layers differ in size the file uses llama.cpp's `deci`
+  architecture (Llama blocks whose head counts and feed-forward widths are per-layer arrays).
+- Low-bit modules (greenlm's quantized variants) are written as their dequantized float weights unless the
+  caller supplies their blocks.
 """
 
 from __future__ import annotations
@@ -24,37 +30,70 @@ import torch
 
 from greenlm.errors import GreenlmError
 from greenlm.io import noop
+from greenlm.kernels.base import QuantizedModule
+from greenlm.llamacpp.families import (
+    BY_CLASS,
+    GGUF_ARCHES,
+    Family,
+    LayerShape,
+    family_of_class,
+    rope_parameters,
+    supported_classes,
+)
 from greenlm.llamacpp.inspect import gguf_architecture
 from greenlm.llamacpp.quantize import FLOAT_TYPES
 from greenlm.llamacpp.vocab import build_vocab
 from greenlm.models.manifest import read_manifest
 
 # Hugging Face architectures the exporter writes, and what llama.cpp calls them.
-EXPORTABLE_ARCHITECTURES = {"LlamaForCausalLM": "llama"}
+EXPORTABLE_ARCHITECTURES = {cls: family.arch_name for cls, family in BY_CLASS.items()}
 Progress = Callable[[int, int], None]
+__all__ = ["LayerShape"]
 
 
 @dataclass
-class LayerShape:
-    n_head: int
-    n_head_kv: int
-    n_ff: int
+class Blocks:
+    """A weight already in a GGUF block format: uint8 [rows, bytes per row] in llama.cpp's row order."""
+
+    data: np.ndarray
+    qtype: gguf.GGMLQuantizationType
+    source: str  # who made the blocks: "greenlm gptq codes", "llama.cpp q4_0", ...
+
+
+@dataclass
+class TensorPlan:
+    """One tensor of the file: where it comes from in the model and how it is laid out for llama.cpp."""
+
+    hf_name: str
+    gguf_name: str
+    data: np.ndarray  # float32, in llama.cpp's layout (rows permuted, norm offset added)
+    row_order: np.ndarray | None  # the permutation applied to Hugging Face's rows (None: unchanged)
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.data.ndim == 2
 
 
 @dataclass
 class FloatExport:
     path: Path
-    arch: str  # llama.cpp architecture written: llama, or deci for per-layer sizes
+    arch: str  # llama.cpp architecture written: llama, or deci for per-layer sizes, qwen2, gemma3, ...
     outtype: str
     layers: list[LayerShape]
     vocab_size: int
     tokenizer_pre: str
     tensors: int
+    family: str = "llama"
     notes: list[str] = field(default_factory=list)
+    blocks_written: dict[str, str] = field(default_factory=dict)  # GGUF name -> source of its blocks
 
     @property
     def uniform(self) -> bool:
         return all(s == self.layers[0] for s in self.layers)
+
+
+GgufExport = FloatExport
+BlockSource = dict[str, Blocks] | Callable[[list[TensorPlan]], dict[str, Blocks]] | None
 
 
 def _refuse(message: str) -> None:
@@ -77,63 +116,38 @@ def check_declared_architecture(spec) -> None:
     """Refuse, before the slow load, a model whose config or GGUF header names an architecture the exporter
     does not write. (`check_exportable` checks the loaded model in full.)"""
     arch = declared_architecture(spec)
-    known = EXPORTABLE_ARCHITECTURES.values() if spec.is_gguf else EXPORTABLE_ARCHITECTURES
+    known = GGUF_ARCHES if spec.is_gguf else EXPORTABLE_ARCHITECTURES
     if arch is not None and arch not in known:
-        _refuse(
-            f"cannot export architecture {arch} to GGUF: the exporter writes "
-            f"{', '.join(EXPORTABLE_ARCHITECTURES)} (the Llama family) only"
-        )
+        _refuse(f"cannot export architecture {arch} to GGUF: the exporter writes {supported_classes()}")
 
 
-def check_exportable(model) -> str:
-    """The model's Hugging Face architecture name, or a GreenlmError naming what the exporter cannot write."""
+def check_exportable(model) -> Family:
+    """The model's family, or a GreenlmError naming what the exporter cannot write."""
     config = model.config
     arch = (getattr(config, "architectures", None) or [type(model).__name__])[0]
-    if arch not in EXPORTABLE_ARCHITECTURES or type(model).__name__ not in EXPORTABLE_ARCHITECTURES:
-        _refuse(
-            f"cannot export architecture {arch} to GGUF: the exporter writes "
-            f"{', '.join(EXPORTABLE_ARCHITECTURES)} (the Llama family) only"
-        )
-    if getattr(config, "hidden_act", "silu") != "silu":
-        _refuse(f"cannot export: the model uses activation {config.hidden_act}, llama.cpp's Llama uses silu")
-    if getattr(config, "attention_bias", False) or getattr(config, "mlp_bias", False):
-        _refuse(
-            "cannot export: the model has attention or MLP biases, which the GGUF exporter does not write"
-        )
-    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    rope_type = rope.get("rope_type") or rope.get("type") or "default"
-    if rope_type not in ("default", "linear"):
-        _refuse(f"cannot export: rope scaling '{rope_type}' is not supported by the GGUF exporter")
+    if arch not in EXPORTABLE_ARCHITECTURES:
+        family_of_class(arch)  # refuses with the list of supported classes
+    family = family_of_class(type(model).__name__)
+    family.validate(config)
     for name, module in model.named_modules():
-        if name.endswith(("_proj", "lm_head")) and not isinstance(module, torch.nn.Linear):
+        if name.endswith(("_proj", "lm_head")) and not isinstance(module, (torch.nn.Linear, QuantizedModule)):
             _refuse(
-                f"cannot export: {name} is a {type(module).__name__}, not a dense linear layer (a greenlm low-bit "
-                "variant); export the dense model and choose a llama.cpp --quant instead"
+                f"cannot export: {name} is a {type(module).__name__}, not a dense linear layer or a greenlm "
+                "low-bit module"
             )
-    return arch
+    return family
 
 
-def _rope_theta(config) -> float:
-    rope = getattr(config, "rope_parameters", None) or {}
-    return float(rope.get("rope_theta", getattr(config, "rope_theta", 10000.0)))
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
-def layer_shapes(model) -> tuple[int, list[LayerShape]]:
+def layer_shapes(model, family: Family | None = None) -> tuple[int, list[LayerShape]]:
     """head_dim and every decoder layer's real head counts and MLP width, from its weights."""
+    family = family or family_of_class(type(model).__name__)
     config = model.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    shapes = []
-    for layer in model.model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        q, k = attn.q_proj.out_features, attn.k_proj.out_features
-        if q % head_dim or k % head_dim or attn.v_proj.out_features != k:
-            _refuse(
-                f"cannot export: a layer's q/k/v widths ({q}/{k}/{attn.v_proj.out_features}) are not whole heads "
-                f"of {head_dim}"
-            )
-        if mlp.up_proj.out_features != mlp.gate_proj.out_features:
-            _refuse("cannot export: a layer's MLP gate and up projections differ in width")
-        shapes.append(LayerShape(q // head_dim, k // head_dim, mlp.gate_proj.out_features))
+    head_dim = _head_dim(config)
+    shapes = [family.layer_shape(layer, config, head_dim) for layer in model.model.layers]
     if any(s.n_head % s.n_head_kv for s in shapes):
         _refuse("cannot export: a layer's query heads are not a multiple of its key/value heads")
     return head_dim, shapes
@@ -154,13 +168,84 @@ def _tokenizer_dir(tokenizer, scratch: Path) -> Path:
 
 
 def _encode(array: np.ndarray, outtype: str):
-    """(data, raw_dtype) for GGUFWriter.add_tensor: norms stay f32 (llama.cpp needs them so)."""
+    """(data, raw_dtype) for GGUFWriter.add_tensor: norms and biases stay f32 (llama.cpp needs them so)."""
     if array.ndim == 1 or outtype == "f32":
         return array.astype(np.float32), None
     if outtype == "f16":
         return array.astype(np.float16), None
     return gguf.quants.quantize(array.astype(np.float32), gguf.GGMLQuantizationType.BF16), (
         gguf.GGMLQuantizationType.BF16
+    )
+
+
+def dense_state(model) -> dict[str, torch.Tensor]:
+    """The model's tensors by Hugging Face name, low-bit modules as their dequantized `.weight`."""
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantizedModule)}
+    state: dict[str, torch.Tensor] = {}
+    for key, tensor in model.state_dict().items():
+        module, _, leaf = key.rpartition(".")
+        if module in quantized:
+            if leaf == "qweight":
+                state[f"{module}.weight"] = quantized[module].dequantized_weight()
+            elif leaf == "bias":
+                state[key] = tensor
+            continue
+        state[key] = tensor
+    return state
+
+
+def _arch(family: Family, shapes: list[LayerShape]) -> gguf.MODEL_ARCH:
+    if all(s == shapes[0] for s in shapes):
+        return family.arch
+    if family.per_layer_arch is None:
+        _refuse(
+            f"cannot export: the layers of this {family.name} model differ in size (pruned unevenly), which "
+            f"llama.cpp's {family.arch_name} cannot hold; only Llama models export with per-layer sizes"
+        )
+    return family.per_layer_arch
+
+
+def plan_tensors(model) -> tuple[Family, gguf.MODEL_ARCH, int, list[LayerShape], list[TensorPlan]]:
+    """Every tensor the GGUF file of `model` holds, in llama.cpp's layout, with its Hugging Face origin."""
+    family = check_exportable(model)
+    config = model.config
+    head_dim, shapes = layer_shapes(model, family)
+    arch = _arch(family, shapes)
+    names = gguf.get_tensor_name_map(arch, len(shapes))
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    plans = []
+    for hf_name, tensor in dense_state(model).items():
+        if tied and hf_name == "lm_head.weight":
+            continue
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            _refuse(f"cannot export: no GGUF name for tensor {hf_name}")
+        data = tensor.detach().to(torch.float32).cpu().numpy()
+        order = None
+        if family.permute_qk and hf_name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+            layer = shapes[int(hf_name.split(".layers.")[1].split(".")[0])]
+            heads = layer.n_head if ".q_proj" in hf_name else layer.n_head_kv
+            order = permute_rotary(np.arange(data.shape[0]), heads)
+            data = data[order]
+        if family.norm_offset and hf_name.endswith("norm.weight"):
+            data = data + np.float32(family.norm_offset)
+        plans.append(TensorPlan(hf_name, gguf_name, data, order))
+    return family, arch, head_dim, shapes, plans
+
+
+def _file_type(outtype: str, blocks: dict[str, Blocks], file_type) -> gguf.LlamaFileType:
+    if file_type is not None:
+        return file_type
+    if blocks:  # the type most quantized weights have
+        counts: dict = {}
+        for b in blocks.values():
+            counts[b.qtype] = counts.get(b.qtype, 0) + b.data.size
+        qtype = max(counts, key=counts.get)
+        member = gguf.LlamaFileType.__members__.get("MOSTLY_" + qtype.name)
+        if member is not None:
+            return member
+    return {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}.get(
+        outtype, gguf.LlamaFileType.MOSTLY_BF16
     )
 
 
@@ -173,15 +258,18 @@ def write_float_gguf(
     name: str = "",
     metadata: dict | None = None,
     progress: Progress | None = None,
+    blocks: BlockSource = None,
+    file_type: gguf.LlamaFileType | None = None,
 ) -> FloatExport:
-    """Write `model` (a loaded LlamaForCausalLM) and `tokenizer` to `out_path` as GGUF in `outtype`."""
+    """Write `model` and `tokenizer` to `out_path` as GGUF: every tensor in `outtype` (norms and biases in f32)
+    except the weights `blocks` supplies by GGUF name (a dict, or a function of the tensor plans returning
+    one), written as those blocks."""
     if outtype not in FLOAT_TYPES:
         _refuse(f"unknown float type '{outtype}': choose one of {', '.join(FLOAT_TYPES)}")
-    check_exportable(model)
+    family, arch, head_dim, shapes, plans = plan_tensors(model)
+    blocks = dict((blocks(plans) if callable(blocks) else blocks) or {})
     config = model.config
-    head_dim, shapes = layer_shapes(model)
-    uniform = all(s == shapes[0] for s in shapes)
-    arch = gguf.MODEL_ARCH.LLAMA if uniform else gguf.MODEL_ARCH.DECI
+    uniform = arch == family.arch
     arch_name = gguf.MODEL_ARCH_NAMES[arch]
     n_layer = len(shapes)
     vocab_rows = int(model.get_input_embeddings().weight.shape[0])
@@ -204,39 +292,38 @@ def write_float_gguf(
         writer.add_head_count_kv([s.n_head_kv for s in shapes])
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(_rope_theta(config))
-    rope = getattr(config, "rope_parameters", None) or {}
-    if rope.get("rope_type") == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(rope["factor"]))
+    writer.add_rope_dimension_count(family.rope_dims(config, head_dim))
+    writer.add_rope_freq_base(float(rope_parameters(config)["rope_theta"]))
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    family.metadata(writer, config, head_dim)  # after the common keys: a family may override one
     writer.add_vocab_size(vocab_rows)
-    writer.add_file_type(
-        {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16}.get(
-            outtype, gguf.LlamaFileType.MOSTLY_BF16
-        )
-    )
+    writer.add_file_type(_file_type(outtype, blocks, file_type))
     if metadata:
         writer.add_string("greenlm.source", json.dumps(metadata, sort_keys=True, default=str))
     vocab.add_to(writer)
 
-    names = gguf.get_tensor_name_map(arch, n_layer)
-    tied = bool(getattr(config, "tie_word_embeddings", False))
-    state = model.state_dict()
-    items = [(k, v) for k, v in state.items() if not (tied and k == "lm_head.weight")]
-    for index, (hf_name, tensor) in enumerate(items):
-        gguf_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if gguf_name is None:
-            _refuse(f"cannot export: no GGUF name for tensor {hf_name}")
-        data = tensor.detach().to(torch.float32).cpu().numpy()
-        if hf_name.endswith("self_attn.q_proj.weight") or hf_name.endswith("self_attn.k_proj.weight"):
-            layer = shapes[int(hf_name.split(".layers.")[1].split(".")[0])]
-            data = permute_rotary(data, layer.n_head if ".q_proj" in hf_name else layer.n_head_kv)
-        data, raw_dtype = _encode(data, outtype)
-        writer.add_tensor(gguf_name, data, raw_dtype=raw_dtype)
+    written: dict[str, str] = {}
+    for index, plan in enumerate(plans):
+        block = blocks.pop(plan.gguf_name, None)
+        if block is not None:
+            rows = plan.data.shape[0]
+            if block.data.ndim != 2 or block.data.shape[0] != rows:
+                _refuse(
+                    f"cannot export: the blocks given for {plan.gguf_name} have {block.data.shape[0]} rows, not {rows}"
+                )
+            data = np.ascontiguousarray(block.data)
+            # quantized blocks are bytes (the writer needs their type); f32/f16 copies carry their own dtype
+            writer.add_tensor(plan.gguf_name, data, raw_dtype=block.qtype if data.dtype == np.uint8 else None)
+            written[plan.gguf_name] = block.source
+        else:
+            data, raw_dtype = _encode(plan.data, outtype)
+            writer.add_tensor(plan.gguf_name, data, raw_dtype=raw_dtype)
         if progress:
-            progress(index + 1, len(items))
+            progress(index + 1, len(plans))
+    if blocks:
+        _refuse(
+            f"cannot export: blocks given for tensors the model does not have: {', '.join(sorted(blocks))}"
+        )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -244,6 +331,15 @@ def write_float_gguf(
     notes = []
     if not uniform:
         notes.append("layers differ in size: written as llama.cpp architecture 'deci' with per-layer arrays")
+    notes.extend(family.notes(config))
+    quantized = [n for n, m in model.named_modules() if isinstance(m, QuantizedModule)]
+    if quantized:
+        not_blocks = [n for n in quantized if names_for(plans, n) not in written]
+        if not_blocks:
+            notes.append(
+                f"{len(not_blocks)} greenlm low-bit layers are written as their dequantized weights "
+                f"({outtype} before any llama.cpp quantization), not as their own codes"
+            )
     return FloatExport(
         path=out_path,
         arch=arch_name,
@@ -251,9 +347,16 @@ def write_float_gguf(
         layers=shapes,
         vocab_size=vocab_rows,
         tokenizer_pre=vocab.pre,
-        tensors=len(items),
+        tensors=len(plans),
+        family=family.name,
         notes=notes,
+        blocks_written=written,
     )
+
+
+def names_for(plans: list[TensorPlan], module: str) -> str | None:
+    """The GGUF name of Hugging Face module `module`'s weight."""
+    return next((p.gguf_name for p in plans if p.hf_name == f"{module}.weight"), None)
 
 
 def source_metadata(spec) -> dict:
@@ -265,8 +368,17 @@ def source_metadata(spec) -> dict:
     return meta
 
 
-def write_model_gguf(loaded, spec, target: Path, *, outtype: str, progress: Progress = noop) -> FloatExport:
-    """Write a loaded model (`models.LoadedModel`) of `spec` as a float GGUF, with its provenance."""
+def write_model_gguf(
+    loaded,
+    spec,
+    target: Path,
+    *,
+    outtype: str,
+    progress: Progress = noop,
+    blocks: BlockSource = None,
+    file_type: gguf.LlamaFileType | None = None,
+) -> FloatExport:
+    """Write a loaded model (`models.LoadedModel`) of `spec` as GGUF, with its provenance."""
     return write_float_gguf(
         loaded.model,
         loaded.tokenizer,
@@ -275,4 +387,6 @@ def write_model_gguf(loaded, spec, target: Path, *, outtype: str, progress: Prog
         name=Path(spec.name).name,
         metadata=source_metadata(spec),
         progress=progress,
+        blocks=blocks,
+        file_type=file_type,
     )

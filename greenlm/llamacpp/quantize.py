@@ -46,6 +46,32 @@ def check_quant_type(name: str, *, imatrix: bool = False) -> str:
     return quant
 
 
+def ggml_type_of(name: str) -> gguf.GGMLQuantizationType:
+    """A tensor type by its llama.cpp name (f32, f16, bf16, q8_0, q6_k, ...)."""
+    try:
+        return gguf.GGMLQuantizationType[name.strip().upper()]
+    except KeyError:
+        valid = ", ".join(t.name.lower() for t in gguf.GGMLQuantizationType)
+        raise GreenlmError(f"unknown tensor type '{name}': choose one of {valid}") from None
+
+
+def rows_fit(width: int, ggml_type: gguf.GGMLQuantizationType) -> bool:
+    """Whether rows `width` wide split into whole blocks of `ggml_type`."""
+    return width % gguf.GGML_QUANT_SIZES[ggml_type][0] == 0
+
+
+def check_rows_fit(path: Path, names: tuple[str, ...], ggml_type: gguf.GGMLQuantizationType) -> None:
+    """Refuse a type forced on tensors whose rows it cannot hold: llama.cpp applies a forced type without its
+    usual fallback, and writes a corrupt tensor (llama-cpp-python 0.3.36 then crashes)."""
+    for tensor in gguf.GGUFReader(str(path)).tensors:
+        if tensor.name in names and not rows_fit(int(tensor.shape[0]), ggml_type):
+            block = gguf.GGML_QUANT_SIZES[ggml_type][0]
+            raise GreenlmError(
+                f"{ggml_type.name.lower()} stores rows in blocks of {block} and {tensor.name} has rows "
+                f"{int(tensor.shape[0])} wide: choose another embedding type"
+            )
+
+
 def _ftype(lib, quant: str) -> int:
     member = gguf.LlamaFileType["MOSTLY_" + quant.upper()]
     value = getattr(lib, "LLAMA_FTYPE_MOSTLY_" + quant.upper(), None)
@@ -76,13 +102,23 @@ def quantize_gguf(
     *,
     threads: int | None = None,
     imatrix: dict[str, np.ndarray] | None = None,
+    embedding_type: str | None = None,
+    pure: bool = False,
 ) -> None:
     """Quantize GGUF `src` (f32) into `dst` as `quant` with llama.cpp; `imatrix` maps GGUF tensor names to the
-    mean squared activation of each input column."""
+    mean squared activation of each input column. `embedding_type` (a GGML type name: f32, f16, q8_0, ...)
+    overrides llama.cpp's choice for the token embedding and output head; `pure` turns off llama.cpp's
+    per-tensor type rules (every weight in `quant`, except where its rows do not fit the blocks)."""
     lib = import_llama_cpp()
     params = lib.llama_model_quantize_default_params()
     params.ftype = _ftype(lib, quant)
     params.nthread = threads or 0  # 0: llama.cpp's choice (the machine's cores)
+    params.pure = bool(pure)
+    if embedding_type is not None:
+        ggml_type = ggml_type_of(embedding_type)
+        check_rows_fit(src, ("token_embd.weight", "output.weight"), ggml_type)
+        params.token_embedding_type = int(ggml_type)
+        params.output_tensor_type = int(ggml_type)
     keep: list = []
     if imatrix:
         params.imatrix = ctypes.cast(

@@ -40,24 +40,36 @@ class GgufVocab:
         self.special.add_to_gguf(writer, quiet=True)
 
 
+# Split regexes of byte-level BPE tokenizers (applied before a regex-free ByteLevel step), and the llama.cpp
+# pre-tokenizer that splits the same way. The exporter checks on real text that they agree (verify.py).
+_SPLIT_REGEXES = {
+    # Qwen2 / Qwen2.5 / Qwen3: single digits
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
+    # Llama 3: digits in threes
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
+}
+
+
 def _pre_tokenizer_name(tokenizer_json: dict) -> str:
     """The llama.cpp pre-tokenizer equivalent to this tokenizer.json's, or a GreenlmError naming what we saw."""
     pre = tokenizer_json.get("pre_tokenizer") or {}
     steps = pre.get("pretokenizers", []) if pre.get("type") == "Sequence" else [pre]
     kinds = [s.get("type") for s in steps]
     byte_level = steps[-1] if steps and kinds[-1] == "ByteLevel" else None
-    if (
-        byte_level is not None
-        and byte_level.get("use_regex", True)
-        and not byte_level.get("add_prefix_space")
-    ):
-        if kinds == ["ByteLevel"]:
-            return "gpt-2"  # GPT-2's split regex
-        if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
-            return "smollm"  # every digit alone, then GPT-2's regex
+    if byte_level is not None and not byte_level.get("add_prefix_space"):
+        if byte_level.get("use_regex", True):
+            if kinds == ["ByteLevel"]:
+                return "gpt-2"  # GPT-2's split regex
+            if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
+                return "smollm"  # every digit alone, then GPT-2's regex
+        elif kinds == ["Split", "ByteLevel"] and steps[0].get("behavior") == "Isolated":
+            regex = (steps[0].get("pattern") or {}).get("Regex")
+            if regex in _SPLIT_REGEXES and not steps[0].get("invert"):
+                return _SPLIT_REGEXES[regex]
     raise GreenlmError(
         f"the tokenizer's pre-tokenizer ({' + '.join(str(k) for k in kinds) or 'none'}) is not one the GGUF "
-        "exporter maps to llama.cpp (byte-level BPE with GPT-2's split, optionally single digits first): "
+        "exporter maps to llama.cpp (byte-level BPE with GPT-2's split, optionally single digits first, or "
+        "Qwen2's or Llama 3's split regex): "
         "this tokenizer cannot be exported"
     )
 

@@ -5,6 +5,8 @@ parent's identity, `execution` (real | simulated), per-step reports and the qual
 Dense variants are ordinary transformers checkpoints. Variants with low-bit modules store their tensors in
 `greenlm-quantized.safetensors` (a name transformers does not pick up by mistake) and list each module's
 kind and spec in the manifest, so greenlm rebuilds the modules empty and fills them from the file.
+Layers quantized on a GGUF format's grid but kept as dense floats (simulated) also have their integer codes
+in `greenlm-codes.safetensors`, so `greenlm export` can write them as GGUF blocks without re-rounding.
 The directory appears whole or not at all (`greenlm.io.atomic_directory`).
 """
 
@@ -13,16 +15,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file, save_model
 from safetensors.torch import load_model as load_safetensors
-from safetensors.torch import save_model
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 import greenlm.kernels.linear  # noqa: F401  (registers every quantized module kind)
 from greenlm.errors import GreenlmError
 from greenlm.kernels.base import QUANTIZED_MODULES, QuantizedModule
+from greenlm.kernels.grid import QuantizedWeight
+from greenlm.kernels.linear import pack_int4, unpack_int4
 from greenlm.models.manifest import MANIFEST_FORMAT, read_manifest, write_manifest
 
 QUANTIZED_WEIGHTS = "greenlm-quantized.safetensors"
+CODES_FILE = "greenlm-codes.safetensors"
 
 
 def quantized_modules(model) -> dict[str, dict[str, Any]]:
@@ -34,9 +41,53 @@ def quantized_modules(model) -> dict[str, dict[str, Any]]:
     }
 
 
-def save_variant_files(model, tokenizer, directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def save_codes(directory: Path, codes: dict[str, QuantizedWeight]) -> dict[str, Any]:
+    """Write dense layers' integer codes to CODES_FILE; returns the manifest entry describing them."""
+    tensors = {}
+    layers = {}
+    for name, w in codes.items():
+        tensors[f"{name}.q"] = (pack_int4(w.q) if w.bits == 4 else w.q.to(torch.uint8)).contiguous()
+        tensors[f"{name}.scale"] = w.scale.float().contiguous()
+        tensors[f"{name}.zero"] = w.zero.float().contiguous()
+        layers[name] = {"bits": w.bits, "group_size": w.group_size, "shape": list(w.shape)}
+    save_file(tensors, str(directory / CODES_FILE), metadata={"format": "greenlm-codes/1"})
+    return {"file": CODES_FILE, "layers": layers}
+
+
+def load_codes(path: Path) -> dict[str, QuantizedWeight]:
+    """The integer codes a variant directory keeps for its dense quantized layers ({} when it has none)."""
+    entry = read_manifest(path).get("codes") or {}
+    layers = entry.get("layers") or {}
+    if not layers:
+        return {}
+    try:
+        tensors = load_file(str(path / entry.get("file", CODES_FILE)))
+        codes = {}
+        for name, info in layers.items():
+            q = tensors[f"{name}.q"]
+            q = unpack_int4(q) if info["bits"] == 4 else q
+            codes[name] = QuantizedWeight(
+                q, tensors[f"{name}.scale"], tensors[f"{name}.zero"], int(info["bits"]), info["group_size"]
+            )
+            if list(q.shape) != list(info["shape"]):
+                raise ValueError(f"{name} codes are {list(q.shape)}, the manifest says {info['shape']}")
+    except (OSError, KeyError, ValueError, SafetensorError) as exc:
+        raise GreenlmError(
+            f"the codes file of variant {path} is unreadable ({exc}): the directory is corrupt"
+        ) from None
+    return codes
+
+
+def save_variant_files(
+    model,
+    tokenizer,
+    directory: Path,
+    manifest: dict[str, Any],
+    codes: dict[str, QuantizedWeight] | None = None,
+) -> dict[str, Any]:
     """Write weights, config, tokenizer and manifest into `directory` (a temporary one: see `atomic_directory`).
-    Returns the manifest as written, with the weight layout and quantized-module specs filled in."""
+    Returns the manifest as written, with the weight layout and quantized-module specs filled in. `codes`:
+    integer codes of layers stored as dense floats (see CODES_FILE)."""
     modules = quantized_modules(model)
     if modules:
         model.config.save_pretrained(directory)
@@ -53,6 +104,8 @@ def save_variant_files(model, tokenizer, directory: Path, manifest: dict[str, An
         model.generation_config.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     manifest = dict(manifest, format=MANIFEST_FORMAT, weights=weights, quantized_modules=modules)
+    if codes:
+        manifest["codes"] = save_codes(directory, codes)
     write_manifest(directory, manifest)
     return manifest
 

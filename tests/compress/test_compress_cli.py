@@ -114,7 +114,7 @@ BITS_METHOD = next((m for m in ("rtn", "gptq") if m in method_names()), None)
             "bits",
             marks=pytest.mark.skipif(BITS_METHOD is None, reason="no quantization method registered"),
         ),
-        (["--method", "rtn", "--bits", "9"], "bits must be one of 8, 4, 3, got 9"),
+        (["--method", "rtn", "--bits", "9"], "bits must be one of 8, 5, 4, 3, got 9"),
         (["--method", "gptq", "--bits", "4", "--group-size", "0"], "group_size must be a whole number >= 1"),
         # 48 is a valid group size, but not for the tiny model's 64-wide inputs: found once the model is loaded
         (
@@ -176,8 +176,10 @@ def test_interrupted_quantization_leaves_nothing(monkeypatch, capsys, tiny_model
 
     real_save = variant.save_variant_files
 
-    def save_then_interrupt(model, tokenizer, directory, manifest):
-        real_save(model, tokenizer, directory, manifest)  # the whole variant written, not yet renamed
+    def save_then_interrupt(model, tokenizer, directory, manifest, **kwargs):
+        real_save(
+            model, tokenizer, directory, manifest, **kwargs
+        )  # the whole variant written, not yet renamed
         raise KeyboardInterrupt
 
     if where == "quantizing":

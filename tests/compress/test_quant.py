@@ -18,7 +18,7 @@ from greenlm.compress.quant_math import awq_search, gptq, output_error
 from greenlm.compress.quant_rtn import RTN
 from greenlm.compress.recipe import parse_step
 from greenlm.errors import GreenlmError
-from greenlm.kernels.grid import rtn
+from greenlm.kernels.grid import GGUF_GRIDS, rtn
 from greenlm.kernels.linear import KERNELS, QuantLinear, available_kernels, pack_int4, unpack_int4
 from greenlm.kernels.timing import FLOAT, KernelTiming
 from greenlm.models import load_model, resolve_model
@@ -263,7 +263,10 @@ def test_kernel_dense_is_simulated_and_keeps_plain_linears(tiny_model_dir, monke
     assert report.details["kernel"] == "dense" and report.details["quantized_weight_bytes"] is None
     for name, module in _linears(model).items():
         assert type(module) is torch.nn.Linear
-        assert torch.equal(module.weight, rtn(before[name], 4, 32).dequantize())
+        # bits 4, groups of 32, symmetric: Q4_0's grid (gguf auto), its codes kept for export
+        expected = rtn(before[name], 4, 32, gguf=GGUF_GRIDS["q4_0"])
+        assert torch.equal(module.weight, expected.dequantize())
+        assert torch.equal(report.codes[name].q, expected.q)
     assert torch.equal(model.model.embed_tokens.weight, embed)  # lm_head is skipped: the tied embedding stays
 
 
@@ -405,7 +408,7 @@ def test_dense_variant_also_loads_with_plain_transformers(tiny_model_dir, tmp_pa
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (dict(bits=9), "bits must be one of 8, 4, 3, got 9"),
+        (dict(bits=9), "bits must be one of 8, 5, 4, 3, got 9"),
         (dict(bits=True), "bits must be one of"),
         (dict(bits=4, group_size=0), "group_size must be a whole number >= 1"),
         (dict(bits=4, group_size=True), "group_size must be a whole number >= 1"),
@@ -426,7 +429,7 @@ def test_bad_settings_are_refused(cls, settings, message):
 @pytest.mark.parametrize(
     "step, message",
     [
-        ({"method": "rtn", "bits": 9}, "bits must be one of 8, 4, 3"),
+        ({"method": "rtn", "bits": 9}, "bits must be one of 8, 5, 4, 3"),
         ({"method": "gptq", "group_size": True}, "'group_size' must be a whole number or null"),
         ({"method": "awq", "group_size": 0}, "group_size must be a whole number >= 1"),
         ({"method": "rtn", "kernal": "dense"}, "unknown setting 'kernal' (did you mean 'kernel'?)"),

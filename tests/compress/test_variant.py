@@ -95,10 +95,9 @@ def test_existing_output_is_refused_before_any_work(tiny_model_dir, tmp_path, mo
 def test_a_failure_while_saving_leaves_nothing(tiny_model_dir, tmp_path, monkeypatch, error):
     real_save = variant_module.save_variant_files
 
-    def save_then_fail(model, tokenizer, directory, manifest):
-        real_save(
-            model, tokenizer, directory, manifest
-        )  # everything written ... then the rename never happens
+    def save_then_fail(model, tokenizer, directory, manifest, **kwargs):
+        # everything written ... then the rename never happens
+        real_save(model, tokenizer, directory, manifest, **kwargs)
         raise error
 
     monkeypatch.setattr(pipeline_module, "save_variant_files", save_then_fail)

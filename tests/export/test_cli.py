@@ -108,3 +108,84 @@ def test_eval_json_through_llamacpp(monkeypatch, capsys, tiny_model_dir, tmp_pat
         assert record["engine"] == "llamacpp" and record["quant_type"] == "q8_0"
         assert record["file_mb"] == pytest.approx(gguf.stat().st_size / 1e6, abs=0.01)
         assert record["windows"] == 2 and record["ppl"] > 1
+
+
+def test_export_of_a_gptq_variant_says_it_wrote_the_codes(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    from greenlm.compress.pipeline import CompressConfig, compress
+
+    compress(
+        CompressConfig(
+            recipe=[{"method": "gptq", "kernel": "dense"}],
+            out=str(tmp_path / "gptq4"),
+            model=str(tiny_model_dir),
+            calibration_samples=4,
+            calibration_tokens=64,
+            evaluate=False,
+        )
+    )
+    out, _err = _run(
+        monkeypatch, capsys, "export", "--model", str(tmp_path / "gptq4"), "--out", str(tmp_path / "m.gguf")
+    )
+    assert "greenlm codes: 14 weight matrices written as the variant's own q4_0 blocks" in out
+    assert "bit for bit" in out and "written by: greenlm gptq codes as q4_0 blocks" in out
+    out, _err = _run(
+        monkeypatch,
+        capsys,
+        "export",
+        "--model",
+        str(tmp_path / "gptq4"),
+        "--out",
+        str(tmp_path / "r.gguf"),
+        "--no-codes",
+        "--json",
+    )
+    record = json.loads(out)
+    assert record["quant_type"] == "q4_0" and record["codes"] is None
+    assert any("--no-codes" in n for n in record["notes"])
+
+
+def test_export_mixed_reports_its_choice(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    args = [
+        "export",
+        "--model",
+        str(tiny_model_dir),
+        "--mixed",
+        "--max-kld",
+        "0.001",
+        "--candidates",
+        "q8_0,q4_0",
+    ]
+    args += ["--calibration-samples", "2", "--calibration-tokens", "64"]
+    out, _err = _run(monkeypatch, capsys, *args, "--out", str(tmp_path / "m.gguf"), "--json")
+    record = json.loads(out)
+    assert record["quant_type"] == "mixed" and record["mixed"]["measured_kld"] <= 0.001
+    assert (
+        set(record["mixed"]["choice"].values()) <= {"q8_0", "q4_0"} and len(record["mixed"]["choice"]) == 15
+    )
+    out, _err = _run(monkeypatch, capsys, *args, "--out", str(tmp_path / "t.gguf"))
+    assert "mixed types for energy:" in out and "MB read per decoded token" in out
+
+
+def test_mixed_flags_without_mixed_are_one_line(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    from greenlm.cli import main
+
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "greenlm",
+            "export",
+            "--model",
+            str(tiny_model_dir),
+            "--out",
+            str(tmp_path / "m.gguf"),
+            "--max-kld",
+            "0.1",
+        ],
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: --max-kld applies to --mixed: add --mixed or drop it"
+    assert list(tmp_path.iterdir()) == []
