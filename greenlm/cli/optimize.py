@@ -237,6 +237,15 @@ def _print_summary(s: dict) -> None:
             "no candidate met the quality budget while costing less than the baseline; closest shown",
             markup=False,
         )
+    for r in s["pareto"] + ([best] if best and best not in s["pareto"] else []):
+        if r.get("training_energy_j"):
+            tokens = r.get("payback_tokens")
+            repaid = f"repaid after {tokens:,.0f} served tokens" if tokens else "never repaid (no saving)"
+            out.print(
+                f"payback: {r['label']} spent {r['training_energy_j']:.0f} J training, {repaid} against "
+                "float32 transformers",
+                markup=False,
+            )
     if best and s["variant_dir"]:
         out.print(
             f"chosen variant saved in {s['variant_dir']} with how it ran ({best['engine']}, threads "

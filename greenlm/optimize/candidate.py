@@ -14,59 +14,77 @@ import statistics
 import time
 from pathlib import Path
 
-from greenlm.compress.pipeline import CompressConfig, compress
 from greenlm.engines.factory import create_engine
 from greenlm.engines.speculative import SpeculativeConfig
 from greenlm.errors import GreenlmError
 from greenlm.evaluate.compare import compare_to_reference
 from greenlm.evaluate.reference import reference_stats
 from greenlm.export.config import ExportConfig
+from greenlm.export.fastpath import gguf_for_recipe, recipe_key, variant_for
 from greenlm.export.runner import export_model
 from greenlm.io import atomic_directory, refuse_existing
+from greenlm.models.manifest import MANIFEST_NAME
 from greenlm.models.run import RunSettings, save_run_settings
 from greenlm.models.spec import resolve_model
 from greenlm.optimize.config import EvalSettings
-from greenlm.optimize.space import Candidate
+from greenlm.optimize.space import CODES, MIXED, Candidate
 from greenlm.workload.config import MeasureConfig
 from greenlm.workload.runner import run_measure
 
 
-def _variant_dir(settings: EvalSettings, candidate: Candidate) -> Path | None:
+def _variant_dir(settings: EvalSettings, recipe) -> Path | None:
     """Build (once per recipe) the compressed variant; None when the candidate uses the parent as is."""
-    if not candidate.recipe:
+    if not recipe:
         return None
-    target = Path(settings.workdir) / "variants" / candidate.recipe_key
-    if not (target / "greenlm-variant.json").is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            compress(
-                CompressConfig(
-                    recipe=[dict(s) for s in candidate.recipe],
-                    out=str(target),
-                    model=settings.model,
-                    text=settings.text,
-                    evaluate=False,
-                )
-            )
-        except GreenlmError:
-            if not (target / "greenlm-variant.json").is_file():  # another worker may have built it meanwhile
-                raise
-    return target
+    try:
+        return variant_for(settings.model, recipe, settings.workdir, text=settings.text)
+    except GreenlmError:
+        target = Path(settings.workdir) / "variants" / recipe_key(recipe)
+        if not (target / MANIFEST_NAME).is_file():  # another worker may have built it meanwhile
+            raise
+        return target
 
 
 def _gguf_file(settings: EvalSettings, candidate: Candidate, source: Path | None) -> Path:
-    """The llama.cpp file for the candidate: the parent's own GGUF when it is one and nothing is changed,
-    else the parent or variant exported and quantized by llama.cpp (built once per search)."""
+    """The llama.cpp file for the candidate (built once per search): the parent's own GGUF when it is one and
+    nothing is changed; the recipe's own codes as GGUF blocks (`codes`); a per-tensor mix over the float parent
+    (`mixed`); else the parent or variant exported and quantized by llama.cpp."""
     if source is None and candidate.quant_type is None:
         parent = resolve_model(settings.model)
         if parent.is_gguf:
             return parent.path
     quant = candidate.quant_type or "f16"
-    target = Path(settings.workdir) / "gguf" / f"{candidate.recipe_key}-{quant}.gguf"
-    if not target.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        export_model(
-            ExportConfig(out=str(target), model=str(source) if source else settings.model, quant=quant)
+    if quant == MIXED:
+        name = f"mixed-{candidate.key}.gguf"
+    else:
+        name = f"{candidate.recipe_key}-{quant}.gguf"
+    target = Path(settings.workdir) / "gguf" / name
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if quant == MIXED:
+        gguf_for_recipe(
+            settings.model,
+            target,
+            workdir=settings.workdir,
+            mixed=True,
+            max_kld=candidate.mixed_max_kld,
+            codes_recipes=candidate.codes_from,
+            text=settings.text,
+        )
+        return target
+    result = export_model(
+        ExportConfig(
+            out=str(target),
+            model=str(source) if source else settings.model,
+            quant="auto" if quant == CODES else quant,
+        )
+    )
+    if quant == CODES and not result.codes:
+        target.unlink(missing_ok=True)
+        raise GreenlmError(
+            f"the recipe {[dict(s) for s in candidate.recipe]} made no GGUF-format codes (its grid matches no "
+            "GGUF block type): use gguf: auto with 4/5/8 bits in groups of 32, or a llama.cpp quant type"
         )
     return target
 
@@ -200,11 +218,15 @@ def evaluate_candidate(settings: EvalSettings, candidate: Candidate, front: list
     }
     engine = None
     try:
-        variant = _variant_dir(settings, candidate)
+        variant = _variant_dir(settings, candidate.recipe)
+        record["execution"] = "real"
         if variant is not None:
-            record["execution"] = json.loads((variant / "greenlm-variant.json").read_text())["execution"]
-        else:
-            record["execution"] = "real"
+            manifest = json.loads((variant / MANIFEST_NAME).read_text())
+            record["execution"] = manifest["execution"]
+            training = manifest.get("training") or {}
+            # healing's bill is the candidate's too: payback in the summary and the report reads it
+            record["training_energy_j"] = training.get("energy_j")
+            record["training_carbon_g"] = training.get("carbon_g")
         if candidate.engine == "llamacpp":
             path = _gguf_file(settings, candidate, variant)
             record["execution"] = "real"  # llama.cpp runs its quantized types on their own kernels

@@ -22,6 +22,7 @@ from pathlib import Path
 from greenlm.data.sources import load_text
 from greenlm.data.split import split_text
 from greenlm.energy.carbon import resolve_intensity, validate_pue
+from greenlm.energy.payback import payback_tokens
 from greenlm.errors import GreenlmError
 from greenlm.io import refuse_existing
 from greenlm.models.spec import resolve_model
@@ -59,6 +60,9 @@ SUMMARY_FIELDS = (
     "host",
     "status",
     "final",
+    "training_energy_j",  # healing (a distill step) spent this making the candidate
+    "payback_tokens",  # served tokens until its saving over the float32 baseline repays that energy
+    "payback_tokens_natural",  # the same against the model as given on its natural engine
 )
 
 
@@ -170,6 +174,18 @@ def _comparability(base: dict, best: dict) -> str | None:
     return None
 
 
+def _add_payback(rows: list[dict], base: dict, nat: dict) -> None:
+    """For candidates made with training energy: served tokens until their per-token saving against each
+    baseline repays it (None when they save nothing against that baseline)."""
+    for row in rows:
+        training_j = row.get("training_energy_j")
+        if row["status"] != MEASURED or not training_j:
+            continue
+        cost = OptimizeResult.cost(row)
+        row["payback_tokens"] = payback_tokens(training_j, OptimizeResult.cost(base), cost)
+        row["payback_tokens_natural"] = payback_tokens(training_j, OptimizeResult.cost(nat), cost)
+
+
 def optimize(
     config: OptimizeConfig,
     *,
@@ -192,7 +208,7 @@ def optimize(
     resolve_intensity(settings.country, settings.region, settings.carbon_intensity)
     validate_pue(settings.pue)
     split_text(load_text(settings.text))
-    space = load_space(config.space)
+    space = load_space(config.space, config.time_budget_s)
     executor = make_executor(
         config.executor,
         config.ray_address,
@@ -323,6 +339,7 @@ def optimize(
                 f"{finalists[1]['final']['spread']['max']:.4g}) overlap over {config.final_rounds} rounds; "
                 "either is a fair choice"
             )
+    _add_payback(rows, base, nat)
     best = finalists[0] if finalists else None
     # The chosen must cost less than the float32 baseline to be worth choosing.
     if best is not None and OptimizeResult.cost(best) >= OptimizeResult.cost(base):

@@ -20,6 +20,13 @@ from greenlm.errors import GreenlmError
 
 ENGINES = ("transformers", "llamacpp")
 SPECULATIVE = ("prompt-lookup",)
+# quant_type values greenlm writes itself rather than asking llama.cpp's quantizer for
+CODES = "codes"  # the recipe's own quantization codes as GGUF blocks (GPTQ / RTN / AWQ on a GGUF grid)
+MIXED = "mixed"  # per-tensor types chosen for the fewest bytes per token within mixed_max_kld
+# Healing (a distill step after a cut) costs minutes of training per candidate: the default space offers it only
+# when the search's time budget holds it several times over.
+HEAL_MIN_BUDGET_S = 60 * 60
+HEAL_MAX_MINUTES = 15
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,10 @@ class Candidate:
     threads: int | None = None
     # Decoding that keeps greedy output unchanged: "prompt-lookup" (n-gram drafts, llamacpp). None = plain.
     speculative: str | None = None
+    # quant_type "mixed": the file's KLD budget (vs the float parent, on calibration text) and the recipes whose
+    # GGUF codes are candidate types beside llama.cpp's
+    mixed_max_kld: float | None = None
+    codes_from: tuple[tuple[dict, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -49,11 +60,38 @@ class Candidate:
                 raise GreenlmError("speculative decoding candidates need engine llamacpp")
         if self.threads is not None and self.threads < 1:
             raise GreenlmError(f"candidate threads must be at least 1, got {self.threads}")
+        self._check_greenlm_types()
+
+    def _check_greenlm_types(self) -> None:
+        if self.quant_type == CODES and not any(s.get("method") in QUANT_METHODS for s in self.recipe):
+            raise GreenlmError(
+                "quant_type codes writes a recipe's quantization codes: add a gptq, rtn or awq step to its recipe"
+            )
+        if self.quant_type == MIXED:
+            if self.recipe:
+                raise GreenlmError(
+                    "quant_type mixed is chosen over the float parent: move the recipe to codes_from"
+                )
+            kld = self.mixed_max_kld
+            if isinstance(kld, bool) or not isinstance(kld, (int, float)) or not kld > 0:
+                raise GreenlmError(f"quant_type mixed needs mixed_max_kld > 0 (nats per token), got {kld!r}")
+        elif self.mixed_max_kld is not None or self.codes_from:
+            raise GreenlmError("mixed_max_kld and codes_from apply to quant_type mixed only")
+        for recipe in self.codes_from:
+            if not any(isinstance(s, dict) and s.get("method") in QUANT_METHODS for s in recipe):
+                raise GreenlmError(f"codes_from recipe {list(recipe)!r} has no gptq, rtn or awq step")
 
     def to_dict(self) -> dict[str, Any]:
         d = {**asdict(self), "recipe": [dict(s) for s in self.recipe]}
-        if d["speculative"] is None:  # plain decoding: keys stay those of searches stored before the field
+        # Fields left at their defaults are dropped: keys stay those of searches stored before the fields.
+        if d["speculative"] is None:
             del d["speculative"]
+        if d["mixed_max_kld"] is None:
+            del d["mixed_max_kld"]
+        if self.codes_from:
+            d["codes_from"] = [[dict(s) for s in r] for r in self.codes_from]
+        else:
+            del d["codes_from"]
         return d
 
     @property
@@ -70,7 +108,10 @@ class Candidate:
     @property
     def label(self) -> str:
         steps = "+".join(_step_label(s) for s in self.recipe) or "base"
-        if self.engine == "llamacpp":
+        if self.quant_type == MIXED:
+            codes = "".join(f"+{'+'.join(_step_label(s) for s in r)}" for r in self.codes_from)
+            engine = f"llamacpp:mixed(kld<={self.mixed_max_kld:g}{codes})"
+        elif self.engine == "llamacpp":
             # No quant type: the parent's own GGUF when nothing else changes it, else an f16 export.
             engine = f"llamacpp:{self.quant_type or ('as-is' if not self.recipe else 'f16')}"
         else:
@@ -78,6 +119,9 @@ class Candidate:
         threads = f"@{self.threads}t" if self.threads else ""
         decoding = f" +{self.speculative}" if self.speculative else ""
         return f"{steps} / {engine}{threads}{decoding}"
+
+
+QUANT_METHODS = ("gptq", "rtn", "awq")
 
 
 def _step_label(step: dict) -> str:
@@ -101,13 +145,12 @@ class SearchSpace:
 
 
 def expand(grid: dict[str, Any]) -> list[Candidate]:
-    """`{recipes: [...], engine: transformers|llamacpp, quant_types: [...], threads: [...]}` → candidates."""
-    unknown = set(grid) - {"recipes", "engine", "quant_types", "threads", "speculative"}
+    """`{recipes: [...], engine: transformers|llamacpp, quant_types: [...], threads: [...]}` → candidates;
+    `mixed_max_kld` and `codes_from` (a list of recipes) go with quant type mixed."""
+    keys = ("recipes", "engine", "quant_types", "threads", "speculative", "mixed_max_kld", "codes_from")
+    unknown = set(grid) - set(keys)
     if unknown:
-        raise GreenlmError(
-            f"search space entry has unknown key(s) {sorted(unknown)}: use recipes, engine, quant_types, "
-            "threads, speculative"
-        )
+        raise GreenlmError(f"search space entry has unknown key(s) {sorted(unknown)}: use {', '.join(keys)}")
     recipes = grid.get("recipes", [[]])
     if not isinstance(recipes, list) or not all(isinstance(r, list) for r in recipes):
         raise GreenlmError(
@@ -121,15 +164,19 @@ def expand(grid: dict[str, Any]) -> list[Candidate]:
     threads = grid.get("threads", [None])
     speculative = grid.get("speculative", [None])
     engine = grid.get("engine", "transformers")
+    codes_from = grid.get("codes_from", [])
+    if not isinstance(codes_from, list) or not all(isinstance(r, list) for r in codes_from):
+        raise GreenlmError("search space 'codes_from' must be a list of recipes (step lists)")
+    mixed = {"mixed_max_kld": grid.get("mixed_max_kld"), "codes_from": tuple(tuple(r) for r in codes_from)}
     return [
-        Candidate(tuple(recipe), engine, quant, thr, spec)
+        Candidate(tuple(recipe), engine, quant, thr, spec, **(mixed if quant == MIXED else {}))
         for recipe, quant, thr, spec in itertools.product(recipes, quant_types, threads, speculative)
     ]
 
 
-def load_space(path: str | None) -> SearchSpace:
+def load_space(path: str | None, time_budget_s: float | None = None) -> SearchSpace:
     if path is None:
-        return default_space()
+        return default_space(time_budget_s)
     p = Path(path)
     if not p.is_file():
         raise GreenlmError(f"search space file '{path}' not found")
@@ -144,11 +191,16 @@ def load_space(path: str | None) -> SearchSpace:
     return SearchSpace([c for grid in data["grids"] for c in expand(grid)], source=str(path))
 
 
-def default_space() -> SearchSpace:
+def default_space(time_budget_s: float | None = None) -> SearchSpace:
     """Sensible defaults for a small model on a CPU: llama.cpp file types first (on a CPU the engine matters as
-    much as the compression, and decode cost follows bytes per token), with and without cut layers, at one and
-    at all threads; then structured cuts on transformers. The baseline (transformers float32) always runs."""
+    much as the compression, and decode cost follows bytes per token), then greenlm's own files in that engine
+    (GPTQ codes as Q4_0 blocks, and a per-tensor mix with those codes among the candidates), the types again at
+    all threads, cut layers, and structured cuts on transformers. When `time_budget_s` holds at least an hour,
+    a cut healed by distillation too (a sixth of the budget, at most 15 minutes of training). The baseline
+    (transformers float32) always runs."""
     drop = [[{"method": "drop_layers", "count": n}] for n in (2, 4)]
+    gptq = [{"method": "gptq"}]  # int4, groups of 32, symmetric: Q4_0's grid
+    uniform = ["q8_0", "q6_k", "q5_k_m", "q4_k_m"]
     grids = [
         {
             "engine": "llamacpp",
@@ -156,12 +208,17 @@ def default_space() -> SearchSpace:
             "quant_types": [None],
             "threads": [1],
         },  # the parent's own GGUF
+        {"engine": "llamacpp", "recipes": [[]], "quant_types": uniform, "threads": [1]},
+        {"engine": "llamacpp", "recipes": [gptq], "quant_types": [CODES], "threads": [1]},
         {
             "engine": "llamacpp",
             "recipes": [[]],
-            "quant_types": ["q8_0", "q6_k", "q5_k_m", "q4_k_m"],
-            "threads": [1, None],
+            "quant_types": [MIXED],
+            "mixed_max_kld": 0.01,
+            "codes_from": [gptq],
+            "threads": [1],
         },
+        {"engine": "llamacpp", "recipes": [[]], "quant_types": uniform, "threads": [None]},
         {"engine": "llamacpp", "recipes": drop[:1], "quant_types": ["q8_0", "q5_k_m"], "threads": [1]},
         {  # same output as plain greedy decoding: only speed and energy can change
             "engine": "llamacpp",
@@ -172,4 +229,8 @@ def default_space() -> SearchSpace:
         },
         {"engine": "transformers", "recipes": drop},
     ]
+    if time_budget_s is not None and time_budget_s >= HEAL_MIN_BUDGET_S:
+        minutes = min(HEAL_MAX_MINUTES, round(time_budget_s / 60 / 6))
+        healed = [drop[0][0], {"method": "distill", "minutes": minutes}]
+        grids.append({"engine": "llamacpp", "recipes": [healed], "quant_types": ["q8_0"], "threads": [1]})
     return SearchSpace([c for g in grids for c in expand(g)], source="default")

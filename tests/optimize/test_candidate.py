@@ -88,3 +88,37 @@ def test_speculative_candidates_need_llamacpp_and_keep_plain_keys():
         Candidate(speculative="prompt-lookup")
     with pytest.raises(GreenlmError, match="unknown"):
         Candidate(engine="llamacpp", speculative="medusa")
+
+
+def test_gptq_codes_run_in_llamacpp_as_gguf_blocks(settings):
+    candidate = Candidate(recipe=({"method": "gptq"},), engine="llamacpp", quant_type="codes", threads=1)
+    record = evaluate_candidate(settings, candidate, [])
+    assert record["status"] == "measured", record.get("reason")
+    assert record["model_path"].endswith("-codes.gguf") and record["execution"] == "real"
+    assert 0 < record["kld"] < 0.5 and record["decode_j_per_token"] > 0
+
+
+def test_codes_from_a_grid_no_gguf_type_matches_fail_with_the_reason(settings):
+    recipe = ({"method": "rtn", "bits": 4, "group_size": 64},)
+    record = evaluate_candidate(settings, Candidate(recipe=recipe, engine="llamacpp", quant_type="codes"), [])
+    assert record["status"] == "failed" and "no GGUF-format codes" in record["reason"], record.get("reason")
+
+
+def test_a_mixed_file_with_gptq_codes_among_the_types_is_measured(settings):
+    candidate = Candidate(
+        engine="llamacpp",
+        quant_type="mixed",
+        mixed_max_kld=0.5,
+        codes_from=(({"method": "gptq"},),),
+        threads=1,
+    )
+    record = evaluate_candidate(settings, candidate, [])
+    assert record["status"] == "measured", record.get("reason")
+    assert "mixed-" in record["model_path"] and record["kld"] < 0.5
+
+
+def test_a_healed_cut_carries_its_training_energy(settings):
+    recipe = ({"method": "drop_layers", "count": 1}, {"method": "distill", "steps": 2, "seq_len": 32})
+    record = evaluate_candidate(settings, Candidate(recipe=recipe), [])
+    assert record["status"] == "measured", record.get("reason")
+    assert record["training_energy_j"] > 0 and record["training_carbon_g"] > 0

@@ -214,3 +214,21 @@ def test_without_a_final_round_other_hosts_make_the_ratio_not_comparable(setup):
     assert out["chosen"] is not None and not out["comparable"]
     assert out["j_per_token_ratio"] is None
     assert any("host" in n and "not comparable" in n for n in out["notes"])
+
+
+def test_a_trained_candidates_payback_is_in_the_summary(setup):
+    config, store = setup
+
+    def work(candidate, front):
+        record = fake_work(candidate, front)
+        if candidate.quant_type == "q4_k_m":
+            record["training_energy_j"] = 380.0
+        return record
+
+    out = optimize(config(), store=store, work=work, final=fake_final).to_dict()
+    chosen = out["chosen"]
+    assert chosen["quant_type"] == "q4_k_m" and chosen["training_energy_j"] == 380.0
+    # 380 J / (0.5 - 0.12) J/token saved against float32 transformers (also the natural baseline here)
+    assert chosen["payback_tokens"] == pytest.approx(1000.0)
+    assert chosen["payback_tokens_natural"] == pytest.approx(1000.0)
+    assert all(p.get("payback_tokens") is None for p in out["pareto"] if p["key"] != chosen["key"])

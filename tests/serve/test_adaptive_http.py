@@ -101,7 +101,13 @@ def test_requests_through_switches_unloads_and_reloads_never_fail(adaptive, clie
     # own unit tests pin the rules)
     assert {d["to"] for d in switches} >= {"good", "cheap"}
     assert "carbon-high" in {d["reason"] for d in switches}
-    assert {d["reason"] for d in switches} <= {"carbon-high", "carbon-low", "quality-budget", "load-slo", "load-calm"}
+    assert {d["reason"] for d in switches} <= {
+        "carbon-high",
+        "carbon-low",
+        "quality-budget",
+        "load-slo",
+        "load-calm",
+    }
     assert view["quality"]["mean_kld_served"] <= 0.1  # the token-weighted budget held
     # quiet: one core, then unloaded; the next request reloads it and succeeds
     wait_for(lambda: not data(adaptive)["state"]["loaded"], "the idle unload")
