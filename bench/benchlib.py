@@ -39,7 +39,18 @@ def git_commit() -> dict:
     try:
         return {
             "commit": git("rev-parse", "HEAD"),
-            "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+            # the code that ran differs from the commit (README or notes edited meanwhile do not count)
+            "dirty": bool(
+                git(
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=no",
+                    "--",
+                    "greenlm",
+                    "bench/*.py",
+                    "pyproject.toml",
+                )
+            ),
         }
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
