@@ -27,6 +27,8 @@ __getattr__, __dir__, __all__ = lazy(
         "GreenlmError": "greenlm.errors",
         "MeasureConfig": "greenlm.workload.config",
         "OptimizeConfig": "greenlm.optimize.config",
+        "ServeConfig": "greenlm.serve.config",
+        "Server": "greenlm.serve.server",  # the serve verb's library object (greenlm.serve.create_app: its app)
         "compress": "greenlm.compress.pipeline",
         "distill": "greenlm.distill.runner",
         "evaluate": "greenlm.evaluate.runner",

@@ -164,6 +164,13 @@ def test_import_greenlm_is_light_and_exposes_the_verbs():
     assert out.stdout.strip() == "[] []"
 
 
+def test_the_package_face_names_every_verb():
+    import greenlm
+
+    verbs = {"measure", "evaluate", "compress", "export", "optimize", "report", "distill", "track", "Server"}
+    assert verbs <= set(greenlm.__all__)
+
+
 if __name__ == "__main__":  # `python tests/test_layers.py` prints the package graph and any cycle
     g = import_graph()
     for package, targets in sorted(package_graph(g).items()):
