@@ -293,8 +293,8 @@ def _print_result(r: dict) -> None:
     if f:
         lines.append(
             f"forecast after {f['steps_done']} of {f['total_steps']} steps: {fmt(f['total_j'])} J "
-            f"(range {fmt(f['total_low_j'])}–{fmt(f['total_high_j'])}); measured {fmt(e['energy_j'])} J, "
-            f"error {e['forecast_error_pct']:+.1f}%"
+            f"(range {fmt(f['total_low_j'])}–{fmt(f['total_high_j'])}); measured {fmt(e['energy_j'])} J"
+            + (f", error {e['forecast_error_pct']:+.1f}%" if e.get("forecast_error_pct") is not None else "")
         )
     lines.append(f"payback: {r['payback']}")
     for n in r["notes"]:

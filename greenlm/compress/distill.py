@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from greenlm.compress.base import CompressContext, StepConfig, StepReport, register
 from greenlm.energy.carbon import resolve_intensity
-from greenlm.energy.detect import get_meter
+from greenlm.energy.detect import get_meter, meter_names
 from greenlm.errors import GreenlmError
 from greenlm.kernels.base import QuantizedModule
 from greenlm.models.loader import load_model
@@ -61,10 +61,7 @@ class Distill(StepConfig):
 
     def __post_init__(self) -> None:
         TrainSettings.pick(self).validate(cli=False)
-        if not isinstance(self.meter, str) or not self.meter:
-            raise GreenlmError(
-                f"distill meter must be a meter name such as auto or cpu-model, got {self.meter!r}"
-            )
+        meter_names(self.meter)  # an unknown meter fails here, before any step of the recipe runs
 
 
 def check_trainable(model, name: str) -> None:
@@ -117,7 +114,10 @@ def apply_distill(model, config: Distill, ctx: CompressContext) -> StepReport:
         elif "done" in status:
             ctx.progress(f"distill: {status['phase']}", status["done"], status["total"])
 
-    outcome = train(teacher, model, data, settings, meter=meter, intensity=intensity, progress=progress)
+    try:
+        outcome = train(teacher, model, data, settings, meter=meter, intensity=intensity, progress=progress)
+    finally:
+        meter.close()
     model.eval()
     del teacher
     notes = list(outcome.notes)

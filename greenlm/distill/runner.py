@@ -391,6 +391,8 @@ def distill(
         if run.latest() is None:  # nothing to resume from: leave nothing behind
             run.remove()
         raise
+    finally:
+        meter.close()  # RAPL's sampling thread, NVML's handle
     student.eval()
     for n in outcome.notes:
         say(n)

@@ -132,6 +132,20 @@ def _auto(*, cpu_settings: CpuModelSettings, rapl_root: str) -> tuple[Meter, str
     return meter, note
 
 
+def meter_names(spec: str) -> list[str]:
+    """The meters a spec names (["auto"] for auto), or one line saying what is wrong with it: checked before
+    any work, whether or not this machine has them."""
+    key = spec.strip().lower() if isinstance(spec, str) else ""
+    if key == "auto":
+        return [key]
+    names = key.split("+")
+    if not all(n in METER_NAMES for n in names) or len(set(names)) != len(names):
+        raise GreenlmError(f"unknown meter {spec!r}: choose one of {_VALID_SPECS}")
+    if "rapl" in names and "cpu-model" in names:
+        raise GreenlmError("rapl and cpu-model both count the CPU, so together they double count: choose one")
+    return names
+
+
 def get_meter(
     spec: str = "auto",
     *,
@@ -155,11 +169,7 @@ def get_meter(
         meter, note = _auto(cpu_settings=cpu, rapl_root=rapl_root)
         meter.selection_note = note
         return meter
-    names = key.split("+")
-    if not all(n in METER_NAMES for n in names) or len(set(names)) != len(names):
-        raise GreenlmError(f"unknown meter {spec!r}: choose one of {_VALID_SPECS}")
-    if "rapl" in names and "cpu-model" in names:
-        raise GreenlmError("rapl and cpu-model both count the CPU, so together they double count: choose one")
+    names = meter_names(spec)
     meters: list[Meter] = []
     try:
         for name in names:

@@ -21,6 +21,8 @@ from greenlm.models.spec import ModelSpec
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "gpu":  # llama.cpp's word for an offloaded run, which check_device accepts too
+        device = "cuda"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise GreenlmError(f"device '{device}' asked for but torch sees no CUDA GPU: use --device cpu")
     if device != "cpu" and not device.startswith("cuda"):

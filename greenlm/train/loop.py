@@ -145,10 +145,10 @@ def _teacher_cache(
     on_the_fly = "on the fly, full vocabulary"
     if size > CACHE_MAX_BYTES:
         reason = f"its top-{settings.teacher_topk} cache would take {size / 2**30:.1f} GiB"
-    elif plan.fixed() is not None and plan.fixed() * settings.grad_accum < batches_per_epoch(
+    elif plan.fixed() is not None and plan.fixed() * settings.grad_accum <= batches_per_epoch(
         num_windows, settings.batch_size
     ):
-        reason = "the budget is less than one epoch, so a cache would not be reused"
+        reason = "the budget is at most one epoch, so a cache would not be reused"
     else:
         reason = None
 

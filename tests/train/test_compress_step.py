@@ -64,3 +64,12 @@ def test_distill_step_refusals(tiny_model_dir, tmp_path, small_text):
                 )
             )
         assert not (tmp_path / "v").exists()
+
+
+def test_an_unknown_meter_fails_when_the_recipe_is_read():
+    from greenlm.compress.distill import Distill
+
+    with pytest.raises(GreenlmError, match="unknown meter 'watts'"):
+        Distill(steps=1, meter="watts")
+    with pytest.raises(GreenlmError, match="double count"):
+        Distill(steps=1, meter="rapl+cpu-model")
