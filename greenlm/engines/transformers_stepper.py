@@ -17,6 +17,8 @@ from __future__ import annotations
 import inspect
 
 import numpy as np
+import torch
+from transformers import DynamicCache
 
 from greenlm.engines.stepper import SlotFeed, Stepper, check_slots
 from greenlm.engines.transformers_engine import TransformersEngine, set_threads
@@ -64,8 +66,6 @@ class TransformersStepper(Stepper):
         return self._cache.layers if self._cache is not None else []
 
     def _add_rows(self, slots: list[int]) -> None:
-        import torch
-
         device = self.engine.device
         if self._mask is None:
             self._mask = torch.zeros((0, 0), dtype=torch.long, device=device)
@@ -81,8 +81,6 @@ class TransformersStepper(Stepper):
         self._rows += slots
 
     def _keep_rows(self, keep: list[int]) -> None:
-        import torch
-
         index = torch.tensor(keep, dtype=torch.long, device=self._mask.device)
         for layer in self._layers():
             if getattr(layer, "keys", None) is not None and layer.keys.numel():
@@ -93,8 +91,6 @@ class TransformersStepper(Stepper):
 
     def _compact(self) -> None:
         """Gather each row's real cells to the right end of a shorter cache."""
-        import torch
-
         mask = self._mask
         counts = mask.sum(1)
         width = int(counts.max()) if len(counts) else 0
@@ -118,9 +114,6 @@ class TransformersStepper(Stepper):
 
     # ---- Stepper ---------------------------------------------------------------------------------------
     def _forward(self, feeds: list[SlotFeed], positions: list[int]) -> list[np.ndarray]:
-        import torch
-        from transformers import DynamicCache
-
         new = [f.slot for f in feeds if f.slot not in self._rows]
         if new:
             self._add_rows(new)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import gguf
@@ -117,7 +117,6 @@ class MixedResult:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        from dataclasses import asdict
 
         return asdict(self)
 
