@@ -21,7 +21,7 @@ def dashboard_view(server, since: int = 0) -> dict:
     view = controller.view(since)
     energy = server.energy()
     state = server.state()
-    stats = server.scheduler.load_stats(10.0) if server.scheduler else {}
+    stats = server.scheduler.load_stats(10.0, reset_peak=False) if server.scheduler else {}
     policy = server.policy
     return {
         "model": server.model_id,

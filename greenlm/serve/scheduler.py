@@ -333,17 +333,20 @@ class Scheduler:
     def running(self) -> int:
         return len(self._running)
 
-    def load_stats(self, recent_s: float) -> dict:
+    def load_stats(self, recent_s: float, *, reset_peak: bool = True) -> dict:
         """What the load and idle policies look at: p90 TTFT and queue wait of the requests of the last
-        `recent_s`, the oldest wait now, the most requests at once since the previous call, idle time, and the
-        tokens requests in flight may still generate (by variant; queued ones under None)."""
+        `recent_s`, the oldest wait now, the most requests at once since the previous resetting call, idle time,
+        and the tokens requests in flight may still generate (by variant; queued ones under None). Only the
+        control loop resets the peak: a reader such as the dashboard must not hide a burst from it."""
         now = time.perf_counter()
         with self._cond:
             # list() copies a deque atomically; the loop thread appends (and trims) them
             ttft = [v for t, v in list(self._recent_ttft) if t >= now - recent_s]
             waits = [v for t, v in list(self._recent_queue) if t >= now - recent_s]
             oldest = max((now - r.arrival_s for r in self._waiting), default=0.0)
-            peak, self._peak = self._peak, len(self._running) + len(self._waiting)
+            peak = self._peak
+            if reset_peak:
+                self._peak = len(self._running) + len(self._waiting)
             pending: dict[str | None, int] = {}
             for r in self._running:
                 pending[r.variant] = pending.get(r.variant, 0) + max(

@@ -38,7 +38,7 @@ from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.paths import default_db_path
 from greenlm.serve.config import SERVE_ENGINE, ServeConfig
 from greenlm.serve.controller import APPLY_TIMEOUT_S, Controller
-from greenlm.serve.errors import ModelNotFound, RequestError
+from greenlm.serve.errors import EngineFailed, ModelNotFound, RequestError
 from greenlm.serve.grid import CsvIntensity, ElectricityMaps, FixedIntensity
 from greenlm.serve.ladder import Ladder, Variant, ladder_from_search
 from greenlm.serve.ledger import EnergyLedger
@@ -414,7 +414,9 @@ class Server:
             sched.call(self._reload, RELOAD_WAIT_S)
             stepper = sched.stepper or next((v.stepper for v in self._loaded.values()), None)
         if stepper is None:
-            raise RequestError("the model could not be loaded", status=503)
+            raise EngineFailed(
+                "the model could not be loaded: see the server log", status=503, code="model_unavailable"
+            )
         return stepper
 
     def prompt_from_messages(self, messages: list[dict]) -> list[int]:

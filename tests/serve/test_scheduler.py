@@ -145,3 +145,20 @@ def test_context_overflow_and_draining(rig):
     assert handle.wait(1).finish_reason == "length"
     with pytest.raises(NotAccepting):
         scheduler.submit([1], params(1))
+
+
+def test_a_reader_of_the_load_figures_does_not_hide_a_burst_from_the_control_loop(rig):
+    stepper, scheduler, ledger, meter = rig
+    stepper.gate = threading.Event()
+    burst = [
+        scheduler.submit([1], params(3)),
+        scheduler.submit([2], params(3)),
+        scheduler.submit([3], params(3)),
+    ]
+    assert stepper.entered.wait(5)
+    stepper.gate.set()
+    for handle in burst:
+        handle.wait(10)
+    assert scheduler.load_stats(10.0, reset_peak=False)["peak_concurrency"] == 3  # the dashboard's read
+    assert scheduler.load_stats(10.0)["peak_concurrency"] == 3  # the control loop still sees the burst
+    assert scheduler.load_stats(10.0)["peak_concurrency"] == 0  # and resets it
