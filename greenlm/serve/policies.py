@@ -293,10 +293,13 @@ def decide(obs: Observed, policy: PolicyConfig, ladder: Ladder, mem: Memory) -> 
         cores = obs.max_cores
     else:
         cores = min(policy.idle.low_load_cores, obs.max_cores)
-    if policy.load is not None and policy.load.max_cores is not None and cores > policy.load.max_cores:
+    capped = policy.load is not None and policy.load.max_cores is not None and cores > policy.load.max_cores
+    if capped:
         cores = max(1, policy.load.max_cores)
     if cores != state.cores:
-        if mem.load_level >= 1 and step > 0:
+        if capped and cores < state.cores:
+            code, text = "max-cores", f"load.max_cores is {cores}"
+        elif mem.load_level >= 1 and step > 0:
             code, text = "load-slo", f"load: {load_why}: every core"
         elif low:
             code, text = "low-load", low_why or "low load"

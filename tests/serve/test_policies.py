@@ -152,3 +152,10 @@ def test_no_decision_when_nothing_changes():
     p = policy(load=LoadPolicy(), idle=IdlePolicy())
     decisions, mem = decide(obs(ttft_p90_s=0.1, running=1, peak_concurrency=1), p, LADDER, Memory())
     assert decisions == [] and mem == replace(Memory(), calm_since_s=100.0, quiet_since_s=None)
+
+
+def test_a_core_cap_says_it_is_the_cap():
+    p = policy(load=LoadPolicy(max_cores=1))
+    decisions, _ = decide(obs(ttft_p90_s=0.1, running=2, peak_concurrency=2), p, LADDER, Memory())
+    assert kinds(decisions) == [("cores", "cores:2", "cores:1", "max-cores")]
+    assert decisions[0].detail == "load.max_cores is 1"
