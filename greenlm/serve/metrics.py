@@ -45,13 +45,15 @@ class _LedgerCollector:
         yield energy
         meter_total = CounterMetricFamily(
             "greenlm:meter_energy_joules",
-            "The meter's own total over the server's life; equals the sum of energy_joules_total",
+            "The meter's own reading over the server's life; energy_joules_total sums the same windows (the gap is /energy's invariant_gap_j)",
             labels=["model_name", "meter", "energy_source"],
         )
         meter_total.add_metric([m, snap["meter"], snap["energy_source"]], snap["meter_total_j"])
         yield meter_total
         carbon = CounterMetricFamily(
-            "greenlm:carbon_grams", "Grams of CO2e of all energy (requests and idle)", labels=["model_name"]
+            "greenlm:carbon_grams",
+            "Grams of CO2e of all energy (requests, idle and model loads)",
+            labels=["model_name"],
         )
         carbon.add_metric([m], snap["carbon_g"])
         yield carbon
