@@ -136,7 +136,17 @@ def quant_kernels_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def adapt_trace_table(r: dict) -> str:
+    """The trace benchmark's own table, and its plot of the day (written beside the JSON)."""
+    from adapt_trace import markdown  # bench/ is the script's directory, so first on sys.path
+
+    plot = RESULTS / "adapt_trace.svg"
+    figure = f"\n\n![the day, static against adaptive](bench/results/{plot.name})" if plot.is_file() else ""
+    return markdown(r) + figure
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
+    "adapt_trace": adapt_trace_table,
     "optimize_builtin": optimize_table,
     "threads": threads_table,
     "meter_overhead": meter_overhead_table,

@@ -11,7 +11,7 @@ greenlm, tokens per joule, joules per request and idle energy from its /metrics,
 processes are also estimated by the same formula from outside (`external_*`), so the two compare per joule.
 `greenlm measure --engine llamacpp` runs on the same file and threads in the same run (decode tok/s target).
 
-    .venv/bin/python bench/serve_load.py --markdown serve_load.md > serve_load.json   # about 10 minutes
+    .venv/bin/python bench/serve_load.py --markdown serve_load.md   # about 10 minutes; JSON in bench/results/serve_load.json
     .venv/bin/python bench/serve_load.py --quick                                     # smoke run, 2-3 minutes
 
 Writes the result to bench/results/serve_load.json (--quick: a temporary file, unless --out says otherwise).
