@@ -145,7 +145,28 @@ def adapt_trace_table(r: dict) -> str:
     return markdown(r) + figure
 
 
+def distill_heal_table(r: dict) -> str:
+    """The script's table, then each cut against the issue's two targets."""
+    targets = r.get("targets") or {}
+    removed_min, forecast_max = (
+        targets.get("drop2_ppl_increase_removed_pct_at_least"),
+        targets.get("forecast_error_pct_within"),
+    )
+    lines = []
+    for row in r["rows"]:
+        removed, error = row.get("ppl_increase_removed_pct"), row.get("forecast_error_pct")
+        heal = f"healing removed {_f(removed, '.0f')}% of the cut's perplexity increase"
+        if removed_min is not None and removed is not None and row["layers_removed"] == 2:
+            heal += f" (target >= {removed_min:g}%: {'met' if removed >= removed_min else 'missed'})"
+        fc = f"the forecast at step {row.get('forecast_at_step')} was off by {_f(error, '+.1f')}%"
+        if forecast_max is not None and error is not None:
+            fc += f" (target within {forecast_max:g}%: {'met' if abs(error) <= forecast_max else 'missed'})"
+        lines.append(f"{row['name']}: {heal}; {fc}.")
+    return r["markdown"].strip() + "\n\n" + " ".join(lines)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
+    "distill_heal": distill_heal_table,
     "adapt_trace": adapt_trace_table,
     "optimize_builtin": optimize_table,
     "threads": threads_table,
