@@ -48,7 +48,8 @@ def reproduce(out: str, settings: EvalSettings, repeats: int) -> dict:
         "engine": measured["engine"],
         "threads": measured["threads"],
         "decode_j_per_token": measured["decode_j_per_token"],
-        "per_repeat": [r["decode_j_per_token"] for r in measured["per_repeat"]],
+        # raw repeats carry joules and token counts; J/token as the summary computes it
+        "per_repeat": [r["decode_j"] / r["decode_tokens"] for r in measured["per_repeat"]],
     }
 
 
