@@ -171,21 +171,8 @@ def start_server(name: str, policy: Path, args, workdir: Path, db: str) -> tuple
         "--meter", args.meter, "--max-batch", str(args.max_batch), "--db", db, "--served-model-name", "smollm2",
     ]  # fmt: skip
     proc = Proc(name, cmd, workdir)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            line = proc.lines.get(timeout=1)
-        except queue.Empty:
-            if proc.proc.poll() is not None:
-                proc.fail("exited before it was ready")
-            continue
-        if line is None:
-            proc.fail("exited before it was ready")
-        if line.strip().startswith("{"):
-            record = json.loads(line)
-            if record.get("event") == "ready":
-                return proc, record["url"], record
-    proc.fail("was not ready in time")
+    record = proc.wait_ready(START_TIMEOUT_S)
+    return proc, record["url"], record
 
 
 def stop_server(proc: Proc) -> dict | None:

@@ -97,6 +97,24 @@ class Proc:
                 self.proc.wait(10)
         return self.proc.returncode
 
+    def wait_ready(self, timeout_s: float) -> dict:
+        """The server's JSON `ready` record, or fail when it exits or is not ready within `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    self.fail("exited before it was ready")
+                continue
+            if line is None:
+                self.fail("exited before it was ready")
+            if line.strip().startswith("{"):
+                record = json.loads(line)
+                if record.get("event") == "ready":
+                    return record
+        self.fail("was not ready in time")
+
 
 def start_greenlm(args, workdir: Path) -> tuple[Proc, str, dict]:
     cmd = [
@@ -104,21 +122,8 @@ def start_greenlm(args, workdir: Path) -> tuple[Proc, str, dict]:
         "--max-batch", str(args.max_batch), "--meter", args.meter, "--context", "2048",
     ]  # fmt: skip
     proc = Proc("greenlm", cmd, workdir)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        try:
-            line = proc.lines.get(timeout=1)
-        except queue.Empty:
-            if proc.proc.poll() is not None:
-                proc.fail("exited before it was ready")
-            continue
-        if line is None:
-            proc.fail("exited before it was ready")
-        if line.strip().startswith("{"):
-            record = json.loads(line)
-            if record.get("event") == "ready":
-                return proc, record["url"], record
-    proc.fail("was not ready in time")
+    record = proc.wait_ready(START_TIMEOUT_S)
+    return proc, record["url"], record
 
 
 # llama-cpp-python's server has no flag for llama.cpp's extra buffer types (weights repacked for AMX at load),
