@@ -1,6 +1,6 @@
 """One optimization run on the built-in model with the library's default space and settings (what
 `greenlm optimize` runs), then the reproduction check: the chosen variant, saved with `--out`, measured again
-by `greenlm measure --model OUT` (run_measure, the same workload) must land within the spread the final round
+by `greenlm measure --model OUT` (in a fresh process, the same workload) must land within the spread the final round
 measured for it.
 
 Targets checked: decode J/token >= 3x lower than float32 transformers at PPL +<=3% (KLD <= 0.05); the ratio to
@@ -12,7 +12,10 @@ nothing is reused. Prints JSON and writes bench/results/optimize_builtin.json wi
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,7 +25,6 @@ from greenlm.optimize import EvalSettings, OptimizeConfig, optimize
 from greenlm.optimize.config import parse_duration_s
 from greenlm.optimize.search import OptimizeResult
 from greenlm.store import Store
-from greenlm.workload import MeasureConfig, run_measure
 
 ROW_FIELDS = (
     "label", "status", "decode_j_per_token", "decode_tokens_per_s", "probe_j_per_token", "ppl_increase_pct",
@@ -30,21 +32,22 @@ ROW_FIELDS = (
 )  # fmt: skip
 
 
-def reproduce(out: str, settings: EvalSettings, repeats: int) -> dict:
-    """`greenlm measure --model OUT` with the candidates' workload: engine, threads and decoding come from
-    what optimize saved there."""
-    measured = run_measure(
-        MeasureConfig(
-            model=out,
-            text=settings.text,
-            num_prompts=settings.num_prompts,
-            prompt_tokens=settings.prompt_tokens,
-            max_new_tokens=settings.max_new_tokens,
-            repeats=repeats,
-            meter=settings.meter,
-        )
-    ).to_dict()
+def reproduce(out: str, settings: EvalSettings, repeats: int, db: Path) -> dict:
+    """`greenlm measure --model OUT --json` in a fresh process, as a user runs it, with the candidates'
+    workload: engine, threads and decoding come from what optimize saved there."""
+    command = [
+        sys.executable, "-m", "greenlm", "measure", "--model", out,
+        "--num-prompts", str(settings.num_prompts), "--prompt-tokens", str(settings.prompt_tokens),
+        "--max-new-tokens", str(settings.max_new_tokens), "--repeats", str(repeats),
+        "--meter", settings.meter, "--db", str(db), "--json",
+    ]  # fmt: skip
+    log("reproduction: " + " ".join(command[1:]))
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        return {"command": command[1:], "error": (done.stderr.strip().splitlines() or ["?"])[-1]}
+    measured = json.loads(done.stdout)
     return {
+        "command": command[1:],
         "engine": measured["engine"],
         "threads": measured["threads"],
         "decode_j_per_token": measured["decode_j_per_token"],
@@ -73,13 +76,15 @@ def main() -> None:
         result["candidates"] = [{k: r.get(k) for k in ROW_FIELDS} for r in found.rows]
         chosen = found.chosen
         if chosen is not None:
-            log(f"reproduction: greenlm measure --model {saved}")
-            again = reproduce(saved, settings, repeats=config.final_rounds or settings.repeats)
-            spread = (chosen.get("final") or {}).get("spread") or chosen["spread"]["decode_j_per_token"]
-            median = statistics.median(again["per_repeat"])
-            again["within_final_spread"] = spread["min"] <= median <= spread["max"]
-            again["relative_difference"] = median / OptimizeResult.cost(chosen) - 1
-            again["final_spread"] = spread
+            again = reproduce(
+                saved, settings, repeats=config.final_rounds or settings.repeats, db=Path(scratch) / "repro.db"
+            )
+            if "error" not in again:
+                spread = (chosen.get("final") or {}).get("spread") or chosen["spread"]["decode_j_per_token"]
+                median = statistics.median(again["per_repeat"])
+                again["within_final_spread"] = spread["min"] <= median <= spread["max"]
+                again["relative_difference"] = median / OptimizeResult.cost(chosen) - 1
+                again["final_spread"] = spread
             result["reproduction"] = again
     ratio, natural = result["j_per_token_ratio"], result["j_per_token_ratio_natural"]
     result["targets"] = {

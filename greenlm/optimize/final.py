@@ -9,10 +9,12 @@ baseline comes from the same rounds on the same meter and host.
 
 from __future__ import annotations
 
+import multiprocessing
 import socket
 import statistics
 from collections.abc import Callable
 
+from greenlm.errors import GreenlmError
 from greenlm.io import noop
 from greenlm.optimize.candidate import load_candidate_engine, measure_config
 from greenlm.optimize.config import EvalSettings
@@ -32,6 +34,68 @@ def _candidate(row: dict) -> Candidate:
     )
 
 
+def _measure_worker(conn, settings: EvalSettings, candidate: Candidate, model_path: str | None) -> None:
+    """One finalist's process: load its engine once, then measure on each request until told to stop."""
+    engine = None
+    try:
+        engine = load_candidate_engine(settings, candidate, model_path)
+        conn.send(("ready", None))
+        config = measure_config(settings, candidate, model_path, repeats=1, num_prompts=settings.num_prompts)
+        while conn.recv():
+            conn.send(("ok", run_measure_once(config, engine)))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the driver reports it
+        pass
+    except Exception as exc:  # the driver raises it as one line; a traceback from a child helps no one
+        conn.send(("error", str(exc) if isinstance(exc, GreenlmError) else f"{type(exc).__name__}: {exc}"))
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+class _Worker:
+    """A finalist's measuring process and the driver's end of its pipe."""
+
+    def __init__(self, context, settings: EvalSettings, row: dict):
+        self.label = row.get("label", row["key"])
+        self.conn, child = context.Pipe()
+        self.process = context.Process(
+            target=_measure_worker,
+            args=(child, settings, _candidate(row), row.get("model_path")),
+            name=f"greenlm-final-{row['key']}",
+            daemon=True,
+        )
+        self.process.start()
+        child.close()
+
+    def reply(self):
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            self.process.join(5)
+            raise GreenlmError(
+                f"the final round's process for {self.label} ended without an answer (exit code "
+                f"{self.process.exitcode}): out of memory?"
+            ) from None
+        if status == "error":
+            raise GreenlmError(f"final round, {self.label}: {value}")
+        return value
+
+    def measure(self) -> dict:
+        self.conn.send(True)
+        return self.reply()
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(False)
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(30)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(5)
+        self.conn.close()
+
+
 def final_round(
     settings: EvalSettings,
     rows: list[dict],
@@ -39,29 +103,30 @@ def final_round(
     progress: Callable[[int, int], None] = noop,
 ) -> dict[str, dict]:
     """{row key: median and spread of decode J/token and tokens/s over `rounds` interleaved single-repeat
-    measurements, with the meter and host}. Every engine stays loaded for the whole round."""
-    engines = {}
+    measurements, with the meter and host}.
+
+    Each row runs in its own process, loaded once and idle while the others measure: two engines in one
+    process interfere (a llama.cpp candidate measured right after float32 transformers in the same process
+    ran 25-40% slower on 2 vCPUs, the threads and caches the other left behind), and `greenlm measure` on the
+    saved winner runs alone in a fresh process, which is what the final figure must predict."""
+    context = multiprocessing.get_context("spawn")  # a fork would copy the driver's torch threads and state
+    workers: dict[str, _Worker] = {}
     figures: dict[str, list[dict]] = {row["key"]: [] for row in rows}
     total, done = rounds * len(rows), 0
     try:
         for row in rows:
-            engines[row["key"]] = load_candidate_engine(settings, _candidate(row), row.get("model_path"))
+            workers[row["key"]] = _Worker(context, settings, row)
+        for worker in workers.values():
+            worker.reply()  # loaded
         for r in range(rounds):
             order = rows[r % len(rows) :] + rows[: r % len(rows)]  # each starts a round in turn
             for row in order:
-                config = measure_config(
-                    settings,
-                    _candidate(row),
-                    row.get("model_path"),
-                    repeats=1,
-                    num_prompts=settings.num_prompts,
-                )
-                figures[row["key"]].append(run_measure_once(config, engines[row["key"]]))
+                figures[row["key"]].append(workers[row["key"]].measure())
                 done += 1
                 progress(done, total)
     finally:
-        for engine in engines.values():
-            engine.close()
+        for worker in workers.values():
+            worker.stop()
     host = socket.gethostname()
     return {key: _summary(values, host) for key, values in figures.items()}
 

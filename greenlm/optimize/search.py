@@ -154,7 +154,9 @@ def _latest_search(store, model_fingerprint: str) -> str:
 
 
 def _feasible(rows: list[dict], budget: QualityBudget, exclude: set[str]) -> list[dict]:
-    """Measured real rows inside the budget, cheapest first (the baselines are not candidates to choose)."""
+    """Measured real rows inside the budget, cheapest first. The float32 baseline is not a candidate to
+    choose; the model as given on its natural engine is: when nothing in the space beats it, keeping it is
+    the honest answer, and a choice that costs more than it is no saving."""
     ok = [
         r
         for r in rows
@@ -303,7 +305,7 @@ def optimize(
 
     by_key = {r["key"]: r for r in rows}
     base, nat = by_key[BASELINE.key], by_key[natural.key]
-    feasible = _feasible(rows, settings.budget, baseline_keys)
+    feasible = _feasible(rows, settings.budget, {BASELINE.key})
     notes: list[str] = []
     finalists = feasible[: config.final_candidates]
     final_rows: list[dict] = []
@@ -341,6 +343,11 @@ def optimize(
             )
     _add_payback(rows, base, nat)
     best = finalists[0] if finalists else None
+    if best is not None and best is nat and nat is not base:
+        notes.append(
+            f"nothing in the space cost less than the model as given, {nat['label']}: it is the choice "
+            "(keep serving it as it is)"
+        )
     # The chosen must cost less than the float32 baseline to be worth choosing.
     if best is not None and OptimizeResult.cost(best) >= OptimizeResult.cost(base):
         notes.append(

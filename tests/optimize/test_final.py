@@ -28,3 +28,24 @@ def test_within_noise_is_overlap_of_ranges():
     a = {"spread": {"min": 1.0, "max": 1.2}}
     assert within_noise(a, {"spread": {"min": 1.1, "max": 1.3}})
     assert not within_noise(a, {"spread": {"min": 1.25, "max": 1.3}})
+
+
+def test_a_finalist_that_cannot_load_fails_in_one_line_and_leaves_no_process(tiny_model_dir, tmp_path):
+    import multiprocessing
+
+    import pytest
+
+    from greenlm.errors import GreenlmError
+
+    settings = EvalSettings(
+        model=str(tiny_model_dir), workdir=str(tmp_path), num_prompts=1, prompt_tokens=16, max_new_tokens=4,
+        meter="cpu-model", device="cpu",
+    )  # fmt: skip
+    rows = [
+        {**Candidate().to_dict(), "key": "base", "label": "base", "model_path": str(tiny_model_dir)},
+        {**Candidate().to_dict(), "key": "gone", "label": "gone", "model_path": str(tmp_path / "missing")},
+    ]
+    with pytest.raises(GreenlmError, match="final round, gone: ") as info:
+        final_round(settings, rows, 2)
+    assert "\n" not in str(info.value)
+    assert multiprocessing.active_children() == []

@@ -176,6 +176,26 @@ def test_a_gguf_model_gets_both_baselines_and_both_ratios(tmp_path):
     assert {r["role"] for r in out["final_round"]} == {"finalist", "baseline", "natural-baseline"}
 
 
+def test_the_model_as_given_is_chosen_when_nothing_beats_it(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(SPACE)
+    settings = EvalSettings(model=None, workdir=str(tmp_path / "work"))  # the built-in GGUF
+
+    def as_is_cheapest(candidate, front):
+        record = fake_work(candidate, front)
+        if candidate.engine == "llamacpp" and candidate.quant_type is None:
+            record.update(decode_j_per_token=0.09, decode_tokens_per_s=1 / 0.09)
+        return record
+
+    with Store(tmp_path / "s.db") as store:
+        out = optimize(
+            OptimizeConfig(settings=settings, space=str(space)), store=store, work=as_is_cheapest, final=fake_final
+        ).to_dict()
+    assert out["chosen"]["key"] == out["natural_baseline"]["key"]
+    assert out["j_per_token_ratio_natural"] == pytest.approx(1.0)
+    assert any("nothing in the space cost less than the model as given" in n for n in out["notes"])
+
+
 def test_a_simulated_variant_is_never_chosen(setup):
     config, store = setup
 
