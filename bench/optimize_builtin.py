@@ -77,7 +77,10 @@ def main() -> None:
         chosen = found.chosen
         if chosen is not None:
             again = reproduce(
-                saved, settings, repeats=config.final_rounds or settings.repeats, db=Path(scratch) / "repro.db"
+                saved,
+                settings,
+                repeats=config.final_rounds or settings.repeats,
+                db=Path(scratch) / "repro.db",
             )
             if "error" not in again:
                 spread = (chosen.get("final") or {}).get("spread") or chosen["spread"]["decode_j_per_token"]

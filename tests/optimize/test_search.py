@@ -189,7 +189,10 @@ def test_the_model_as_given_is_chosen_when_nothing_beats_it(tmp_path):
 
     with Store(tmp_path / "s.db") as store:
         out = optimize(
-            OptimizeConfig(settings=settings, space=str(space)), store=store, work=as_is_cheapest, final=fake_final
+            OptimizeConfig(settings=settings, space=str(space)),
+            store=store,
+            work=as_is_cheapest,
+            final=fake_final,
         ).to_dict()
     assert out["chosen"]["key"] == out["natural_baseline"]["key"]
     assert out["j_per_token_ratio_natural"] == pytest.approx(1.0)
