@@ -33,7 +33,8 @@ from greenlm.llamacpp import tensor_type_report
 from greenlm.llamacpp.imatrix import DEFAULT_IMATRIX_SAMPLES, DEFAULT_IMATRIX_TOKENS
 from greenlm.models import DEFAULT_MODEL, resolve_model
 from greenlm.paths import cache_dir
-from greenlm.workload import MeasureConfig, run_measure
+from greenlm.workload import MeasureConfig
+from greenlm.workload.interleave import measure_interleaved
 
 EXPORTS = (  # (row name, quant type, importance matrix)
     ("llama.cpp f32", "f32", False),
@@ -85,39 +86,30 @@ def quality_row(name: str, model: str, engine: str, args) -> dict:
     ).to_dict()
 
 
-def measure_interleaved(models: dict[str, dict], args) -> dict[str, dict]:
-    """Every engine loaded at once, then `repeats` rounds of one repeat each, the rows taking turns, so
-    noise from other work on the machine falls on all rows alike."""
-    from greenlm.engines import create_engine
-
-    engines = {
-        name: create_engine(m["engine"], resolve_model(m["model"]), threads=args.threads)
+def measure_rows(models: dict[str, dict], args) -> dict[str, dict]:
+    """`repeats` rounds of one repeat each, the rows taking turns so noise from other work on the machine
+    falls on all rows alike; each row in its own process, loaded once (see greenlm.workload.interleave)."""
+    configs = {
+        name: MeasureConfig(
+            model=m["model"],
+            engine=m["engine"],
+            num_prompts=args.num_prompts,
+            prompt_tokens=args.prompt_tokens,
+            max_new_tokens=args.max_new_tokens,
+            repeats=1,
+            threads=args.threads,
+            meter=args.meter,
+        )
         for name, m in models.items()
     }
-    results: dict = {}
-    try:
-        for round_index in range(args.repeats):
-            for name, m in models.items():
-                log(f"measuring round {round_index + 1}/{args.repeats}: {name}")
-                config = MeasureConfig(
-                    model=m["model"],
-                    engine=m["engine"],
-                    num_prompts=args.num_prompts,
-                    prompt_tokens=args.prompt_tokens,
-                    max_new_tokens=args.max_new_tokens,
-                    repeats=1,
-                    threads=args.threads,
-                    meter=args.meter,
-                )
-                result = run_measure(config, engine=engines[name])
-                if name in results:
-                    results[name].repeats.extend(result.repeats)
-                else:
-                    results[name] = result
-    finally:
-        for engine in engines.values():
-            engine.close()
-    return {name: r.to_dict() for name, r in results.items()}
+    rounds = measure_interleaved(configs, args.repeats, announce=lambda m: log(f"measuring {m}"))
+    out = {}
+    for name, results in rounds.items():
+        first = results[0]
+        for later in results[1:]:
+            first.repeats.extend(later.repeats)
+        out[name] = first.to_dict()
+    return out
 
 
 def held_types(path: Path) -> dict[str, float]:
@@ -252,7 +244,7 @@ def main() -> None:
     models = {"transformers float32": {"model": DEFAULT_MODEL, "engine": "transformers"}}
     models.update(export_files(out_dir, args))
     quality = {name: quality_row(name, m["model"], m["engine"], args) for name, m in models.items()}
-    speed = measure_interleaved(models, args)
+    speed = measure_rows(models, args)
     rows = [row(name, m["model"], m["engine"], quality[name], speed[name]) for name, m in models.items()]
     by_name = {r["name"]: r for r in rows}
     q8, hf = by_name["llama.cpp q8_0"], by_name["transformers float32"]
