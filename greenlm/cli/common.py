@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import typer
 from rich.console import Console
@@ -49,6 +51,63 @@ IdleWattsOpt = typer.Option(
     "--idle-watts-per-core",
     help="cpu-model: static watts of each allotted core for every second (default: 0.21 x watts per core).",
 )
+
+
+@dataclass(frozen=True)
+class EnergyFlags:
+    """The energy and carbon flags of a metered verb, as one value: `**energy.kwargs()` hands them to the
+    library config (MeasureConfig, EvalSettings, ServeConfig, DistillConfig, track_command)."""
+
+    meter: str
+    watts_per_core: float | None
+    idle_watts_per_core: float | None
+    country: str | None
+    region: str | None
+    carbon_intensity: float | None
+    pue: float
+
+    def kwargs(self) -> dict:
+        return asdict(self)
+
+
+_ENERGY_OPTIONS = {
+    "meter": (str, MeterOpt),
+    "watts_per_core": (float | None, WattsOpt),
+    "idle_watts_per_core": (float | None, IdleWattsOpt),
+    "country": (str | None, CountryOpt),
+    "region": (str | None, RegionOpt),
+    "carbon_intensity": (float | None, IntensityOpt),
+    "pue": (float, PueOpt),
+}
+
+
+# the default of a command's `energy: EnergyFlags` parameter, replaced by the seven flags in energy_options
+EnergyOpts: EnergyFlags = None  # type: ignore[assignment]
+
+
+def energy_options(command):
+    """Declare the seven energy and carbon flags once for every metered verb: the command takes one parameter
+    `energy: EnergyFlags = EnergyOpts`, and typer sees the seven flags in its place (same names, order and
+    help)."""
+    signature = inspect.signature(command, eval_str=True)
+    params = []
+    for param in signature.parameters.values():
+        if param.name == "energy":
+            params += [
+                inspect.Parameter(name, param.kind, default=option, annotation=annotation)
+                for name, (annotation, option) in _ENERGY_OPTIONS.items()
+            ]
+        else:
+            params.append(param)
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        energy = EnergyFlags(**{name: kwargs.pop(name) for name in _ENERGY_OPTIONS})
+        return command(*args, energy=energy, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=params)
+    wrapper.__annotations__ = {p.name: p.annotation for p in params} | {"return": signature.return_annotation}
+    return wrapper
 
 
 def emit_json(payload) -> None:

@@ -10,16 +10,12 @@ from rich.table import Table
 
 from greenlm.cli.app import app
 from greenlm.cli.common import (
-    CountryOpt,
     DbOpt,
-    IdleWattsOpt,
-    IntensityOpt,
+    EnergyFlags,
+    EnergyOpts,
     JsonOpt,
-    MeterOpt,
-    PueOpt,
-    RegionOpt,
-    WattsOpt,
     emit_json,
+    energy_options,
     err,
     fmt,
     note,
@@ -86,6 +82,7 @@ class DistillProgress:
 
 
 @app.command()
+@energy_options
 def distill(
     out_dir: str = typer.Option(..., "--out", "-o", help="Variant directory to create (must not exist)."),
     teacher: str | None = typer.Option(
@@ -164,13 +161,7 @@ def distill(
     eval_tokens: int = typer.Option(_D.eval_tokens, "--eval-tokens", help="Evaluation tokens for quality."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
     device: str = typer.Option(_D.device, "--device", help="cpu, cuda, cuda:N or auto."),
-    meter: str = MeterOpt,
-    watts_per_core: float | None = WattsOpt,
-    idle_watts_per_core: float | None = IdleWattsOpt,
-    country: str | None = CountryOpt,
-    region: str | None = RegionOpt,
-    carbon_intensity: float | None = IntensityOpt,
-    pue: float = PueOpt,
+    energy: EnergyFlags = EnergyOpts,
     db: str | None = DbOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -215,13 +206,7 @@ def distill(
         eval_tokens=eval_tokens,
         threads=threads,
         device=device,
-        meter=meter,
-        watts_per_core=watts_per_core,
-        idle_watts_per_core=idle_watts_per_core,
-        country=country,
-        region=region,
-        carbon_intensity=carbon_intensity,
-        pue=pue,
+        **energy.kwargs(),
     )
     try:
         with Store(db) as store, DistillProgress() as bar:

@@ -7,18 +7,14 @@ from rich.table import Table
 
 from greenlm.cli.app import app
 from greenlm.cli.common import (
-    CountryOpt,
     DbOpt,
-    IdleWattsOpt,
-    IntensityOpt,
+    EnergyFlags,
+    EnergyOpts,
     JsonOpt,
     LazyProgress,
-    MeterOpt,
-    PueOpt,
-    RegionOpt,
-    WattsOpt,
     default,
     emit_json,
+    energy_options,
     fmt,
     note,
     out,
@@ -27,6 +23,7 @@ from greenlm.workload.config import MeasureConfig
 
 
 @app.command()
+@energy_options
 def measure(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Built-in name, HF directory or .gguf (default smollm2-135m)."
@@ -74,13 +71,7 @@ def measure(
         "--device",
         help="auto (a GPU when the engine can use one), cpu, cuda or cuda:N.",
     ),
-    meter: str = MeterOpt,
-    watts_per_core: float | None = WattsOpt,
-    idle_watts_per_core: float | None = IdleWattsOpt,
-    country: str | None = CountryOpt,
-    region: str | None = RegionOpt,
-    carbon_intensity: float | None = IntensityOpt,
-    pue: float = PueOpt,
+    energy: EnergyFlags = EnergyOpts,
     speculative: str | None = typer.Option(
         None,
         "--speculative",
@@ -118,13 +109,7 @@ def measure(
         repeats=repeats,
         threads=threads,
         device=device,
-        meter=meter,
-        watts_per_core=watts_per_core,
-        idle_watts_per_core=idle_watts_per_core,
-        country=country,
-        region=region,
-        carbon_intensity=carbon_intensity,
-        pue=pue,
+        **energy.kwargs(),
         speculative=speculative_from_flags(
             speculative,
             draft_tokens=draft_tokens,

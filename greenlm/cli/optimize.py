@@ -7,18 +7,14 @@ from rich.table import Table
 
 from greenlm.cli.app import app
 from greenlm.cli.common import (
-    CountryOpt,
     DbOpt,
-    IdleWattsOpt,
-    IntensityOpt,
+    EnergyFlags,
+    EnergyOpts,
     JsonOpt,
     LazyProgress,
-    MeterOpt,
-    PueOpt,
-    RegionOpt,
-    WattsOpt,
     default,
     emit_json,
+    energy_options,
     fmt,
     note,
     out,
@@ -28,6 +24,7 @@ from greenlm.optimize.pareto import QualityBudget
 
 
 @app.command()
+@energy_options
 def optimize(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Built-in name, HF directory or .gguf (default smollm2-135m)."
@@ -72,13 +69,7 @@ def optimize(
         "--max-new-tokens",
         help="Decode tokens per prompt in the energy workload.",
     ),
-    meter: str = MeterOpt,
-    watts_per_core: float | None = WattsOpt,
-    idle_watts_per_core: float | None = IdleWattsOpt,
-    country: str | None = CountryOpt,
-    region: str | None = RegionOpt,
-    carbon_intensity: float | None = IntensityOpt,
-    pue: float = PueOpt,
+    energy: EnergyFlags = EnergyOpts,
     executor: str = typer.Option(
         default(OptimizeConfig, "executor"), "--executor", help="local, or ray (candidates as Ray tasks)."
     ),
@@ -125,13 +116,7 @@ def optimize(
         screen_eval_tokens=screen_tokens,
         repeats=repeats,
         max_new_tokens=max_new_tokens,
-        meter=meter,
-        watts_per_core=watts_per_core,
-        idle_watts_per_core=idle_watts_per_core,
-        country=country,
-        region=region,
-        carbon_intensity=carbon_intensity,
-        pue=pue,
+        **energy.kwargs(),
         device=device,
         budget=QualityBudget(parse_percent(max_ppl_increase), max_kld),
     )

@@ -11,15 +11,11 @@ import typer
 
 from greenlm.cli.app import app
 from greenlm.cli.common import (
-    CountryOpt,
     DbOpt,
-    IdleWattsOpt,
-    IntensityOpt,
-    MeterOpt,
-    PueOpt,
-    RegionOpt,
-    WattsOpt,
+    EnergyFlags,
+    EnergyOpts,
     default,
+    energy_options,
     note,
     out,
 )
@@ -34,6 +30,7 @@ def _d(name: str):
 
 
 @app.command()
+@energy_options
 def serve(
     model: str | None = typer.Option(
         None,
@@ -73,13 +70,7 @@ def serve(
     served_model_name: str | None = typer.Option(
         None, "--served-model-name", help="The model id clients send (default: the model's name)."
     ),
-    meter: str = MeterOpt,
-    watts_per_core: float | None = WattsOpt,
-    idle_watts_per_core: float | None = IdleWattsOpt,
-    country: str | None = CountryOpt,
-    region: str | None = RegionOpt,
-    carbon_intensity: float | None = IntensityOpt,
-    pue: float = PueOpt,
+    energy: EnergyFlags = EnergyOpts,
     max_body_bytes: int = typer.Option(
         _d("max_body_bytes"), "--max-body-bytes", help="Larger request bodies get 413."
     ),
@@ -149,13 +140,7 @@ def serve(
         context_tokens=context,
         api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV),
         served_model_name=served_model_name,
-        meter=meter,
-        watts_per_core=watts_per_core,
-        idle_watts_per_core=idle_watts_per_core,
-        country=country,
-        region=region,
-        carbon_intensity=carbon_intensity,
-        pue=pue,
+        **energy.kwargs(),
         max_body_bytes=max_body_bytes,
         drain_timeout_s=drain_timeout,
         policy=policy,

@@ -8,16 +8,12 @@ import typer
 
 from greenlm.cli.app import app
 from greenlm.cli.common import (
-    CountryOpt,
     DbOpt,
-    IdleWattsOpt,
-    IntensityOpt,
+    EnergyFlags,
+    EnergyOpts,
     JsonOpt,
-    MeterOpt,
-    PueOpt,
-    RegionOpt,
-    WattsOpt,
     emit_json,
+    energy_options,
     err,
     fmt,
 )
@@ -27,16 +23,11 @@ from greenlm.cli.common import (
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     options_metavar="[OPTIONS] -- CMD [ARGS]...",
 )
+@energy_options
 def track(
     ctx: typer.Context,
     name: str | None = typer.Option(None, "--name", help="Name of the stored row (default: the command)."),
-    meter: str = MeterOpt,
-    watts_per_core: float | None = WattsOpt,
-    idle_watts_per_core: float | None = IdleWattsOpt,
-    country: str | None = CountryOpt,
-    region: str | None = RegionOpt,
-    carbon_intensity: float | None = IntensityOpt,
-    pue: float = PueOpt,
+    energy: EnergyFlags = EnergyOpts,
     db: str | None = DbOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -53,13 +44,7 @@ def track(
         result = track_command(
             argv,
             name=name,
-            meter=meter,
-            watts_per_core=watts_per_core,
-            idle_watts_per_core=idle_watts_per_core,
-            country=country,
-            region=region,
-            carbon_intensity=carbon_intensity,
-            pue=pue,
+            **energy.kwargs(),
             db=db,
         )
     except KeyboardInterrupt:
