@@ -195,6 +195,18 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _report(model, config, ctx: CompressContext, params_before: int, details: dict) -> StepReport:
+    """A structured step's report: its own details, then how it refit and what it cost in parameters."""
+    details = {
+        **details,
+        "refit": "least squares on calibration inputs" if config.refit else "none",
+        "calibration_tokens": int(ctx.calibration_windows().numel()),
+        "params_before": params_before,
+        "params_after": _params(model),
+    }
+    return StepReport(config.method, "real", details=details)
+
+
 @register(PruneChannels)
 def apply_prune_channels(model, config: PruneChannels, ctx: CompressContext) -> StepReport:
     layers = _llama_parts(model, "mlp", config.method)
@@ -218,12 +230,8 @@ def apply_prune_channels(model, config: PruneChannels, ctx: CompressContext) -> 
         "intermediate_before": width,
         "intermediate_after": keep,
         "ranking": "output energy ||W_down[:, j]||^2 * sum x_j^2 per channel on calibration text",
-        "refit": "least squares on calibration inputs" if config.refit else "none",
-        "calibration_tokens": int(ctx.calibration_windows().numel()),
-        "params_before": before,
-        "params_after": _params(model),
     }
-    return StepReport(config.method, "real", details=details)
+    return _report(model, config, ctx, before, details)
 
 
 @register(PruneHeads)
@@ -259,9 +267,5 @@ def apply_prune_heads(model, config: PruneHeads, ctx: CompressContext) -> StepRe
         "kv_heads": kv_heads,
         "heads_removed_per_layer": removed,
         "ranking": "output energy trace(W_o,h H_hh W_o,h^T) per head on calibration text",
-        "refit": "least squares on calibration inputs" if config.refit else "none",
-        "calibration_tokens": int(ctx.calibration_windows().numel()),
-        "params_before": before,
-        "params_after": _params(model),
     }
-    return StepReport(config.method, "real", details=details)
+    return _report(model, config, ctx, before, details)

@@ -26,6 +26,15 @@ class TextSource:
         return h.hexdigest()[:16]
 
 
+def read_named_file(path: str | Path, what: str, not_found: str, expected: str) -> tuple[Path, str]:
+    """A file the user named (a recipe, a policy): its path and text, or one GreenlmError line (`not_found`:
+    what to do when it is missing)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise GreenlmError(f"{what} '{path}' not found: {not_found}")
+    return p, read_text_file(p, what, expected)
+
+
 def read_text_file(path: str | Path, what: str, expected: str) -> str:
     """A user's file as text, or one GreenlmError line saying it is binary or not UTF-8 (`what`: "prompts
     file", "recipe file"...; `expected`: what to pass instead). Read whole: these files are small."""

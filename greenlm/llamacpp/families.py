@@ -252,6 +252,10 @@ def _phi3_metadata(writer, config, head_dim: int) -> None:
     writer.add_sliding_window(int(getattr(config, "sliding_window", None) or 0))
 
 
+# what llama and mistral share: the same GGUF layout and checks
+_LLAMA = dict(
+    permute_qk=True, per_layer_arch=gguf.MODEL_ARCH.DECI, check=_llama_check, metadata=_llama_metadata
+)
 _GEMMA = dict(
     norm_offset=1.0,
     activations=("gelu_pytorch_tanh", "gelu_tanh"),
@@ -265,19 +269,13 @@ FAMILIES = {
             "llama",
             ("LlamaForCausalLM",),
             gguf.MODEL_ARCH.LLAMA,
-            permute_qk=True,
-            per_layer_arch=gguf.MODEL_ARCH.DECI,
-            check=_llama_check,
-            metadata=_llama_metadata,
+            **_LLAMA,
         ),
         Family(
             "mistral",
             ("MistralForCausalLM",),
             gguf.MODEL_ARCH.LLAMA,
-            permute_qk=True,
-            per_layer_arch=gguf.MODEL_ARCH.DECI,
-            check=_llama_check,
-            metadata=_llama_metadata,
+            **_LLAMA,
             notes=lambda config: _window_note(config, "llama"),
         ),
         Family("qwen2", ("Qwen2ForCausalLM",), gguf.MODEL_ARCH.QWEN2, check=_qwen_check("qwen2")),

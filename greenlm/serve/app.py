@@ -196,6 +196,26 @@ def create_app(server: Server, *, metrics=None, energy=None) -> FastAPI:
         )
         return ModelList(data=[card])
 
+    async def answer(request: Request, body, ids: list[int], max_tokens, id_prefix: str, chunker, build):
+        """Generate for one chat or completion request: stream its chunks, or collect it and `build` the
+        response body from (id, created, result)."""
+        params = server.sampling(
+            prompt_tokens=len(ids),
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=body.stop,
+            ignore_eos=body.ignore_eos,
+        )
+        handle = server.submit(ids, params, loop=asyncio.get_running_loop())
+        rid, created = f"{id_prefix}-{handle.request_id}", int(time.time())
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            chunks = chunker(handle, rid, created, server.model_id, usage, server.replica)
+            return _stream(handle, request, chunks)
+        return build(rid, created, await _collect(handle, request))
+
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat(request: Request):
         body = await _parse(request, ChatCompletionRequest)
@@ -206,30 +226,24 @@ def create_app(server: Server, *, metrics=None, energy=None) -> FastAPI:
         )
         messages = [{"role": m.role, "content": _message_text(m.content)} for m in body.messages]
         ids = await asyncio.to_thread(server.prompt_from_messages, messages)
-        params = server.sampling(
-            prompt_tokens=len(ids),
-            max_tokens=body.max_completion_tokens or body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop=body.stop,
-            ignore_eos=body.ignore_eos,
-        )
-        handle = server.submit(ids, params, loop=asyncio.get_running_loop())
-        rid, created = f"chatcmpl-{handle.request_id}", int(time.time())
-        if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-            chunks = _chat_chunks(handle, rid, created, server.model_id, usage, server.replica)
-            return _stream(handle, request, chunks)
-        result = await _collect(handle, request)
-        return ChatCompletion(
-            id=rid,
-            created=created,
-            model=server.model_id,
-            choices=[
-                ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)
-            ],
-            usage=_usage(result, server.replica),
+        return await answer(
+            request,
+            body,
+            ids,
+            body.max_completion_tokens or body.max_tokens,
+            "chatcmpl",
+            _chat_chunks,
+            lambda rid, created, result: ChatCompletion(
+                id=rid,
+                created=created,
+                model=server.model_id,
+                choices=[
+                    ChatChoice(
+                        message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason
+                    )
+                ],
+                usage=_usage(result, server.replica),
+            ),
         )
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
@@ -248,28 +262,20 @@ def create_app(server: Server, *, metrics=None, energy=None) -> FastAPI:
             ids = await asyncio.to_thread(server.prompt_from_text, prompt)
         else:
             ids = server.prompt_from_ids(list(prompt))
-        params = server.sampling(
-            prompt_tokens=len(ids),
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop=body.stop,
-            ignore_eos=body.ignore_eos,
-        )
-        handle = server.submit(ids, params, loop=asyncio.get_running_loop())
-        rid, created = f"cmpl-{handle.request_id}", int(time.time())
-        if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-            chunks = _completion_chunks(handle, rid, created, server.model_id, usage, server.replica)
-            return _stream(handle, request, chunks)
-        result = await _collect(handle, request)
-        return Completion(
-            id=rid,
-            created=created,
-            model=server.model_id,
-            choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
-            usage=_usage(result, server.replica),
+        return await answer(
+            request,
+            body,
+            ids,
+            body.max_tokens,
+            "cmpl",
+            _completion_chunks,
+            lambda rid, created, result: Completion(
+                id=rid,
+                created=created,
+                model=server.model_id,
+                choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
+                usage=_usage(result, server.replica),
+            ),
         )
 
     return BodyLimit(app, server.config.max_body_bytes)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from greenlm.data.sources import read_text_file
+from greenlm.data.sources import read_named_file
 from greenlm.errors import GreenlmError
 from greenlm.serve.grid import MAX_INTENSITY_G_PER_KWH
 from greenlm.serve.ladder import NAME_RE
@@ -58,6 +58,18 @@ def _number(where: _Where, key: str, value, *, low: float, high: float | None = 
             key, f"must be {kind} {bound}, got {value!r}", f"e.g. '{key.split('.')[-1]}: {example}'"
         )
     return int(value) if whole else float(value)
+
+
+def _numbers(where: _Where, section: str, given: dict, rules: dict[str, dict]) -> dict:
+    """The numeric settings of one section that `given` names, each checked by `_number` with its rule
+    (bounds, example); a key whose rule says null_is_default may be written as null to keep the default."""
+    numbers = {}
+    for k, rule in rules.items():
+        rule = dict(rule)
+        null_is_default = rule.pop("null_is_default", False)
+        if k in given and not (null_is_default and given[k] is None):
+            numbers[k] = _number(where, f"{section}.{k}", given[k], **rule)
+    return numbers
 
 
 def _text(where: _Where, key: str, value, example: str) -> str:
@@ -200,10 +212,15 @@ def _variant(where: _Where, i: int, entry) -> VariantEntry:
     threads = entry.get("threads")
     if threads is not None:
         threads = _number(where, f"{key}.threads", threads, low=1, example=1, whole=True)
-    figures = {}
-    for k, example in (("kld", 0.004), ("decode_j_per_token", 0.11), ("decode_tokens_per_s", 70)):
-        if entry.get(k) is not None:
-            figures[k] = _number(where, f"{key}.{k}", entry[k], low=0, example=example)
+    figures = _numbers(
+        where,
+        key,
+        entry,
+        {
+            k: dict(low=0, example=example, null_is_default=True)
+            for k, example in (("kld", 0.004), ("decode_j_per_token", 0.11), ("decode_tokens_per_s", 70))
+        },
+    )
     return VariantEntry(name=name, model=model, engine=engine, threads=threads, **figures)
 
 
@@ -321,19 +338,17 @@ def parse_policy(data, source: str = "<policy>", base: Path | None = None) -> Po
         tuple(f.name for f in fields(QualityPolicy)),
         "'quality: {max_kld: 0.05}'",
     )
-    quality: dict = {}
-    if q.get("max_kld") is not None:
-        quality["max_kld"] = _number(where, "quality.max_kld", q["max_kld"], low=0, high=10, example=0.05)
-    if "window_tokens" in q:
-        quality["window_tokens"] = _number(
-            where, "quality.window_tokens", q["window_tokens"], low=1, example=50000, whole=True
-        )
-    if "min_credit_tokens" in q:
-        quality["min_credit_tokens"] = _number(
-            where, "quality.min_credit_tokens", q["min_credit_tokens"], low=0, example=2000, whole=True
-        )
-    if "margin" in q:
-        quality["margin"] = _number(where, "quality.margin", q["margin"], low=0, high=0.99, example=0.1)
+    quality = _numbers(
+        where,
+        "quality",
+        q,
+        {
+            "max_kld": dict(low=0, high=10, example=0.05, null_is_default=True),
+            "window_tokens": dict(low=1, example=50000, whole=True),
+            "min_credit_tokens": dict(low=0, example=2000, whole=True),
+            "margin": dict(low=0, high=0.99, example=0.1),
+        },
+    )
     values["quality"] = QualityPolicy(**quality)
 
     if data.get("grid") is not None:
@@ -391,26 +406,21 @@ def parse_policy(data, source: str = "<policy>", base: Path | None = None) -> Po
             tuple(f.name for f in fields(LoadPolicy)),
             "'load: {ttft_slo_s: 1.0}'",
         )
-        load: dict = {}
-        for k, example in (
-            ("ttft_slo_s", 1.0),
-            ("queue_slo_s", 0.5),
-            ("sustain_s", 5),
-            ("calm_s", 20),
-            ("recent_s", 10),
-        ):
-            if k in ld:
-                load[k] = _number(
-                    where, f"load.{k}", ld[k], low=0, low_open=True, high=86400, example=example
-                )
-        if "calm_fraction" in ld:
-            load["calm_fraction"] = _number(
-                where, "load.calm_fraction", ld["calm_fraction"], low=0, low_open=True, high=1, example=0.5
-            )
-        if ld.get("max_cores") is not None:
-            load["max_cores"] = _number(
-                where, "load.max_cores", ld["max_cores"], low=1, high=4096, example=2, whole=True
-            )
+        seconds = dict(low=0, low_open=True, high=86400)
+        load = _numbers(
+            where,
+            "load",
+            ld,
+            {
+                "ttft_slo_s": dict(seconds, example=1.0),
+                "queue_slo_s": dict(seconds, example=0.5),
+                "sustain_s": dict(seconds, example=5),
+                "calm_s": dict(seconds, example=20),
+                "recent_s": dict(seconds, example=10),
+                "calm_fraction": dict(low=0, low_open=True, high=1, example=0.5),
+                "max_cores": dict(low=1, high=4096, example=2, whole=True, null_is_default=True),
+            },
+        )
         values["load"] = LoadPolicy(**load)
     i = _mapping(
         where,
@@ -419,28 +429,24 @@ def parse_policy(data, source: str = "<policy>", base: Path | None = None) -> Po
         tuple(f.name for f in fields(IdlePolicy)),
         "'idle: {unload_after_s: 300}'",
     )
-    idle: dict = {}
-    if i.get("unload_after_s") is not None:
-        idle["unload_after_s"] = _number(
-            where, "idle.unload_after_s", i["unload_after_s"], low=0, low_open=True, example=300
-        )
-    if i.get("low_load_after_s") is not None:
-        idle["low_load_after_s"] = _number(
-            where, "idle.low_load_after_s", i["low_load_after_s"], low=0, low_open=True, example=10
-        )
-    if "low_load_cores" in i:
-        idle["low_load_cores"] = _number(
-            where, "idle.low_load_cores", i["low_load_cores"], low=1, high=4096, example=1, whole=True
-        )
+    idle = _numbers(
+        where,
+        "idle",
+        i,
+        {
+            "unload_after_s": dict(low=0, low_open=True, example=300, null_is_default=True),
+            "low_load_after_s": dict(low=0, low_open=True, example=10, null_is_default=True),
+            "low_load_cores": dict(low=1, high=4096, example=1, whole=True),
+        },
+    )
     values["idle"] = IdlePolicy(**idle)
     return PolicyConfig(**values)
 
 
 def load_policy(path: str | Path) -> PolicyConfig:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise GreenlmError(f"policy file '{path}' not found: give a YAML file (see `greenlm serve --help`)")
-    text = read_text_file(p, "policy file", "a YAML file of policy sections")
+    p, text = read_named_file(
+        path, "policy file", "give a YAML file (see `greenlm serve --help`)", "a YAML file of policy sections"
+    )
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
