@@ -6,30 +6,22 @@ import sys
 
 import typer
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import (
-    DbOpt,
-    EnergyFlags,
-    EnergyOpts,
-    JsonOpt,
-    emit_json,
-    energy_options,
-    err,
-    fmt,
-)
+from greenlm.cli.common import emit_json, err, fmt
 
 
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     options_metavar="[OPTIONS] -- CMD [ARGS]...",
 )
-@energy_options
+@options.energy_options
 def track(
     ctx: typer.Context,
     name: str | None = typer.Option(None, "--name", help="Name of the stored row (default: the command)."),
-    energy: EnergyFlags = EnergyOpts,
-    db: str | None = DbOpt,
-    as_json: bool = JsonOpt,
+    energy: options.EnergyFlags = options.EnergyOpts,
+    db: str | None = options.DbOpt,
+    as_json: bool = options.JsonOpt,
 ) -> None:
     """Run a command (after --) and report the energy and carbon of it and its child processes.
 

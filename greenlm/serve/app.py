@@ -16,7 +16,8 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -196,9 +197,8 @@ def create_app(server: Server, *, metrics=None, energy=None) -> FastAPI:
         )
         return ModelList(data=[card])
 
-    async def answer(request: Request, body, ids: list[int], max_tokens, id_prefix: str, chunker, build):
-        """Generate for one chat or completion request: stream its chunks, or collect it and `build` the
-        response body from (id, created, result)."""
+    async def answer(request: Request, body, ids: list[int], max_tokens, kind: _Kind):
+        """Generate for one chat or completion request: stream its chunks, or collect it into one response."""
         params = server.sampling(
             prompt_tokens=len(ids),
             max_tokens=max_tokens,
@@ -209,12 +209,19 @@ def create_app(server: Server, *, metrics=None, energy=None) -> FastAPI:
             ignore_eos=body.ignore_eos,
         )
         handle = server.submit(ids, params, loop=asyncio.get_running_loop())
-        rid, created = f"{id_prefix}-{handle.request_id}", int(time.time())
+        rid, created = f"{kind.id_prefix}-{handle.request_id}", int(time.time())
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            chunks = chunker(handle, rid, created, server.model_id, usage, server.replica)
+            chunks = kind.chunks(handle, rid, created, server.model_id, usage, server.replica)
             return _stream(handle, request, chunks)
-        return build(rid, created, await _collect(handle, request))
+        result = await _collect(handle, request)
+        return kind.response(
+            id=rid,
+            created=created,
+            model=server.model_id,
+            choices=[kind.choice(result)],
+            usage=_usage(result, server.replica),
+        )
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat(request: Request):
@@ -226,25 +233,7 @@ def create_app(server: Server, *, metrics=None, energy=None) -> FastAPI:
         )
         messages = [{"role": m.role, "content": _message_text(m.content)} for m in body.messages]
         ids = await asyncio.to_thread(server.prompt_from_messages, messages)
-        return await answer(
-            request,
-            body,
-            ids,
-            body.max_completion_tokens or body.max_tokens,
-            "chatcmpl",
-            _chat_chunks,
-            lambda rid, created, result: ChatCompletion(
-                id=rid,
-                created=created,
-                model=server.model_id,
-                choices=[
-                    ChatChoice(
-                        message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason
-                    )
-                ],
-                usage=_usage(result, server.replica),
-            ),
-        )
+        return await answer(request, body, ids, body.max_completion_tokens or body.max_tokens, _CHAT)
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(request: Request):
@@ -262,21 +251,7 @@ def create_app(server: Server, *, metrics=None, energy=None) -> FastAPI:
             ids = await asyncio.to_thread(server.prompt_from_text, prompt)
         else:
             ids = server.prompt_from_ids(list(prompt))
-        return await answer(
-            request,
-            body,
-            ids,
-            body.max_tokens,
-            "cmpl",
-            _completion_chunks,
-            lambda rid, created, result: Completion(
-                id=rid,
-                created=created,
-                model=server.model_id,
-                choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
-                usage=_usage(result, server.replica),
-            ),
-        )
+        return await answer(request, body, ids, body.max_tokens, _COMPLETION)
 
     return BodyLimit(app, server.config.max_body_bytes)
 
@@ -411,3 +386,28 @@ async def _completion_chunks(handle, rid, created, model, include_usage, replica
             yield _sse(
                 Completion(id=rid, created=created, model=model, choices=[], usage=_usage(result, replica))
             )
+
+
+class _Kind(NamedTuple):
+    """What differs between a chat and a text completion: the id prefix, the stream's chunks, the response."""
+
+    id_prefix: str
+    chunks: Callable
+    response: type
+    choice: Callable[[RequestResult], object]
+
+
+_CHAT = _Kind(
+    "chatcmpl",
+    _chat_chunks,
+    ChatCompletion,
+    lambda result: ChatChoice(
+        message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason
+    ),
+)
+_COMPLETION = _Kind(
+    "cmpl",
+    _completion_chunks,
+    Completion,
+    lambda result: CompletionChoice(text=result.text, finish_reason=result.finish_reason),
+)
