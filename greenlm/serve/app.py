@@ -212,7 +212,7 @@ def create_app(server: Server, *, metrics=None, energy=None) -> FastAPI:
         rid, created = f"{kind.id_prefix}-{handle.request_id}", int(time.time())
         if body.stream:
             usage = bool(body.stream_options and body.stream_options.include_usage)
-            chunks = kind.chunks(handle, rid, created, server.model_id, usage, server.replica)
+            chunks = _chunks(handle, rid, created, server.model_id, usage, server.replica, kind)
             return _stream(handle, request, chunks)
         result = await _collect(handle, request)
         return kind.response(
@@ -341,73 +341,58 @@ def _stream_error(result: RequestResult) -> str | None:
     return _sse(ErrorResponse.of(str(error), error.type, code=error.code))
 
 
-async def _chat_chunks(handle, rid, created, model, include_usage, replica=None) -> AsyncIterator[str]:
-    def chunk(delta: ChatDelta, finish: str | None = None) -> str:
-        choice = ChatChunkChoice(delta=delta, finish_reason=finish)
-        return _sse(ChatCompletionChunk(id=rid, created=created, model=model, choices=[choice]))
+async def _chunks(handle, rid, created, model, include_usage, replica, kind: _Kind) -> AsyncIterator[str]:
+    """The server-sent events of a streamed chat or text completion: each token's text, then the finish
+    reason, then (when asked) the usage with its energy."""
 
-    yield chunk(ChatDelta(role="assistant", content=""))
+    def chunk(choice) -> str:
+        return _sse(kind.chunk(id=rid, created=created, model=model, choices=[choice]))
+
+    if kind.opening is not None:
+        yield chunk(kind.opening())
     async for event in handle:
         if isinstance(event, TokenEvent):
             if event.text:
-                yield chunk(ChatDelta(content=event.text))
+                yield chunk(kind.stream_choice(event.text, None))
             continue
         result = event.result
         error = _stream_error(result)
         if error:
             yield error
             return
-        yield chunk(ChatDelta(), result.finish_reason)
+        yield chunk(kind.stream_choice(None, result.finish_reason))
         if include_usage:
             yield _sse(
-                ChatCompletionChunk(
-                    id=rid, created=created, model=model, choices=[], usage=_usage(result, replica)
-                )
-            )
-
-
-async def _completion_chunks(handle, rid, created, model, include_usage, replica=None) -> AsyncIterator[str]:
-    def chunk(text: str, finish: str | None = None) -> str:
-        choice = CompletionChoice(text=text, finish_reason=finish)
-        return _sse(Completion(id=rid, created=created, model=model, choices=[choice]))
-
-    async for event in handle:
-        if isinstance(event, TokenEvent):
-            if event.text:
-                yield chunk(event.text)
-            continue
-        result = event.result
-        error = _stream_error(result)
-        if error:
-            yield error
-            return
-        yield chunk("", result.finish_reason)
-        if include_usage:
-            yield _sse(
-                Completion(id=rid, created=created, model=model, choices=[], usage=_usage(result, replica))
+                kind.chunk(id=rid, created=created, model=model, choices=[], usage=_usage(result, replica))
             )
 
 
 class _Kind(NamedTuple):
-    """What differs between a chat and a text completion: the id prefix, the stream's chunks, the response."""
+    """What differs between a chat and a text completion: the id prefix, the response and its choice, the
+    streamed chunk and its choice (text None: the closing one), and the chat's opening choice."""
 
     id_prefix: str
-    chunks: Callable
     response: type
     choice: Callable[[RequestResult], object]
+    chunk: type
+    stream_choice: Callable[[str | None, str | None], object]
+    opening: Callable[[], object] | None = None
 
 
 _CHAT = _Kind(
     "chatcmpl",
-    _chat_chunks,
     ChatCompletion,
     lambda result: ChatChoice(
         message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason
     ),
+    ChatCompletionChunk,
+    lambda text, finish: ChatChunkChoice(delta=ChatDelta(content=text), finish_reason=finish),
+    lambda: ChatChunkChoice(delta=ChatDelta(role="assistant", content="")),
 )
 _COMPLETION = _Kind(
     "cmpl",
-    _completion_chunks,
     Completion,
     lambda result: CompletionChoice(text=result.text, finish_reason=result.finish_reason),
+    Completion,
+    lambda text, finish: CompletionChoice(text=text or "", finish_reason=finish),
 )

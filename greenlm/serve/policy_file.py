@@ -72,6 +72,12 @@ def _numbers(where: _Where, section: str, given: dict, rules: dict[str, dict]) -
     return numbers
 
 
+def _numeric_policy(where: _Where, section: str, value, policy_cls: type, example: str, **rules: dict):
+    """A policy section whose settings are all numbers: only `policy_cls`'s fields, each checked by its rule."""
+    given = _mapping(where, section, value, tuple(f.name for f in fields(policy_cls)), example)
+    return policy_cls(**_numbers(where, section, given, rules))
+
+
 def _text(where: _Where, key: str, value, example: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise where.fail(key, f"must be text, got {value!r}", f"e.g. '{key.split('.')[-1]}: {example}'")
@@ -331,25 +337,17 @@ def parse_policy(data, source: str = "<policy>", base: Path | None = None) -> Po
             where, "interval_s", data["interval_s"], low=0.05, high=3600, example=1.0
         )
 
-    q = _mapping(
+    values["quality"] = _numeric_policy(
         where,
         "quality",
         data.get("quality"),
-        tuple(f.name for f in fields(QualityPolicy)),
+        QualityPolicy,
         "'quality: {max_kld: 0.05}'",
+        max_kld=dict(low=0, high=10, example=0.05, null_is_default=True),
+        window_tokens=dict(low=1, example=50000, whole=True),
+        min_credit_tokens=dict(low=0, example=2000, whole=True),
+        margin=dict(low=0, high=0.99, example=0.1),
     )
-    quality = _numbers(
-        where,
-        "quality",
-        q,
-        {
-            "max_kld": dict(low=0, high=10, example=0.05, null_is_default=True),
-            "window_tokens": dict(low=1, example=50000, whole=True),
-            "min_credit_tokens": dict(low=0, example=2000, whole=True),
-            "margin": dict(low=0, high=0.99, example=0.1),
-        },
-    )
-    values["quality"] = QualityPolicy(**quality)
 
     if data.get("grid") is not None:
         values["grid"] = _grid(where, data["grid"], base)
@@ -399,47 +397,31 @@ def parse_policy(data, source: str = "<policy>", base: Path | None = None) -> Po
     if "load" in data and data["load"] is False:
         values["load"] = None
     else:
-        ld = _mapping(
+        seconds = dict(low=0, low_open=True, high=86400)
+        values["load"] = _numeric_policy(
             where,
             "load",
             data.get("load"),
-            tuple(f.name for f in fields(LoadPolicy)),
+            LoadPolicy,
             "'load: {ttft_slo_s: 1.0}'",
+            ttft_slo_s=dict(seconds, example=1.0),
+            queue_slo_s=dict(seconds, example=0.5),
+            sustain_s=dict(seconds, example=5),
+            calm_s=dict(seconds, example=20),
+            recent_s=dict(seconds, example=10),
+            calm_fraction=dict(low=0, low_open=True, high=1, example=0.5),
+            max_cores=dict(low=1, high=4096, example=2, whole=True, null_is_default=True),
         )
-        seconds = dict(low=0, low_open=True, high=86400)
-        load = _numbers(
-            where,
-            "load",
-            ld,
-            {
-                "ttft_slo_s": dict(seconds, example=1.0),
-                "queue_slo_s": dict(seconds, example=0.5),
-                "sustain_s": dict(seconds, example=5),
-                "calm_s": dict(seconds, example=20),
-                "recent_s": dict(seconds, example=10),
-                "calm_fraction": dict(low=0, low_open=True, high=1, example=0.5),
-                "max_cores": dict(low=1, high=4096, example=2, whole=True, null_is_default=True),
-            },
-        )
-        values["load"] = LoadPolicy(**load)
-    i = _mapping(
+    values["idle"] = _numeric_policy(
         where,
         "idle",
         data.get("idle"),
-        tuple(f.name for f in fields(IdlePolicy)),
+        IdlePolicy,
         "'idle: {unload_after_s: 300}'",
+        unload_after_s=dict(low=0, low_open=True, example=300, null_is_default=True),
+        low_load_after_s=dict(low=0, low_open=True, example=10, null_is_default=True),
+        low_load_cores=dict(low=1, high=4096, example=1, whole=True),
     )
-    idle = _numbers(
-        where,
-        "idle",
-        i,
-        {
-            "unload_after_s": dict(low=0, low_open=True, example=300, null_is_default=True),
-            "low_load_after_s": dict(low=0, low_open=True, example=10, null_is_default=True),
-            "low_load_cores": dict(low=1, high=4096, example=1, whole=True),
-        },
-    )
-    values["idle"] = IdlePolicy(**idle)
     return PolicyConfig(**values)
 
 
