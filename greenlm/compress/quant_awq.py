@@ -22,11 +22,12 @@ from greenlm.compress.quant_common import (
     WeightQuantConfig,
     calibrated,
     install,
+    layer_by_layer,
     quant_targets,
     untie,
 )
 from greenlm.compress.quant_math import awq_search
-from greenlm.data.calibration import decoder_layers, linear_names, sequential_linear_inputs
+from greenlm.data.calibration import decoder_layers, linear_names
 from greenlm.errors import GreenlmError
 from greenlm.kernels.grid import rtn
 
@@ -130,13 +131,7 @@ def _apply_folded(model, config: AWQ, ctx: CompressContext, targets, untied: lis
         with torch.no_grad():  # later layers must see this layer's quantized outputs
             linear.weight.copy_(qw.dequantize().to(linear.weight.dtype))
 
-    for index, stats in sequential_linear_inputs(
-        model,
-        windows,
-        skip=outside,
-        hessian=True,
-        progress=lambda done, total: ctx.progress("calibrating + quantizing layers", done, total),
-    ):
+    for index, stats in layer_by_layer(model, windows, outside, ctx):
         layer = layers[index]
         prefix = prefix_of[id(layer)]
         folds = []

@@ -26,7 +26,7 @@ import yaml
 
 from greenlm.compress.base import StepConfig
 from greenlm.compress.methods import config_class, method_names
-from greenlm.data.sources import read_named_file
+from greenlm.data.sources import read_yaml_file
 from greenlm.errors import GreenlmError
 
 RECIPE_KEYS = ("name", "steps")
@@ -197,14 +197,9 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    p, text = read_named_file(
+    p, data = read_yaml_file(
         path, "recipe file", "pass a YAML file with a 'steps:' list", "a YAML file with a 'steps:' list"
     )
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()
-        raise GreenlmError(f"recipe file '{path}' is not valid YAML: {' '.join(first[:2])}") from None
     return parse_recipe(data, source=f"recipe {p.name}")
 
 

@@ -6,6 +6,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from greenlm.errors import GreenlmError
 
@@ -26,13 +29,22 @@ class TextSource:
         return h.hexdigest()[:16]
 
 
-def read_named_file(path: str | Path, what: str, not_found: str, expected: str) -> tuple[Path, str]:
-    """A file the user named (a recipe, a policy): its path and text, or one GreenlmError line (`not_found`:
-    what to do when it is missing)."""
+def read_yaml_file(path: str | Path, what: str, not_found: str, expected: str) -> tuple[Path, Any]:
+    """A YAML file the user named (a recipe, a policy, a search space): its path and parsed content, or one
+    GreenlmError line (`not_found`: what to do when it is missing; a syntax error says where)."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise GreenlmError(f"{what} '{path}' not found: {not_found}")
-    return p, read_text_file(p, what, expected)
+    text = read_text_file(p, what, expected)
+    try:
+        return p, yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise GreenlmError(
+            f"{what} '{path}' is not valid YAML ({where}{problem}): check indentation, colons and brackets"
+        ) from None
 
 
 def read_text_file(path: str | Path, what: str, expected: str) -> str:

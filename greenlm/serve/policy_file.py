@@ -20,9 +20,7 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
-from greenlm.data.sources import read_named_file
+from greenlm.data.sources import read_yaml_file
 from greenlm.errors import GreenlmError
 from greenlm.serve.grid import MAX_INTENSITY_G_PER_KWH
 from greenlm.serve.ladder import NAME_RE
@@ -426,16 +424,7 @@ def parse_policy(data, source: str = "<policy>", base: Path | None = None) -> Po
 
 
 def load_policy(path: str | Path) -> PolicyConfig:
-    p, text = read_named_file(
+    p, data = read_yaml_file(
         path, "policy file", "give a YAML file (see `greenlm serve --help`)", "a YAML file of policy sections"
     )
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise GreenlmError(
-            f"policy {path} is not valid YAML ({where}{problem}): check indentation, colons and brackets"
-        ) from None
     return parse_policy(data, str(path), p.resolve().parent)
