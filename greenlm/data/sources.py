@@ -73,17 +73,20 @@ def _builtin() -> TextSource:
     return TextSource(f"builtin:{BUILTIN_TEXT}", tuple(topics[k] for k in sorted(topics)))
 
 
+def json_line(line: str, where: str) -> Any:
+    """One line of a .jsonl file the user gave, or one GreenlmError line saying where it is not JSON."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise GreenlmError(f"{where} is not valid JSON ({exc.msg}): one JSON object per line") from None
+
+
 def _read_jsonl(path: Path) -> list[str]:
     docs = []
     for lineno, line in enumerate(read_text_file(path, "text file", _TEXT_HINT).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GreenlmError(
-                f"{path}:{lineno} is not valid JSON ({exc.msg}): one JSON object per line"
-            ) from None
+        row = json_line(line, f"{path}:{lineno}")
         if isinstance(row, str):
             docs.append(row)
             continue

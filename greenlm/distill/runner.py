@@ -36,7 +36,7 @@ from greenlm.errors import GreenlmError
 from greenlm.evaluate.compare import compare_to_reference
 from greenlm.evaluate.config import DEFAULT_MAX_EVAL_TOKENS, DEFAULT_WINDOW_TOKENS
 from greenlm.evaluate.reference import reference_stats
-from greenlm.io import atomic_directory, noop, refuse_existing, said_once
+from greenlm.io import atomic_directory, noop, phase_progress, refuse_existing, said_once
 from greenlm.models.loader import LoadedModel, load_model
 from greenlm.models.manifest import dir_size_bytes, is_variant_dir, read_manifest
 from greenlm.models.spec import ModelSpec, resolve_model
@@ -188,7 +188,7 @@ def _quality(
             engine,
             reference,
             max_eval_tokens=eval_tokens,
-            progress=lambda d, t: progress({"phase": label, "done": d, "total": t}),
+            progress=phase_progress(progress, label),
         )
     finally:
         model.train(was_training)
@@ -331,7 +331,7 @@ def distill(
             window_tokens=DEFAULT_WINDOW_TOKENS,
             max_eval_tokens=max(DEFAULT_MAX_EVAL_TOKENS, config.eval_tokens),
             loaded_engine=TransformersEngine(teacher, threads=config.threads),
-            progress=lambda d, t: progress({"phase": "reference (teacher)", "done": d, "total": t}),
+            progress=phase_progress(progress, "reference (teacher)"),
             announce=say,
         )
 

@@ -154,3 +154,13 @@ def vocab_only_model(lib, path) -> Iterator[Any]:
         yield model
     finally:
         lib.llama_model_free(model)
+
+
+def new_context(lib, model, params, what: str, hint: str = ""):
+    """A llama.cpp context for `model`, or one GreenlmError line: what could not be created, llama.cpp's
+    reason, then `hint` (what to change)."""
+    with captured_log() as captured:
+        ctx = lib.llama_init_from_model(model, params)
+    if not ctx:
+        raise GreenlmError(f"llama.cpp cannot create {what}: {captured.reason()}{hint}")
+    return ctx
