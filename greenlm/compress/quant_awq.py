@@ -18,8 +18,8 @@ import torch
 from greenlm.compress.awq_fold import fold_groups, fold_scale, norm_offset, search_shared_scale
 from greenlm.compress.base import CompressContext, StepReport, register
 from greenlm.compress.quant_common import (
+    CalibratedQuantConfig,
     Quantized,
-    WeightQuantConfig,
     calibrated,
     install,
     layer_by_layer,
@@ -33,12 +33,10 @@ from greenlm.kernels.grid import rtn
 
 
 @dataclass
-class AWQ(WeightQuantConfig):
+class AWQ(CalibratedQuantConfig):
     """Activation-aware scale search then round-to-nearest; int4 with groups of 32 by default."""
 
     method = "awq"
-    bits: int = 4
-    group_size: int | None = 32
     grid: int = 20  # alphas tried: 0, 1/grid, ..., (grid-1)/grid
     sequential: bool = True  # layer by layer, each calibrated on the already-quantized layers before it
     fold: bool = False  # shared scales folded into the norms / linears before: GGUF-writable codes

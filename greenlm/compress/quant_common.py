@@ -122,6 +122,14 @@ class WeightQuantConfig(StepConfig):
 
 
 @dataclass
+class CalibratedQuantConfig(WeightQuantConfig):
+    """A method that calibrates on text (GPTQ, AWQ): int4 with groups of 32 by default."""
+
+    bits: int = 4
+    group_size: int | None = 32
+
+
+@dataclass
 class Quantized:
     """One layer's result: its codes, and for AWQ the per-input-channel scale divided out of its inputs."""
 
