@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,25 @@ PARTIAL_SUFFIX = ".partial"
 
 def noop(*_args, **_kwargs) -> None:
     """The progress and announce callback of a caller that wants none."""
+
+
+def phase_progress(progress: Callable[[dict], None], phase: str) -> Callable[[int, int], None]:
+    """A (done, total) progress callback that reports to a status-dict one (distillation's) as `phase`."""
+    return lambda done, total: progress({"phase": phase, "done": done, "total": total})
+
+
+def said_once(announce=None) -> tuple[list[str], Callable[[str], None]]:
+    """What a long run told its user, each message once: the list of messages, and `say(message)`, which keeps
+    a message and passes it to `announce` the first time only."""
+    announce = announce or noop
+    notes: list[str] = []
+
+    def say(message: str) -> None:
+        if message not in notes:
+            notes.append(message)
+            announce(message)
+
+    return notes, say
 
 
 def _umask() -> int:

@@ -1,54 +1,15 @@
-"""What every command shares: the consoles, --json and --db options, number formatting, progress."""
+"""What every command shares: the consoles, JSON output, number formatting, progress (the flags: options.py)."""
 
 from __future__ import annotations
 
 import json
 import sys
-from dataclasses import MISSING, fields
 
-import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from greenlm.workload.config import MeasureConfig
-
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
-
-
-def default(config_cls: type, name: str):
-    """The default of field `name` of a library config dataclass: a CLI flag takes it from there, so the CLI
-    and the library function of a verb run with the same settings."""
-    for f in fields(config_cls):
-        if f.name == name:
-            if f.default is not MISSING:
-                return f.default
-            if f.default_factory is not MISSING:
-                return f.default_factory()
-    raise KeyError(f"{config_cls.__name__} has no field {name!r} with a default")
-
-
-JsonOpt = typer.Option(False, "--json", help="Print one JSON document instead of a table.")
-DbOpt = typer.Option(None, "--db", help="Results store (SQLite). Default: the user data dir, or $GREENLM_DB.")
-# Energy and carbon flags every metered verb takes (defaults: the library's, see MeasureConfig).
-MeterOpt = typer.Option(
-    default(MeasureConfig, "meter"), "--meter", help="auto (CPU + GPU), rapl, nvml, cpu-model, or a '+' join."
-)
-CountryOpt = typer.Option(None, "--country", help="ISO 3166 country code for grid carbon intensity.")
-RegionOpt = typer.Option(None, "--region", help="Cloud region, e.g. gcp:europe-west1.")
-IntensityOpt = typer.Option(None, "--carbon-intensity", help="Grid intensity in gCO2e/kWh.")
-PueOpt = typer.Option(
-    default(MeasureConfig, "pue"), "--pue", help="Data-centre power usage effectiveness (>= 1)."
-)
-# The cpu-model meter's constants, on every verb that takes --meter (`greenlm meters` shows the defaults).
-WattsOpt = typer.Option(
-    None, "--watts-per-core", help="cpu-model: watts of one fully busy physical core (default: TDP / cores)."
-)
-IdleWattsOpt = typer.Option(
-    None,
-    "--idle-watts-per-core",
-    help="cpu-model: static watts of each allotted core for every second (default: 0.21 x watts per core).",
-)
 
 
 def emit_json(payload) -> None:
@@ -57,6 +18,19 @@ def emit_json(payload) -> None:
 
 def note(message: str) -> None:
     err.print(message, markup=False, style="yellow", soft_wrap=True)
+
+
+def progress_bar(*extra_columns) -> Progress:
+    """The commands' progress bar on stderr: phase, bar, done/total, elapsed, then `extra_columns`."""
+    return Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        *extra_columns,
+        console=err,
+        transient=True,
+    )
 
 
 class LazyProgress:
@@ -75,14 +49,7 @@ class LazyProgress:
 
     def update(self, done: int, total: int) -> None:
         if self._bar is None:
-            self._bar = Progress(
-                TextColumn("[progress.description]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=err,
-                transient=True,
-            )
+            self._bar = progress_bar()
             self._bar.start()
             self._task = self._bar.add_task(self.description, total=total)
         self._bar.update(self._task, description=self.description, completed=done, total=total)

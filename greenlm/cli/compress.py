@@ -7,14 +7,15 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import DbOpt, JsonOpt, LazyProgress, default, emit_json, fmt, note, out
+from greenlm.cli.common import LazyProgress, emit_json, fmt, note, out
 from greenlm.compress.config import CompressConfig
 
 
 @app.command()
 def compress(
-    out_dir: str = typer.Option(..., "--out", "-o", help="Variant directory to create (must not exist)."),
+    out_dir: str = options.VariantOutOpt,
     recipe: str | None = typer.Option(None, "--recipe", "-r", help="YAML recipe: a 'steps:' list."),
     method: str | None = typer.Option(
         None, "--method", help="One step instead of a recipe: rtn, gptq, awq, wanda, nm, drop_layers, ..."
@@ -44,25 +45,21 @@ def compress(
         help=".txt or .jsonl: calibration from its calibration split, quality from its evaluation split.",
     ),
     calibration_samples: int = typer.Option(
-        default(CompressConfig, "calibration_samples"), "--calibration-samples", help="Calibration windows."
+        options.default(CompressConfig, "calibration_samples"),
+        "--calibration-samples",
+        help="Calibration windows.",
     ),
-    calibration_tokens: int = typer.Option(
-        default(CompressConfig, "calibration_tokens"),
-        "--calibration-tokens",
-        help="Tokens per calibration window.",
-    ),
+    calibration_tokens: options.CalibrationTokensFlag = options.default(CompressConfig, "calibration_tokens"),
     eval_tokens: int = typer.Option(
-        default(CompressConfig, "eval_tokens"),
+        options.default(CompressConfig, "eval_tokens"),
         "--eval-tokens",
         help="Evaluation tokens for the quality measured at creation.",
     ),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the quality measurement at creation."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
-    device: str = typer.Option(
-        default(CompressConfig, "device"), "--device", help="cpu, cuda, cuda:N or auto."
-    ),
-    db: str | None = DbOpt,
-    as_json: bool = JsonOpt,
+    threads: int | None = options.TorchThreadsOpt,
+    device: options.TrainDeviceFlag = options.default(CompressConfig, "device"),
+    db: str | None = options.DbOpt,
+    as_json: bool = options.JsonOpt,
 ) -> None:
     """Compress a model with a recipe (or one --method) and save it as a loadable variant directory."""
     from greenlm.compress.pipeline import compress as run_compress

@@ -5,26 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, TextColumn
 from rich.table import Table
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import (
-    CountryOpt,
-    DbOpt,
-    IdleWattsOpt,
-    IntensityOpt,
-    JsonOpt,
-    MeterOpt,
-    PueOpt,
-    RegionOpt,
-    WattsOpt,
-    emit_json,
-    err,
-    fmt,
-    note,
-    out,
-)
+from greenlm.cli.common import emit_json, fmt, note, out, progress_bar
 from greenlm.distill.config import DistillConfig
 
 _D = DistillConfig
@@ -64,15 +50,7 @@ class DistillProgress:
                 "",
             )
         if self._bar is None:
-            self._bar = Progress(
-                TextColumn("[progress.description]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("{task.fields[info]}"),
-                console=err,
-                transient=True,
-            )
+            self._bar = progress_bar(TextColumn("{task.fields[info]}"))
             self._bar.start()
             self._task = self._bar.add_task(label, total=total, info=info)
         self._bar.update(self._task, description=label, completed=done, total=total, info=info)
@@ -86,8 +64,9 @@ class DistillProgress:
 
 
 @app.command()
+@options.energy_options
 def distill(
-    out_dir: str = typer.Option(..., "--out", "-o", help="Variant directory to create (must not exist)."),
+    out_dir: str = options.VariantOutOpt,
     teacher: str | None = typer.Option(
         None, "--teacher", "-t", help="Teacher: built-in name, HF directory or .gguf (default smollm2-135m)."
     ),
@@ -144,9 +123,7 @@ def distill(
     calibration_samples: int = typer.Option(
         _D.calibration_samples, "--calibration-samples", help="Calibration windows for the recipe's cuts."
     ),
-    calibration_tokens: int = typer.Option(
-        _D.calibration_tokens, "--calibration-tokens", help="Tokens per calibration window."
-    ),
+    calibration_tokens: options.CalibrationTokensFlag = _D.calibration_tokens,
     checkpoint_dir: str | None = typer.Option(
         None, "--checkpoint-dir", help="Where checkpoints go (default: OUT.ckpt beside --out)."
     ),
@@ -162,17 +139,11 @@ def distill(
     ),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip quality before and after training."),
     eval_tokens: int = typer.Option(_D.eval_tokens, "--eval-tokens", help="Evaluation tokens for quality."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
-    device: str = typer.Option(_D.device, "--device", help="cpu, cuda, cuda:N or auto."),
-    meter: str = MeterOpt,
-    watts_per_core: float | None = WattsOpt,
-    idle_watts_per_core: float | None = IdleWattsOpt,
-    country: str | None = CountryOpt,
-    region: str | None = RegionOpt,
-    carbon_intensity: float | None = IntensityOpt,
-    pue: float = PueOpt,
-    db: str | None = DbOpt,
-    as_json: bool = JsonOpt,
+    threads: int | None = options.TorchThreadsOpt,
+    device: options.TrainDeviceFlag = _D.device,
+    energy: options.EnergyFlags = options.EnergyOpts,
+    db: str | None = options.DbOpt,
+    as_json: bool = options.JsonOpt,
 ) -> None:
     """Distill a teacher into a smaller student (a cut variant) and save it as a variant directory."""
     from greenlm.distill.runner import distill as run_distill
@@ -215,13 +186,7 @@ def distill(
         eval_tokens=eval_tokens,
         threads=threads,
         device=device,
-        meter=meter,
-        watts_per_core=watts_per_core,
-        idle_watts_per_core=idle_watts_per_core,
-        country=country,
-        region=region,
-        carbon_intensity=carbon_intensity,
-        pue=pue,
+        **energy.kwargs(),
     )
     try:
         with Store(db) as store, DistillProgress() as bar:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from rich.markup import escape
 from rich.table import Table
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import JsonOpt, emit_json, out
+from greenlm.cli.common import emit_json, out
 
 
 @app.command()
-def engines(as_json: bool = JsonOpt) -> None:
+def engines(as_json: bool = options.JsonOpt) -> None:
     """Which execution engines are installed and usable, their versions, and why not."""
     from greenlm.engines import available_engines
 

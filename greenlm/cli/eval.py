@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import DbOpt, JsonOpt, LazyProgress, default, emit_json, fmt, note, out
+from greenlm.cli.common import LazyProgress, emit_json, fmt, note, out
 from greenlm.evaluate.config import EvalConfig
 
 
@@ -28,48 +29,48 @@ def eval_command(
         None, "--text", help=".txt or .jsonl text; only its evaluation split is read."
     ),
     engine: str | None = typer.Option(
-        default(EvalConfig, "engine"),
+        options.default(EvalConfig, "engine"),
         "--engine",
         help="Engine that runs the model; default: as `optimize --out` saved it, else transformers.",
     ),
     reference_engine: str = typer.Option(
-        default(EvalConfig, "reference_engine"),
+        options.default(EvalConfig, "reference_engine"),
         "--reference-engine",
         help="Engine that runs the reference (float32).",
     ),
     window_tokens: int = typer.Option(
-        default(EvalConfig, "window_tokens"), "--window-tokens", help="Tokens per window (non-overlapping)."
+        options.default(EvalConfig, "window_tokens"),
+        "--window-tokens",
+        help="Tokens per window (non-overlapping).",
     ),
     max_eval_tokens: int = typer.Option(
-        default(EvalConfig, "max_eval_tokens"),
+        options.default(EvalConfig, "max_eval_tokens"),
         "--max-eval-tokens",
         help="Tokens fed to each model, in windows spread through the text; 0 = the whole split.",
     ),
     top_k: int = typer.Option(
-        default(EvalConfig, "top_k"), "--top-k", help="Reference tokens kept per position for the KLD."
+        options.default(EvalConfig, "top_k"),
+        "--top-k",
+        help="Reference tokens kept per position for the KLD.",
     ),
     tail_samples: int = typer.Option(
-        default(EvalConfig, "tail_samples"),
+        options.default(EvalConfig, "tail_samples"),
         "--tail-samples",
         help="Reference tail tokens sampled per position for the KLD.",
     ),
     batch_windows: int = typer.Option(
-        default(EvalConfig, "batch_windows"), "--batch-windows", help="Windows per forward pass."
+        options.default(EvalConfig, "batch_windows"), "--batch-windows", help="Windows per forward pass."
     ),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: torch's choice)."),
-    device: str = typer.Option(
-        default(EvalConfig, "device"),
-        "--device",
-        help="auto (a GPU when the engine can use one), cpu, cuda or cuda:N.",
-    ),
+    threads: int | None = options.TorchThreadsOpt,
+    device: options.DeviceFlag = options.default(EvalConfig, "device"),
     dtype: str = typer.Option(
-        default(EvalConfig, "dtype"), "--dtype", help="Model dtype: float32, bfloat16 or float16."
+        options.default(EvalConfig, "dtype"), "--dtype", help="Model dtype: float32, bfloat16 or float16."
     ),
     no_cache: bool = typer.Option(
         False, "--no-cache", help="Recompute cached statistics (and rewrite the cache)."
     ),
-    db: str | None = DbOpt,
-    as_json: bool = JsonOpt,
+    db: str | None = options.DbOpt,
+    as_json: bool = options.JsonOpt,
 ) -> None:
     """Perplexity on the evaluation split; with a reference, also KL divergence and top-1 agreement."""
     from greenlm.evaluate.runner import evaluate

@@ -5,8 +5,9 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import JsonOpt, LazyProgress, default, emit_json, err, note, out
+from greenlm.cli.common import LazyProgress, emit_json, err, note, out
 from greenlm.export.config import ExportConfig
 
 
@@ -16,16 +17,18 @@ def export(
     model: str | None = typer.Option(
         None, "--model", "-m", help="Built-in name, HF directory or variant directory (default smollm2-135m)."
     ),
-    fmt: str = typer.Option(default(ExportConfig, "format"), "--format", help="Output format (gguf)."),
+    fmt: str = typer.Option(
+        options.default(ExportConfig, "format"), "--format", help="Output format (gguf)."
+    ),
     quant: str = typer.Option(
-        default(ExportConfig, "quant"),
+        options.default(ExportConfig, "quant"),
         "--quant",
         "-q",
         help="auto (a quantized variant's own GGUF codes format, else f16), f32, f16, bf16, or a llama.cpp type: "
         "q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ... (see the error for all).",
     ),
     codes: bool = typer.Option(
-        default(ExportConfig, "codes"),
+        options.default(ExportConfig, "codes"),
         "--codes/--no-codes",
         help="Write a quantized variant's own integer codes as GGUF blocks when their format is the file type "
         "(--no-codes: let llama.cpp re-round its weights).",
@@ -45,12 +48,14 @@ def export(
         help=".txt or .jsonl text for --imatrix or --mixed; only its calibration split is read.",
     ),
     imatrix_samples: int = typer.Option(
-        default(ExportConfig, "imatrix_samples"),
+        options.default(ExportConfig, "imatrix_samples"),
         "--imatrix-samples",
         help="Calibration windows for --imatrix.",
     ),
     imatrix_tokens: int = typer.Option(
-        default(ExportConfig, "imatrix_tokens"), "--imatrix-tokens", help="Tokens per calibration window."
+        options.default(ExportConfig, "imatrix_tokens"),
+        "--imatrix-tokens",
+        help="Tokens per calibration window.",
     ),
     threads: int | None = typer.Option(None, "--threads", help="Quantizer threads (default: llama.cpp's)."),
     force: bool = typer.Option(False, "--force", help="Replace --out if it exists."),
@@ -60,13 +65,13 @@ def export(
         help="Choose every weight matrix's type for the fewest bytes read per decoded token within --max-kld.",
     ),
     max_kld: float = typer.Option(
-        default(ExportConfig, "max_kld"),
+        options.default(ExportConfig, "max_kld"),
         "--max-kld",
         help="With --mixed: the KLD budget (nats per token against the float model, measured through llama.cpp "
         "on calibration text).",
     ),
     candidates: str = typer.Option(
-        ",".join(default(ExportConfig, "candidates")),
+        ",".join(options.default(ExportConfig, "candidates")),
         "--candidates",
         help="With --mixed: tensor types to choose from (f16, q8_0, q6_k, q5_k, q5_1, q5_0, q4_k, q4_1, q4_0, "
         "iq4_nl, q3_k, q2_k).",
@@ -78,22 +83,22 @@ def export(
         "too; repeatable.",
     ),
     sensitivity: str = typer.Option(
-        default(ExportConfig, "sensitivity"),
+        options.default(ExportConfig, "sensitivity"),
         "--sensitivity",
         help="With --mixed: fisher (one backward pass per calibration window) or measured (one pass per matrix "
         "and type).",
     ),
     calibration_samples: int = typer.Option(
-        default(ExportConfig, "calibration_samples"),
+        options.default(ExportConfig, "calibration_samples"),
         "--calibration-samples",
         help="With --mixed: calibration windows for the sensitivity and the KLD check.",
     ),
     calibration_tokens: int = typer.Option(
-        default(ExportConfig, "calibration_tokens"),
+        options.default(ExportConfig, "calibration_tokens"),
         "--calibration-tokens",
         help="With --mixed: tokens per window.",
     ),
-    as_json: bool = JsonOpt,
+    as_json: bool = options.JsonOpt,
 ) -> None:
     """Write a model as GGUF (float, quantized by llama.cpp, a variant's own codes, or mixed types chosen for
     energy) and report the tensor types it holds."""

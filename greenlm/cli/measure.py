@@ -5,34 +5,18 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import (
-    CountryOpt,
-    DbOpt,
-    IdleWattsOpt,
-    IntensityOpt,
-    JsonOpt,
-    LazyProgress,
-    MeterOpt,
-    PueOpt,
-    RegionOpt,
-    WattsOpt,
-    default,
-    emit_json,
-    fmt,
-    note,
-    out,
-)
+from greenlm.cli.common import LazyProgress, emit_json, fmt, note, out
 from greenlm.workload.config import MeasureConfig
 
 
 @app.command()
+@options.energy_options
 def measure(
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="Built-in name, HF directory or .gguf (default smollm2-135m)."
-    ),
+    model: str | None = options.ModelOpt,
     engine: str | None = typer.Option(
-        default(MeasureConfig, "engine"),
+        options.default(MeasureConfig, "engine"),
         "--engine",
         help="transformers or llamacpp (see `greenlm engines`); default: as `optimize --out` saved the model, "
         "else transformers.",
@@ -44,43 +28,33 @@ def measure(
         None, "--prompts", help=".jsonl ({'prompt': ...} per line) or .txt (one per line)."
     ),
     num_prompts: int = typer.Option(
-        default(MeasureConfig, "num_prompts"),
+        options.default(MeasureConfig, "num_prompts"),
         "--num-prompts",
         help="Prompts cut from the evaluation text (ignored with --prompts).",
     ),
     prompt_tokens: int = typer.Option(
-        default(MeasureConfig, "prompt_tokens"),
+        options.default(MeasureConfig, "prompt_tokens"),
         "--prompt-tokens",
         help="Length of each generated prompt in tokens.",
     ),
     batch_size: int = typer.Option(
-        default(MeasureConfig, "batch_size"), "--batch-size", help="Sequences per forward pass."
+        options.default(MeasureConfig, "batch_size"), "--batch-size", help="Sequences per forward pass."
     ),
     max_new_tokens: int = typer.Option(
-        default(MeasureConfig, "max_new_tokens"),
+        options.default(MeasureConfig, "max_new_tokens"),
         "--max-new-tokens",
         help="Tokens generated per prompt (end-of-text ignored).",
     ),
     repeats: int = typer.Option(
-        default(MeasureConfig, "repeats"),
+        options.default(MeasureConfig, "repeats"),
         "--repeats",
         help="Measured passes over all prompts; median and spread reported.",
     ),
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads (default: torch's choice; llamacpp: the cores available)."
     ),
-    device: str = typer.Option(
-        default(MeasureConfig, "device"),
-        "--device",
-        help="auto (a GPU when the engine can use one), cpu, cuda or cuda:N.",
-    ),
-    meter: str = MeterOpt,
-    watts_per_core: float | None = WattsOpt,
-    idle_watts_per_core: float | None = IdleWattsOpt,
-    country: str | None = CountryOpt,
-    region: str | None = RegionOpt,
-    carbon_intensity: float | None = IntensityOpt,
-    pue: float = PueOpt,
+    device: options.DeviceFlag = options.default(MeasureConfig, "device"),
+    energy: options.EnergyFlags = options.EnergyOpts,
     speculative: str | None = typer.Option(
         None,
         "--speculative",
@@ -98,8 +72,8 @@ def measure(
     ngram_max: int | None = typer.Option(
         None, "--ngram-max", help="prompt-lookup: longest n-gram, tried first (default 3)."
     ),
-    db: str | None = DbOpt,
-    as_json: bool = JsonOpt,
+    db: str | None = options.DbOpt,
+    as_json: bool = options.JsonOpt,
 ) -> None:
     """Measure energy, speed and carbon per token of a model on a generation workload."""
     from greenlm.engines.speculative import speculative_from_flags
@@ -118,13 +92,7 @@ def measure(
         repeats=repeats,
         threads=threads,
         device=device,
-        meter=meter,
-        watts_per_core=watts_per_core,
-        idle_watts_per_core=idle_watts_per_core,
-        country=country,
-        region=region,
-        carbon_intensity=carbon_intensity,
-        pue=pue,
+        **energy.kwargs(),
         speculative=speculative_from_flags(
             speculative,
             draft_tokens=draft_tokens,

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import IdleWattsOpt, JsonOpt, WattsOpt, emit_json, fmt, out
+from greenlm.cli.common import emit_json, fmt, out
 
 
 @app.command()
 def meters(
-    watts_per_core: float | None = WattsOpt,
-    idle_watts_per_core: float | None = IdleWattsOpt,
-    as_json: bool = JsonOpt,
+    watts_per_core: float | None = options.WattsOpt,
+    idle_watts_per_core: float | None = options.IdleWattsOpt,
+    as_json: bool = options.JsonOpt,
 ) -> None:
     """Which energy meters this machine has, why the others are absent, and the CPU model's constants."""
     from greenlm.energy import probe_meters

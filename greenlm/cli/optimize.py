@@ -5,33 +5,17 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import (
-    CountryOpt,
-    DbOpt,
-    IdleWattsOpt,
-    IntensityOpt,
-    JsonOpt,
-    LazyProgress,
-    MeterOpt,
-    PueOpt,
-    RegionOpt,
-    WattsOpt,
-    default,
-    emit_json,
-    fmt,
-    note,
-    out,
-)
+from greenlm.cli.common import LazyProgress, emit_json, fmt, note, out
 from greenlm.optimize.config import EvalSettings, OptimizeConfig
 from greenlm.optimize.pareto import QualityBudget
 
 
 @app.command()
+@options.energy_options
 def optimize(
-    model: str | None = typer.Option(
-        None, "--model", "-m", help="Built-in name, HF directory or .gguf (default smollm2-135m)."
-    ),
+    model: str | None = options.ModelOpt,
     text: str | None = typer.Option(
         None, "--text", help=".txt or .jsonl text for calibration, evaluation and prompts."
     ),
@@ -44,7 +28,7 @@ def optimize(
         QualityBudget.max_kld, "--max-kld", help="Quality budget: KL divergence from the reference."
     ),
     time_budget: str = typer.Option(
-        f"{default(OptimizeConfig, 'time_budget_s') / 60:g}m",
+        f"{options.default(OptimizeConfig, 'time_budget_s') / 60:g}m",
         "--time-budget",
         help="Stop starting candidates after this, e.g. 20m, 1h.",
     ),
@@ -55,52 +39,52 @@ def optimize(
         None, "--space", help="Search space YAML (default: the built-in space)."
     ),
     eval_tokens: int = typer.Option(
-        default(EvalSettings, "eval_tokens"),
+        options.default(EvalSettings, "eval_tokens"),
         "--eval-tokens",
         help="Held-out tokens for each full quality evaluation.",
     ),
     screen_tokens: int = typer.Option(
-        default(EvalSettings, "screen_eval_tokens"),
+        options.default(EvalSettings, "screen_eval_tokens"),
         "--screen-tokens",
         help="Held-out tokens for the cheap KLD screen.",
     ),
     repeats: int = typer.Option(
-        default(EvalSettings, "repeats"), "--repeats", help="Energy measurement repeats per candidate."
+        options.default(EvalSettings, "repeats"),
+        "--repeats",
+        help="Energy measurement repeats per candidate.",
     ),
     max_new_tokens: int = typer.Option(
-        default(EvalSettings, "max_new_tokens"),
+        options.default(EvalSettings, "max_new_tokens"),
         "--max-new-tokens",
         help="Decode tokens per prompt in the energy workload.",
     ),
-    meter: str = MeterOpt,
-    watts_per_core: float | None = WattsOpt,
-    idle_watts_per_core: float | None = IdleWattsOpt,
-    country: str | None = CountryOpt,
-    region: str | None = RegionOpt,
-    carbon_intensity: float | None = IntensityOpt,
-    pue: float = PueOpt,
+    energy: options.EnergyFlags = options.EnergyOpts,
     executor: str = typer.Option(
-        default(OptimizeConfig, "executor"), "--executor", help="local, or ray (candidates as Ray tasks)."
+        options.default(OptimizeConfig, "executor"),
+        "--executor",
+        help="local, or ray (candidates as Ray tasks).",
     ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster address, e.g. auto or HOST:6379."
     ),
     ray_cpus_per_task: float = typer.Option(
-        default(OptimizeConfig, "ray_cpus_per_task"),
+        options.default(OptimizeConfig, "ray_cpus_per_task"),
         "--ray-cpus-per-task",
         help="CPUs each candidate task asks Ray for.",
     ),
     ray_gpus_per_task: float = typer.Option(
-        default(OptimizeConfig, "ray_gpus_per_task"),
+        options.default(OptimizeConfig, "ray_gpus_per_task"),
         "--ray-gpus-per-task",
         help="GPUs each candidate task asks Ray for (e.g. 1 on GPU workers).",
     ),
     out_dir: str | None = typer.Option(None, "--out", help="Save the chosen variant here."),
     device: str = typer.Option(
-        default(EvalSettings, "device"), "--device", help="auto, cpu, cuda or cuda:N for every candidate."
+        options.default(EvalSettings, "device"),
+        "--device",
+        help="auto, cpu, cuda or cuda:N for every candidate.",
     ),
     final_rounds: int = typer.Option(
-        default(OptimizeConfig, "final_rounds"),
+        options.default(OptimizeConfig, "final_rounds"),
         "--final-rounds",
         help="Interleaved re-measurement rounds of the best 3 candidates and the baselines (0: none).",
     ),
@@ -110,8 +94,8 @@ def optimize(
     search_id: str | None = typer.Option(
         None, "--search-id", help="Name the search (or pick one to resume)."
     ),
-    db: str | None = DbOpt,
-    as_json: bool = JsonOpt,
+    db: str | None = options.DbOpt,
+    as_json: bool = options.JsonOpt,
 ) -> None:
     """Search compression recipes and engines for the least decode J/token inside a quality budget."""
     from greenlm.optimize.config import parse_duration_s, parse_percent
@@ -125,13 +109,7 @@ def optimize(
         screen_eval_tokens=screen_tokens,
         repeats=repeats,
         max_new_tokens=max_new_tokens,
-        meter=meter,
-        watts_per_core=watts_per_core,
-        idle_watts_per_core=idle_watts_per_core,
-        country=country,
-        region=region,
-        carbon_intensity=carbon_intensity,
-        pue=pue,
+        **energy.kwargs(),
         device=device,
         budget=QualityBudget(parse_percent(max_ppl_increase), max_kld),
     )

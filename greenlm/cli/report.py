@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import typer
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import DbOpt, JsonOpt, emit_json, out
+from greenlm.cli.common import emit_json, out
 
 
 @app.command()
 def report(
     out_path: str = typer.Option("report.html", "--out", help="HTML file to write."),
     search_id: str | None = typer.Option(None, "--search-id", help="Which search (default: the latest)."),
-    db: str | None = DbOpt,
-    as_json: bool = JsonOpt,
+    db: str | None = options.DbOpt,
+    as_json: bool = options.JsonOpt,
 ) -> None:
     """Write the Pareto plot, energy by phase, candidate table and provenance as one HTML file."""
     from greenlm.report import write_report

@@ -7,16 +7,17 @@ import json
 import typer
 from rich.table import Table
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import DbOpt, JsonOpt, emit_json, fmt, out
+from greenlm.cli.common import emit_json, fmt, out
 from greenlm.errors import GreenlmError
 
 
 @app.command()
 def runs(
     limit: int = typer.Option(20, "--limit", "-n", help="How many rows, newest first."),
-    db: str | None = DbOpt,
-    as_json: bool = JsonOpt,
+    db: str | None = options.DbOpt,
+    as_json: bool = options.JsonOpt,
 ) -> None:
     """The stored measurement rows, newest first."""
     from greenlm.store import Store

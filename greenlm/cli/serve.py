@@ -9,20 +9,9 @@ import sys
 
 import typer
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import (
-    CountryOpt,
-    DbOpt,
-    IdleWattsOpt,
-    IntensityOpt,
-    MeterOpt,
-    PueOpt,
-    RegionOpt,
-    WattsOpt,
-    default,
-    note,
-    out,
-)
+from greenlm.cli.common import note, out
 from greenlm.errors import GreenlmError
 from greenlm.serve.config import API_KEY_ENV, ServeConfig
 
@@ -30,10 +19,11 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def _d(name: str):
-    return default(ServeConfig, name)
+    return options.default(ServeConfig, name)
 
 
 @app.command()
+@options.energy_options
 def serve(
     model: str | None = typer.Option(
         None,
@@ -49,9 +39,7 @@ def serve(
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads (default: as saved, else the cores available)."
     ),
-    device: str = typer.Option(
-        _d("device"), "--device", help="auto (a GPU when the engine can use one), cpu, cuda or cuda:N."
-    ),
+    device: options.DeviceFlag = _d("device"),
     host: str = typer.Option(_d("host"), "--host", help="Address to bind (0.0.0.0: every interface)."),
     port: int = typer.Option(_d("port"), "--port", help="Port (0: any free one, printed at start)."),
     max_batch: int = typer.Option(_d("max_batch"), "--max-batch", help="Requests decoded together (slots)."),
@@ -73,13 +61,7 @@ def serve(
     served_model_name: str | None = typer.Option(
         None, "--served-model-name", help="The model id clients send (default: the model's name)."
     ),
-    meter: str = MeterOpt,
-    watts_per_core: float | None = WattsOpt,
-    idle_watts_per_core: float | None = IdleWattsOpt,
-    country: str | None = CountryOpt,
-    region: str | None = RegionOpt,
-    carbon_intensity: float | None = IntensityOpt,
-    pue: float = PueOpt,
+    energy: options.EnergyFlags = options.EnergyOpts,
     max_body_bytes: int = typer.Option(
         _d("max_body_bytes"), "--max-body-bytes", help="Larger request bodies get 413."
     ),
@@ -99,7 +81,7 @@ def serve(
     max_kld: float | None = typer.Option(
         None, "--max-kld", help="Quality budget of a ladder: token-weighted mean KLD of what is served."
     ),
-    db: str | None = DbOpt,
+    db: str | None = options.DbOpt,
     ray: bool = typer.Option(False, "--ray", help="Deploy the app on Ray Serve (replicas autoscale)."),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Join this Ray cluster (default: start a local one)."
@@ -149,13 +131,7 @@ def serve(
         context_tokens=context,
         api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV),
         served_model_name=served_model_name,
-        meter=meter,
-        watts_per_core=watts_per_core,
-        idle_watts_per_core=idle_watts_per_core,
-        country=country,
-        region=region,
-        carbon_intensity=carbon_intensity,
-        pue=pue,
+        **energy.kwargs(),
         max_body_bytes=max_body_bytes,
         drain_timeout_s=drain_timeout,
         policy=policy,

@@ -6,39 +6,22 @@ import sys
 
 import typer
 
+from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import (
-    CountryOpt,
-    DbOpt,
-    IdleWattsOpt,
-    IntensityOpt,
-    JsonOpt,
-    MeterOpt,
-    PueOpt,
-    RegionOpt,
-    WattsOpt,
-    emit_json,
-    err,
-    fmt,
-)
+from greenlm.cli.common import emit_json, err, fmt
 
 
 @app.command(
     context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     options_metavar="[OPTIONS] -- CMD [ARGS]...",
 )
+@options.energy_options
 def track(
     ctx: typer.Context,
     name: str | None = typer.Option(None, "--name", help="Name of the stored row (default: the command)."),
-    meter: str = MeterOpt,
-    watts_per_core: float | None = WattsOpt,
-    idle_watts_per_core: float | None = IdleWattsOpt,
-    country: str | None = CountryOpt,
-    region: str | None = RegionOpt,
-    carbon_intensity: float | None = IntensityOpt,
-    pue: float = PueOpt,
-    db: str | None = DbOpt,
-    as_json: bool = JsonOpt,
+    energy: options.EnergyFlags = options.EnergyOpts,
+    db: str | None = options.DbOpt,
+    as_json: bool = options.JsonOpt,
 ) -> None:
     """Run a command (after --) and report the energy and carbon of it and its child processes.
 
@@ -53,13 +36,7 @@ def track(
         result = track_command(
             argv,
             name=name,
-            meter=meter,
-            watts_per_core=watts_per_core,
-            idle_watts_per_core=idle_watts_per_core,
-            country=country,
-            region=region,
-            carbon_intensity=carbon_intensity,
-            pue=pue,
+            **energy.kwargs(),
             db=db,
         )
     except KeyboardInterrupt:

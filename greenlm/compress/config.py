@@ -31,12 +31,17 @@ class CompressConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.out, (str, Path)) or not str(self.out).strip():
             raise GreenlmError("--out is required: the directory to write the variant to")
-        for flag, value, low in (
-            ("--calibration-samples", self.calibration_samples, 1),
-            ("--calibration-tokens", self.calibration_tokens, 2),
-            ("--eval-tokens", self.eval_tokens, 2),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise GreenlmError(f"{flag} must be a whole number of at least {low}, got {value!r}")
-        if self.threads is not None and self.threads < 1:
-            raise GreenlmError(f"--threads must be at least 1, got {self.threads}")
+        check_data_flags(self)
+
+
+def check_data_flags(config) -> None:
+    """The calibration, evaluation and thread numbers that compress and distill both take."""
+    for flag, value, low in (
+        ("--calibration-samples", config.calibration_samples, 1),
+        ("--calibration-tokens", config.calibration_tokens, 2),
+        ("--eval-tokens", config.eval_tokens, 2),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise GreenlmError(f"{flag} must be a whole number of at least {low}, got {value!r}")
+    if config.threads is not None and config.threads < 1:
+        raise GreenlmError(f"--threads must be at least 1, got {config.threads}")

@@ -27,7 +27,7 @@ from greenlm.engines.transformers_engine import TransformersEngine, resolve_devi
 from greenlm.evaluate.compare import compare_to_reference
 from greenlm.evaluate.config import DEFAULT_MAX_EVAL_TOKENS, DEFAULT_WINDOW_TOKENS
 from greenlm.evaluate.reference import reference_stats
-from greenlm.io import atomic_directory, noop, refuse_existing
+from greenlm.io import atomic_directory, noop, refuse_existing, said_once
 from greenlm.models.loader import LoadedModel, load_model
 from greenlm.models.manifest import dir_size_bytes
 from greenlm.models.spec import ModelSpec, resolve_model
@@ -105,14 +105,8 @@ def compress(
 ) -> CompressResult:
     """Make the variant `config.recipe` describes from `config.model` and save it to `config.out`."""
     progress = progress or noop
-    announce = announce or noop
     start = time.perf_counter()
-    notes: list[str] = []
-
-    def say(message: str) -> None:
-        if message not in notes:
-            notes.append(message)
-            announce(message)
+    notes, say = said_once(announce)
 
     # Cheap checks first: a bad --out, model or text fails before anything loads.
     out = Path(config.out).expanduser()

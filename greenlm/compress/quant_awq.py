@@ -18,26 +18,25 @@ import torch
 from greenlm.compress.awq_fold import fold_groups, fold_scale, norm_offset, search_shared_scale
 from greenlm.compress.base import CompressContext, StepReport, register
 from greenlm.compress.quant_common import (
+    CalibratedQuantConfig,
     Quantized,
-    WeightQuantConfig,
     calibrated,
     install,
+    layer_by_layer,
     quant_targets,
     untie,
 )
 from greenlm.compress.quant_math import awq_search
-from greenlm.data.calibration import decoder_layers, linear_names, sequential_linear_inputs
+from greenlm.data.calibration import decoder_layers, linear_names
 from greenlm.errors import GreenlmError
 from greenlm.kernels.grid import rtn
 
 
 @dataclass
-class AWQ(WeightQuantConfig):
+class AWQ(CalibratedQuantConfig):
     """Activation-aware scale search then round-to-nearest; int4 with groups of 32 by default."""
 
     method = "awq"
-    bits: int = 4
-    group_size: int | None = 32
     grid: int = 20  # alphas tried: 0, 1/grid, ..., (grid-1)/grid
     sequential: bool = True  # layer by layer, each calibrated on the already-quantized layers before it
     fold: bool = False  # shared scales folded into the norms / linears before: GGUF-writable codes
@@ -130,13 +129,7 @@ def _apply_folded(model, config: AWQ, ctx: CompressContext, targets, untied: lis
         with torch.no_grad():  # later layers must see this layer's quantized outputs
             linear.weight.copy_(qw.dequantize().to(linear.weight.dtype))
 
-    for index, stats in sequential_linear_inputs(
-        model,
-        windows,
-        skip=outside,
-        hessian=True,
-        progress=lambda done, total: ctx.progress("calibrating + quantizing layers", done, total),
-    ):
+    for index, stats in layer_by_layer(model, windows, outside, ctx):
         layer = layers[index]
         prefix = prefix_of[id(layer)]
         folds = []

@@ -122,6 +122,14 @@ class WeightQuantConfig(StepConfig):
 
 
 @dataclass
+class CalibratedQuantConfig(WeightQuantConfig):
+    """A method that calibrates on text (GPTQ, AWQ): int4 with groups of 32 by default."""
+
+    bits: int = 4
+    group_size: int | None = 32
+
+
+@dataclass
 class Quantized:
     """One layer's result: its codes, and for AWQ the per-input-channel scale divided out of its inputs."""
 
@@ -170,6 +178,18 @@ def untie(model, targets: dict[str, torch.nn.Linear]) -> list[str]:
     return untied
 
 
+def layer_by_layer(model, windows, skip: list[str], ctx: CompressContext):
+    """(decoder layer index, statistics of its linears' inputs with Hessians), one layer at a time, each
+    captured after the layers before it were quantized in place."""
+    return _sequential(
+        model,
+        windows,
+        skip=skip,
+        hessian=True,
+        progress=lambda done, total: ctx.progress("calibrating + quantizing layers", done, total),
+    )
+
+
 def calibrated(
     model,
     targets: dict[str, torch.nn.Linear],
@@ -191,13 +211,7 @@ def calibrated(
 
     if sequential:
         skip_outside = [n for n in linear_names(model) if n not in targets]
-        for _index, stats in _sequential(
-            model,
-            windows,
-            skip=skip_outside,
-            hessian=True,
-            progress=lambda done, total: ctx.progress("calibrating + quantizing layers", done, total),
-        ):
+        for _index, stats in layer_by_layer(model, windows, skip_outside, ctx):
             for name in stats:
                 do(name, stats[name])
     rest = [n for n in targets if n not in results]

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from greenlm.compress.base import CompressContext, StepReport, register
 from greenlm.compress.quant_common import (
+    CalibratedQuantConfig,
     Quantized,
-    WeightQuantConfig,
     calibrated,
     install,
     quant_targets,
@@ -19,12 +19,10 @@ from greenlm.errors import GreenlmError
 
 
 @dataclass
-class GPTQ(WeightQuantConfig):
+class GPTQ(CalibratedQuantConfig):
     """GPTQ weight quantization; int4 with groups of 32 by default."""
 
     method = "gptq"
-    bits: int = 4
-    group_size: int | None = 32
     damp_percent: float = 0.01  # added to the Hessian diagonal, as a fraction of its mean
     block_size: int = 128  # columns per lazy-update block
     act_order: bool = False  # quantize columns in decreasing Hessian-diagonal order (static groups)

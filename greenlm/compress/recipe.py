@@ -26,7 +26,7 @@ import yaml
 
 from greenlm.compress.base import StepConfig
 from greenlm.compress.methods import config_class, method_names
-from greenlm.data.sources import read_text_file
+from greenlm.data.sources import read_yaml_file
 from greenlm.errors import GreenlmError
 
 RECIPE_KEYS = ("name", "steps")
@@ -197,15 +197,9 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise GreenlmError(f"recipe file '{path}' not found: pass a YAML file with a 'steps:' list")
-    text = read_text_file(p, "recipe file", "a YAML file with a 'steps:' list")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        first = str(exc).strip().splitlines()
-        raise GreenlmError(f"recipe file '{path}' is not valid YAML: {' '.join(first[:2])}") from None
+    p, data = read_yaml_file(
+        path, "recipe file", "pass a YAML file with a 'steps:' list", "a YAML file with a 'steps:' list"
+    )
     return parse_recipe(data, source=f"recipe {p.name}")
 
 

@@ -195,6 +195,27 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _layer_stats(model, ctx: CompressContext, layers, module: str, label: str):
+    """Each decoder layer with the calibration statistics of the input of its `module` (e.g. mlp.down_proj),
+    captured for all layers in one pass."""
+    names = [f"model.layers.{i}.{module}" for i in range(len(layers))]
+    stats = _capture(model, names, ctx, label)
+    for i, layer in enumerate(layers):
+        yield layer, stats.pop(names[i])
+
+
+def _report(model, config, ctx: CompressContext, params_before: int, details: dict) -> StepReport:
+    """A structured step's report: its own details, then how it refit and what it cost in parameters."""
+    details = {
+        **details,
+        "refit": "least squares on calibration inputs" if config.refit else "none",
+        "calibration_tokens": int(ctx.calibration_windows().numel()),
+        "params_before": params_before,
+        "params_after": _params(model),
+    }
+    return StepReport(config.method, "real", details=details)
+
+
 @register(PruneChannels)
 def apply_prune_channels(model, config: PruneChannels, ctx: CompressContext) -> StepReport:
     layers = _llama_parts(model, "mlp", config.method)
@@ -206,10 +227,7 @@ def apply_prune_channels(model, config: PruneChannels, ctx: CompressContext) -> 
             f"{config.multiple_of}): choose a ratio that removes some but not all"
         )
     before = _params(model)
-    names = [f"model.layers.{i}.mlp.down_proj" for i in range(len(layers))]
-    stats = _capture(model, names, ctx, "channel importance")
-    for i, layer in enumerate(layers):
-        s = stats.pop(names[i])
+    for layer, s in _layer_stats(model, ctx, layers, "mlp.down_proj", "channel importance"):
         weight = layer.mlp.down_proj.weight
         kept = keep_channels(channel_scores(weight, s.sq_sum), keep)
         shrink_mlp(layer.mlp, kept, refit_columns(weight, s.hessian, kept) if config.refit else None)
@@ -218,12 +236,8 @@ def apply_prune_channels(model, config: PruneChannels, ctx: CompressContext) -> 
         "intermediate_before": width,
         "intermediate_after": keep,
         "ranking": "output energy ||W_down[:, j]||^2 * sum x_j^2 per channel on calibration text",
-        "refit": "least squares on calibration inputs" if config.refit else "none",
-        "calibration_tokens": int(ctx.calibration_windows().numel()),
-        "params_before": before,
-        "params_after": _params(model),
     }
-    return StepReport(config.method, "real", details=details)
+    return _report(model, config, ctx, before, details)
 
 
 @register(PruneHeads)
@@ -240,11 +254,8 @@ def apply_prune_heads(model, config: PruneHeads, ctx: CompressContext) -> StepRe
             f"({heads} heads, {kv_heads} groups): choose a ratio between {1 / group:.2f} and {(group - 1) / group:.2f}"
         )
     before = _params(model)
-    names = [f"model.layers.{i}.self_attn.o_proj" for i in range(len(layers))]
-    stats = _capture(model, names, ctx, "head importance")
     removed = []
-    for i, layer in enumerate(layers):
-        s = stats.pop(names[i])
+    for layer, s in _layer_stats(model, ctx, layers, "self_attn.o_proj", "head importance"):
         weight = layer.self_attn.o_proj.weight
         kept = keep_heads(head_scores(weight, s.hessian, head_dim), kv_heads, keep_per_group)
         removed.append(sorted(set(range(heads)) - set(kept.tolist())))
@@ -259,9 +270,5 @@ def apply_prune_heads(model, config: PruneHeads, ctx: CompressContext) -> StepRe
         "kv_heads": kv_heads,
         "heads_removed_per_layer": removed,
         "ranking": "output energy trace(W_o,h H_hh W_o,h^T) per head on calibration text",
-        "refit": "least squares on calibration inputs" if config.refit else "none",
-        "calibration_tokens": int(ctx.calibration_windows().numel()),
-        "params_before": before,
-        "params_after": _params(model),
     }
-    return StepReport(config.method, "real", details=details)
+    return _report(model, config, ctx, before, details)

@@ -6,6 +6,9 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from greenlm.errors import GreenlmError
 
@@ -24,6 +27,24 @@ class TextSource:
         for doc in self.documents:
             h.update(hashlib.sha256(doc.encode()).digest())
         return h.hexdigest()[:16]
+
+
+def read_yaml_file(path: str | Path, what: str, not_found: str, expected: str) -> tuple[Path, Any]:
+    """A YAML file the user named (a recipe, a policy, a search space): its path and parsed content, or one
+    GreenlmError line (`not_found`: what to do when it is missing; a syntax error says where)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise GreenlmError(f"{what} '{path}' not found: {not_found}")
+    text = read_text_file(p, what, expected)
+    try:
+        return p, yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise GreenlmError(
+            f"{what} '{path}' is not valid YAML ({where}{problem}): check indentation, colons and brackets"
+        ) from None
 
 
 def read_text_file(path: str | Path, what: str, expected: str) -> str:
@@ -52,17 +73,20 @@ def _builtin() -> TextSource:
     return TextSource(f"builtin:{BUILTIN_TEXT}", tuple(topics[k] for k in sorted(topics)))
 
 
+def json_line(line: str, where: str) -> Any:
+    """One line of a .jsonl file the user gave, or one GreenlmError line saying where it is not JSON."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise GreenlmError(f"{where} is not valid JSON ({exc.msg}): one JSON object per line") from None
+
+
 def _read_jsonl(path: Path) -> list[str]:
     docs = []
     for lineno, line in enumerate(read_text_file(path, "text file", _TEXT_HINT).splitlines(), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GreenlmError(
-                f"{path}:{lineno} is not valid JSON ({exc.msg}): one JSON object per line"
-            ) from None
+        row = json_line(line, f"{path}:{lineno}")
         if isinstance(row, str):
             docs.append(row)
             continue

@@ -11,6 +11,7 @@ from greenlm.compress.config import (
     DEFAULT_CALIBRATION_SAMPLES,
     DEFAULT_CALIBRATION_TOKENS,
     DEFAULT_EVAL_TOKENS,
+    check_data_flags,
 )
 from greenlm.errors import GreenlmError
 from greenlm.train.settings import TrainSettings
@@ -61,15 +62,7 @@ class DistillConfig(TrainSettings):
             not isinstance(self.checkpoint_steps, int) or self.checkpoint_steps < 1
         ):
             raise GreenlmError(f"--checkpoint-steps must be at least 1, got {self.checkpoint_steps!r}")
-        for flag, value, low in (
-            ("--calibration-samples", self.calibration_samples, 1),
-            ("--calibration-tokens", self.calibration_tokens, 2),
-            ("--eval-tokens", self.eval_tokens, 2),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise GreenlmError(f"{flag} must be a whole number of at least {low}, got {value!r}")
-        if self.threads is not None and self.threads < 1:
-            raise GreenlmError(f"--threads must be at least 1, got {self.threads}")
+        check_data_flags(self)
 
     @property
     def checkpoint_path(self) -> Path:

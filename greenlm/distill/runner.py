@@ -36,7 +36,7 @@ from greenlm.errors import GreenlmError
 from greenlm.evaluate.compare import compare_to_reference
 from greenlm.evaluate.config import DEFAULT_MAX_EVAL_TOKENS, DEFAULT_WINDOW_TOKENS
 from greenlm.evaluate.reference import reference_stats
-from greenlm.io import atomic_directory, noop, refuse_existing
+from greenlm.io import atomic_directory, noop, phase_progress, refuse_existing, said_once
 from greenlm.models.loader import LoadedModel, load_model
 from greenlm.models.manifest import dir_size_bytes, is_variant_dir, read_manifest
 from greenlm.models.spec import ModelSpec, resolve_model
@@ -188,7 +188,7 @@ def _quality(
             engine,
             reference,
             max_eval_tokens=eval_tokens,
-            progress=lambda d, t: progress({"phase": label, "done": d, "total": t}),
+            progress=phase_progress(progress, label),
         )
     finally:
         model.train(was_training)
@@ -282,14 +282,8 @@ def distill(
 ) -> DistillResult:
     """Distill `config.teacher` into the student and save the variant to `config.out`."""
     progress = progress or noop
-    announce = announce or noop
     start = time.perf_counter()
-    notes: list[str] = []
-
-    def say(message: str) -> None:
-        if message not in notes:
-            notes.append(message)
-            announce(message)
+    notes, say = said_once(announce)
 
     # --- cheap checks: paths, models, text, carbon, meter, the checkpoint directory -----------------------------
     recipe = parse_student_recipe(config.student_recipe) if config.student_recipe is not None else None
@@ -337,25 +331,21 @@ def distill(
             window_tokens=DEFAULT_WINDOW_TOKENS,
             max_eval_tokens=max(DEFAULT_MAX_EVAL_TOKENS, config.eval_tokens),
             loaded_engine=TransformersEngine(teacher, threads=config.threads),
-            progress=lambda d, t: progress({"phase": "reference (teacher)", "done": d, "total": t}),
+            progress=phase_progress(progress, "reference (teacher)"),
             announce=say,
         )
+
+    def student_quality(label: str) -> dict | None:
+        if reference is None:
+            return None
+        return _quality(
+            student, teacher.tokenizer, reference, config.eval_tokens, config.threads, progress, label
+        )
+
     if run is not None:
         quality_before = run.info().get("quality_before")
     else:
-        quality_before = (
-            _quality(
-                student,
-                teacher.tokenizer,
-                reference,
-                config.eval_tokens,
-                config.threads,
-                progress,
-                "quality before",
-            )
-            if reference is not None
-            else None
-        )
+        quality_before = student_quality("quality before")
         run = RunDir.create(
             ckpt,
             identity,
@@ -398,19 +388,7 @@ def distill(
         say(n)
     say(f"precision: {outcome.precision_note}")
 
-    quality_after = (
-        _quality(
-            student,
-            teacher.tokenizer,
-            reference,
-            config.eval_tokens,
-            config.threads,
-            progress,
-            "quality after",
-        )
-        if reference is not None
-        else None
-    )
+    quality_after = student_quality("quality after")
 
     # --- the variant ----------------------------------------------------------------------------------------------
     training = outcome.to_dict()

@@ -20,7 +20,7 @@ import gguf
 from transformers import AutoTokenizer
 
 from greenlm.errors import GreenlmError
-from greenlm.llamacpp.runtime import captured_log, import_llama_cpp
+from greenlm.llamacpp.runtime import import_llama_cpp, vocab_only_model
 from greenlm.models.spec import ModelSpec
 
 
@@ -42,17 +42,9 @@ def _gguf_bos(path: Path) -> int | None:
         add = fields.get("tokenizer.ggml.add_bos_token")
         bos = fields.get("tokenizer.ggml.bos_token_id")
         return int(bos.contents()) if add is not None and add.contents() and bos is not None else None
-    params = lib.llama_model_default_params()
-    params.vocab_only = True
-    with captured_log() as captured:
-        model = lib.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        raise GreenlmError(f"llama.cpp cannot read the vocabulary of {path}: {captured.reason()}")
-    try:
+    with vocab_only_model(lib, path) as model:
         vocab = lib.llama_model_get_vocab(model)
         return int(lib.llama_vocab_bos(vocab)) if lib.llama_vocab_get_add_bos(vocab) else None
-    finally:
-        lib.llama_model_free(model)
 
 
 def _dir_bos(path: Path) -> int | None:

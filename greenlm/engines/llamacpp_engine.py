@@ -29,7 +29,7 @@ from greenlm.engines.speculative import (
 from greenlm.errors import GreenlmError
 from greenlm.llamacpp.cache import cached_float_gguf
 from greenlm.llamacpp.inspect import file_quant_type, tensor_type_counts
-from greenlm.llamacpp.runtime import captured_log, import_llama_cpp, raise_pending_interrupt
+from greenlm.llamacpp.runtime import captured_log, import_llama_cpp, new_context, raise_pending_interrupt
 from greenlm.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -204,13 +204,9 @@ class LlamaCppEngine(Engine):
         params.n_threads_batch = self.threads
         params.kv_unified = True  # one cache shared by the sequences of a batch
         params.no_perf = True
-        with captured_log() as captured:
-            ctx = lib.llama_init_from_model(self._model, params)
-        if not ctx:
-            raise GreenlmError(
-                f"llama.cpp cannot create a context of {n_seq} x {self.context_tokens} tokens: {captured.reason()}"
-            )
-        self._ctx = ctx
+        self._ctx = new_context(
+            lib, self._model, params, f"a context of {n_seq} x {self.context_tokens} tokens"
+        )
         self._batch = lib.llama_batch_init(BATCH_TOKENS, 0, n_seq)
         self._n_seq = n_seq
         self._ctx_generation += 1

@@ -15,7 +15,7 @@ import numpy as np
 from greenlm.engines.llamacpp_engine import LlamaCppEngine
 from greenlm.engines.stepper import SlotFeed, Stepper, check_slots
 from greenlm.errors import GreenlmError
-from greenlm.llamacpp.runtime import captured_log, raise_pending_interrupt
+from greenlm.llamacpp.runtime import new_context, raise_pending_interrupt
 
 FLASH_ATTENTION_OFF = 0  # llama_flash_attn_type: -1 auto, 0 disabled, 1 enabled
 
@@ -48,15 +48,14 @@ class LlamaCppStepper(Stepper):
         # 64 tokens, three arrival patterns). See tests/serve for the check.
         params.flash_attn_type = FLASH_ATTENTION_OFF
         params.no_perf = True
-        with captured_log() as captured:
-            ctx = lib.llama_init_from_model(engine._model, params)
-        if not ctx:
-            raise GreenlmError(
-                f"llama.cpp cannot create a serving context of {slots} slots x {context_tokens} tokens: "
-                f"{captured.reason()} (lower --max-batch)"
-            )
-        self._ctx = ctx
-        self._memory = lib.llama_get_memory(ctx)
+        self._ctx = new_context(
+            lib,
+            engine._model,
+            params,
+            f"a serving context of {slots} slots x {context_tokens} tokens",
+            " (lower --max-batch)",
+        )
+        self._memory = lib.llama_get_memory(self._ctx)
         self._batch = lib.llama_batch_init(step_tokens, 0, 1)
 
     # ---- Stepper ---------------------------------------------------------------------------------------

@@ -99,14 +99,12 @@ def compare_to_reference(
     mass = top_k_mass(reference.topk_logp[idx].reshape(-1, reference.top_k))
     positions = len(idx) * (reference.window_tokens - 1)
     ratio = math.exp(diff_mean)
-    return QualityStats(
-        ppl=math.exp(nll_mean),
-        nll_mean=nll_mean,
-        nll_stderr=nll_se,
-        windows=len(idx),
-        window_tokens=reference.window_tokens,
-        tokens_evaluated=positions,
-        eval_s=eval_s,
+    return QualityStats.from_nll(
+        nll_mean,
+        nll_se,
+        len(idx),
+        reference.window_tokens,
+        eval_s,
         ppl_reference=math.exp(ref_mean),
         ppl_increase_pct=(ratio - 1.0) * 100.0,
         ppl_increase_pct_stderr=None if diff_se is None else ratio * diff_se * 100.0,

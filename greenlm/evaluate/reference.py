@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -125,14 +124,12 @@ class ReferenceStats:
         idx = self.select(max_eval_tokens)
         per_window = self.nll[idx].double().mean(-1)
         nll_mean, nll_se = mean_stderr(per_window)
-        return QualityStats(
-            ppl=math.exp(nll_mean),
-            nll_mean=nll_mean,
-            nll_stderr=nll_se,
-            windows=len(idx),
-            window_tokens=self.window_tokens,
-            tokens_evaluated=len(idx) * (self.window_tokens - 1),
-            eval_s=0.0 if self.cached else self.compute_s * len(idx) / self.windows,
+        return QualityStats.from_nll(
+            nll_mean,
+            nll_se,
+            len(idx),
+            self.window_tokens,
+            0.0 if self.cached else self.compute_s * len(idx) / self.windows,
         )
 
     def describe(self) -> dict:

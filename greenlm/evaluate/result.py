@@ -53,6 +53,29 @@ class QualityStats:
     ref_topk_mass_min: float | None = None
     tokenizer_match: bool | None = None  # the model's own tokenizer splits a probe of the text identically
 
+    @classmethod
+    def from_nll(
+        cls,
+        nll_mean: float,
+        nll_stderr: float | None,
+        windows: int,
+        window_tokens: int,
+        eval_s: float,
+        **compared,
+    ) -> QualityStats:
+        """From the mean per-token NLL over `windows` windows (each scores window_tokens - 1 predictions);
+        `compared`: the figures against a reference."""
+        return cls(
+            ppl=math.exp(nll_mean),
+            nll_mean=nll_mean,
+            nll_stderr=nll_stderr,
+            windows=windows,
+            window_tokens=window_tokens,
+            tokens_evaluated=windows * (window_tokens - 1),
+            eval_s=eval_s,
+            **compared,
+        )
+
     @property
     def tokens_fed(self) -> int:
         return self.windows * self.window_tokens

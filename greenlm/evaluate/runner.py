@@ -115,17 +115,13 @@ def evaluate(
             spec, split, engine=config.engine, dtype=config.dtype, progress=progress, **window
         )
         quality = stats.quality()
-        result = EvalResult(
-            model=spec.name,
-            model_identity=spec.identity(),
-            engine=config.engine,
-            engine_info=stats.engine,
-            text=stats.text,
-            text_fingerprint=stats.text_fingerprint,
-            text_tokens=stats.text_tokens,
-            quality=quality,
-            max_eval_tokens=config.max_eval_tokens,
-            wall_s=0.0,
+        result = _result(
+            spec,
+            config,
+            config.engine,
+            stats.engine,
+            stats,
+            quality,
             model_cached=stats.cached,
             reference_cache=str(stats.path) if stats.path else None,
             variant=_variant_summary(manifest),
@@ -166,17 +162,13 @@ def evaluate(
                 f"note: {spec.name}'s own tokenizer splits the text differently from {ref_spec.name}'s; "
                 "both were fed the reference's token ids"
             )
-        result = EvalResult(
-            model=spec.name,
-            model_identity=spec.identity(),
-            engine=engine.name,
-            engine_info=info,
-            text=ref.text,
-            text_fingerprint=ref.text_fingerprint,
-            text_tokens=ref.text_tokens,
-            quality=quality,
-            max_eval_tokens=config.max_eval_tokens,
-            wall_s=0.0,
+        result = _result(
+            spec,
+            config,
+            engine.name,
+            info,
+            ref,
+            quality,
             reference=ref_spec.name,
             reference_identity=ref_spec.identity(),
             reference_source=ref_source,
@@ -227,3 +219,21 @@ def _store_columns(result: EvalResult, manifest: dict | None) -> dict:
             columns["recipe_json"] = json.dumps(manifest["recipe"], default=str)
         columns["variant_id"] = manifest.get("variant_id") or result.model_identity["fingerprint"]
     return columns
+
+
+def _result(spec, config, engine: str, engine_info, text_stats, quality, **more) -> EvalResult:
+    """An evaluation's result: the model, its engine, the text (from the statistics that read it), the
+    quality; `more` says what it was compared with and where figures were cached."""
+    return EvalResult(
+        model=spec.name,
+        model_identity=spec.identity(),
+        engine=engine,
+        engine_info=engine_info,
+        text=text_stats.text,
+        text_fingerprint=text_stats.text_fingerprint,
+        text_tokens=text_stats.text_tokens,
+        quality=quality,
+        max_eval_tokens=config.max_eval_tokens,
+        wall_s=0.0,
+        **more,
+    )

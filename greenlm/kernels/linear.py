@@ -224,24 +224,41 @@ class QuantLinear(torch.nn.Module, QuantizedModule):
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
 
 
+class WeightOnlyLinear(QuantLinear):
+    """A weight-only kernel of one bit width; the option is the activation dtype."""
+
+    option_name = "activations"
+    option_values = ("bfloat16", "float32")
+    weight_bits: ClassVar[int]
+
+    @classmethod
+    def check(cls, bits, group_size, symmetric, in_features):
+        if bits != cls.weight_bits:
+            return f"it runs {cls.weight_bits}-bit weights only"
+        return cls.check_group(group_size)
+
+    @classmethod
+    def check_group(cls, group_size) -> str | None:
+        raise NotImplementedError
+
+
 @register_module
-class Int8WeightLinear(QuantLinear):
+class Int8WeightLinear(WeightOnlyLinear):
     """Weight-only int8 per output channel on `torch._weight_int8pack_mm` (activations bf16 or float32).
 
     The kernel takes symmetric int8 with one scale per row; an asymmetric zero point is folded out as
     scale * (128 - zero) * sum(x), one extra multiply-add per output."""
 
     kind = "int8_weight"
-    option_name = "activations"
-    option_values = ("bfloat16", "float32")
+    weight_bits = 8
 
     @classmethod
-    def check(cls, bits, group_size, symmetric, in_features):
-        if bits != 8:
-            return "it runs 8-bit weights only"
-        if group_size is not None:
-            return "it takes one scale per output channel (group_size must be null)"
-        return None
+    def check_group(cls, group_size):
+        return (
+            "it takes one scale per output channel (group_size must be null)"
+            if group_size is not None
+            else None
+        )
 
     def _prepare(self):
         dtype = getattr(torch, self.option)
@@ -260,17 +277,14 @@ class Int8WeightLinear(QuantLinear):
 
 
 @register_module
-class Int4PackedLinear(QuantLinear):
+class Int4PackedLinear(WeightOnlyLinear):
     """Weight-only int4 with group-wise scales and zeros on `aten._weight_int4pack_mm_for_cpu`."""
 
     kind = "int4_packed"
-    option_name = "activations"
-    option_values = ("bfloat16", "float32")
+    weight_bits = 4
 
     @classmethod
-    def check(cls, bits, group_size, symmetric, in_features):
-        if bits != 4:
-            return "it runs 4-bit weights only"
+    def check_group(cls, group_size):
         if group_size not in INT4_PACKED_GROUPS:
             return f"its group size must be one of {', '.join(map(str, INT4_PACKED_GROUPS))}"
         return None

@@ -162,15 +162,21 @@ def _qwen_check(name: str) -> Callable:
     return check
 
 
+def _check_layer_types(config, expected, problem: str) -> None:
+    """Refuse with `problem` unless layer i's attention type (when the config lists them) is `expected(i)`."""
+    types = _layer_types(config)
+    if types and types != [expected(i) for i in range(len(types))]:
+        _refuse(problem)
+
+
 def _gemma2_check(config) -> None:
     _check_rope(config, "gemma2")
     _check_attention_scale(config, "gemma2")
-    types = _layer_types(config)
-    expected = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(len(types))]
-    if types and types != expected:
-        _refuse(
-            "cannot export: llama.cpp's gemma2 uses a sliding window on even layers only; this model differs"
-        )
+    _check_layer_types(
+        config,
+        lambda i: "sliding_attention" if i % 2 == 0 else "full_attention",
+        "cannot export: llama.cpp's gemma2 uses a sliding window on even layers only; this model differs",
+    )
     if not getattr(config, "tie_word_embeddings", True):
         _refuse(
             "cannot export: llama.cpp's gemma2 ties the output head to the embedding; this model does not"
@@ -198,13 +204,12 @@ def _gemma3_check(config) -> None:
         )
     del rope
     _check_attention_scale(config, "gemma3")
-    types = _layer_types(config)
-    expected = ["full_attention" if i % 6 == 5 else "sliding_attention" for i in range(len(types))]
-    if types and types != expected:
-        _refuse(
-            "cannot export: llama.cpp's gemma3 uses 5 sliding-window layers per global one; this model's "
-            "layer pattern differs"
-        )
+    _check_layer_types(
+        config,
+        lambda i: "full_attention" if i % 6 == 5 else "sliding_attention",
+        "cannot export: llama.cpp's gemma3 uses 5 sliding-window layers per global one; this model's "
+        "layer pattern differs",
+    )
     if getattr(config, "attn_logit_softcapping", None):
         _refuse("cannot export: llama.cpp's gemma3 has no attention logit soft-capping; this model sets it")
 
@@ -252,6 +257,10 @@ def _phi3_metadata(writer, config, head_dim: int) -> None:
     writer.add_sliding_window(int(getattr(config, "sliding_window", None) or 0))
 
 
+# what llama and mistral share: the same GGUF layout and checks
+_LLAMA = dict(
+    permute_qk=True, per_layer_arch=gguf.MODEL_ARCH.DECI, check=_llama_check, metadata=_llama_metadata
+)
 _GEMMA = dict(
     norm_offset=1.0,
     activations=("gelu_pytorch_tanh", "gelu_tanh"),
@@ -265,19 +274,13 @@ FAMILIES = {
             "llama",
             ("LlamaForCausalLM",),
             gguf.MODEL_ARCH.LLAMA,
-            permute_qk=True,
-            per_layer_arch=gguf.MODEL_ARCH.DECI,
-            check=_llama_check,
-            metadata=_llama_metadata,
+            **_LLAMA,
         ),
         Family(
             "mistral",
             ("MistralForCausalLM",),
             gguf.MODEL_ARCH.LLAMA,
-            permute_qk=True,
-            per_layer_arch=gguf.MODEL_ARCH.DECI,
-            check=_llama_check,
-            metadata=_llama_metadata,
+            **_LLAMA,
             notes=lambda config: _window_note(config, "llama"),
         ),
         Family("qwen2", ("Qwen2ForCausalLM",), gguf.MODEL_ARCH.QWEN2, check=_qwen_check("qwen2")),

@@ -139,3 +139,28 @@ def captured_log() -> Iterator[LogCapture]:
         finally:
             _active = previous
             raise_pending_interrupt()
+
+
+@contextmanager
+def vocab_only_model(lib, path) -> Iterator[Any]:
+    """The llama.cpp model of GGUF `path` loaded vocabulary-only (no weights: cheap), freed on exit."""
+    params = lib.llama_model_default_params()
+    params.vocab_only = True
+    with captured_log() as captured:
+        model = lib.llama_model_load_from_file(str(path).encode(), params)
+    if not model:
+        raise GreenlmError(f"llama.cpp cannot read the vocabulary of {path}: {captured.reason()}")
+    try:
+        yield model
+    finally:
+        lib.llama_model_free(model)
+
+
+def new_context(lib, model, params, what: str, hint: str = ""):
+    """A llama.cpp context for `model`, or one GreenlmError line: what could not be created, llama.cpp's
+    reason, then `hint` (what to change)."""
+    with captured_log() as captured:
+        ctx = lib.llama_init_from_model(model, params)
+    if not ctx:
+        raise GreenlmError(f"llama.cpp cannot create {what}: {captured.reason()}{hint}")
+    return ctx

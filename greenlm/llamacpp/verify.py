@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from greenlm.errors import GreenlmError
-from greenlm.llamacpp.runtime import captured_log, import_llama_cpp
+from greenlm.llamacpp.runtime import import_llama_cpp, vocab_only_model
 from greenlm.llamacpp.vocab import PROBE_TEXT
 
 
@@ -52,21 +52,13 @@ ROUNDTRIP_CODED_BUILTIN = RoundTripTolerance(max_abs_logit=3.0, max_mean_kld=0.0
 def llama_tokenize(path: Path, text: str) -> list[int]:
     """Token ids llama.cpp gives `text` with the vocabulary of GGUF `path` (loaded vocabulary-only)."""
     lib = import_llama_cpp()
-    params = lib.llama_model_default_params()
-    params.vocab_only = True
-    with captured_log() as captured:
-        model = lib.llama_model_load_from_file(str(path).encode(), params)
-    if not model:
-        raise GreenlmError(f"llama.cpp cannot read the vocabulary of {path}: {captured.reason()}")
-    try:
+    with vocab_only_model(lib, path) as model:
         vocab = lib.llama_model_get_vocab(model)
         data = text.encode("utf-8")
         size = len(data) + 16
         buf = (lib.llama_token * size)()
         n = lib.llama_tokenize(vocab, data, len(data), buf, size, False, False)
         return list(buf[: max(n, 0)])
-    finally:
-        lib.llama_model_free(model)
 
 
 def check_tokenizer(path: Path, tokenizer, text: str = PROBE_TEXT) -> str:

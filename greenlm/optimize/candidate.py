@@ -296,7 +296,8 @@ def evaluate_candidate(settings: EvalSettings, candidate: Candidate, front: list
     return record
 
 
-OUT_MANIFEST_FIELDS = (
+# what a candidate is and what it costs: the first fields of both the search summary and the saved choice
+CANDIDATE_FIELDS = (
     "label",
     "recipe",
     "engine",
@@ -306,6 +307,9 @@ OUT_MANIFEST_FIELDS = (
     "device",
     "decode_j_per_token",
     "decode_tokens_per_s",
+)
+OUT_MANIFEST_FIELDS = (
+    *CANDIDATE_FIELDS,
     "ppl",
     "ppl_increase_pct",
     "kld",

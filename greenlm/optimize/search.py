@@ -26,7 +26,7 @@ from greenlm.energy.payback import payback_tokens
 from greenlm.errors import GreenlmError
 from greenlm.io import refuse_existing
 from greenlm.models.spec import resolve_model
-from greenlm.optimize.candidate import evaluate_candidate, save_chosen
+from greenlm.optimize.candidate import CANDIDATE_FIELDS, evaluate_candidate, save_chosen
 from greenlm.optimize.config import OptimizeConfig
 from greenlm.optimize.executors import make_executor
 from greenlm.optimize.final import final_round, within_noise
@@ -38,15 +38,7 @@ BASELINE = Candidate()  # float32 transformers: what a user gets with no greenlm
 MEASURED = "measured"
 SUMMARY_FIELDS = (
     "key",
-    "label",
-    "recipe",
-    "engine",
-    "quant_type",
-    "threads",
-    "speculative",
-    "device",
-    "decode_j_per_token",
-    "decode_tokens_per_s",
+    *CANDIDATE_FIELDS,
     "prefill_j_per_token",
     "ppl",
     "kld",

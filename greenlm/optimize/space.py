@@ -10,12 +10,9 @@ import hashlib
 import itertools
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from greenlm.data.sources import read_text_file
+from greenlm.data.sources import read_yaml_file
 from greenlm.errors import GreenlmError
 
 ENGINES = ("transformers", "llamacpp")
@@ -177,15 +174,9 @@ def expand(grid: dict[str, Any]) -> list[Candidate]:
 def load_space(path: str | None, time_budget_s: float | None = None) -> SearchSpace:
     if path is None:
         return default_space(time_budget_s)
-    p = Path(path)
-    if not p.is_file():
-        raise GreenlmError(f"search space file '{path}' not found")
-    try:
-        data = yaml.safe_load(read_text_file(p, "search space file", "a YAML file with a 'grids:' list"))
-    except yaml.YAMLError as exc:
-        raise GreenlmError(
-            f"search space file '{path}' is not valid YAML: {str(exc).splitlines()[0]}"
-        ) from None
+    _, data = read_yaml_file(
+        path, "search space file", "give a YAML file with a 'grids:' list", "a YAML file with a 'grids:' list"
+    )
     if not isinstance(data, dict) or not isinstance(data.get("grids"), list):
         raise GreenlmError(f"search space file '{path}' needs a top-level 'grids:' list")
     return SearchSpace([c for grid in data["grids"] for c in expand(grid)], source=str(path))

@@ -40,24 +40,13 @@ def pareto_svg(
             color="gray",
             label="Pareto front",
         )
-    ax.scatter(
-        [baseline["decode_j_per_token"]],
-        [max(baseline["kld"], floor)],
-        marker="s",
-        s=90,
-        facecolors="none",
-        edgecolors="black",
-        label="baseline",
-    )
+
+    def mark(row: dict, **style) -> None:
+        ax.scatter([row["decode_j_per_token"]], [max(row["kld"], floor)], **style)
+
+    mark(baseline, marker="s", s=90, facecolors="none", edgecolors="black", label="baseline")
     if chosen:
-        ax.scatter(
-            [chosen["decode_j_per_token"]],
-            [max(chosen["kld"], floor)],
-            marker="*",
-            s=260,
-            color="crimson",
-            label="chosen",
-        )
+        mark(chosen, marker="*", s=260, color="crimson", label="chosen")
     ax.axhline(max(max_kld, floor), color="crimson", lw=0.8, ls=":", label=f"KLD budget {max_kld:g}")
     ax.set_yscale("log")
     ax.set_xlabel("decode energy (J/token)")

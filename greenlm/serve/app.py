@@ -16,7 +16,8 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import NamedTuple
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -196,6 +197,32 @@ def create_app(server: Server, *, metrics=None, energy=None) -> FastAPI:
         )
         return ModelList(data=[card])
 
+    async def answer(request: Request, body, ids: list[int], max_tokens, kind: _Kind):
+        """Generate for one chat or completion request: stream its chunks, or collect it into one response."""
+        params = server.sampling(
+            prompt_tokens=len(ids),
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=body.stop,
+            ignore_eos=body.ignore_eos,
+        )
+        handle = server.submit(ids, params, loop=asyncio.get_running_loop())
+        rid, created = f"{kind.id_prefix}-{handle.request_id}", int(time.time())
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            chunks = _chunks(handle, rid, created, server.model_id, usage, server.replica, kind)
+            return _stream(handle, request, chunks)
+        result = await _collect(handle, request)
+        return kind.response(
+            id=rid,
+            created=created,
+            model=server.model_id,
+            choices=[kind.choice(result)],
+            usage=_usage(result, server.replica),
+        )
+
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat(request: Request):
         body = await _parse(request, ChatCompletionRequest)
@@ -206,31 +233,7 @@ def create_app(server: Server, *, metrics=None, energy=None) -> FastAPI:
         )
         messages = [{"role": m.role, "content": _message_text(m.content)} for m in body.messages]
         ids = await asyncio.to_thread(server.prompt_from_messages, messages)
-        params = server.sampling(
-            prompt_tokens=len(ids),
-            max_tokens=body.max_completion_tokens or body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop=body.stop,
-            ignore_eos=body.ignore_eos,
-        )
-        handle = server.submit(ids, params, loop=asyncio.get_running_loop())
-        rid, created = f"chatcmpl-{handle.request_id}", int(time.time())
-        if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-            chunks = _chat_chunks(handle, rid, created, server.model_id, usage, server.replica)
-            return _stream(handle, request, chunks)
-        result = await _collect(handle, request)
-        return ChatCompletion(
-            id=rid,
-            created=created,
-            model=server.model_id,
-            choices=[
-                ChatChoice(message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason)
-            ],
-            usage=_usage(result, server.replica),
-        )
+        return await answer(request, body, ids, body.max_completion_tokens or body.max_tokens, _CHAT)
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)])
     async def completions(request: Request):
@@ -248,29 +251,7 @@ def create_app(server: Server, *, metrics=None, energy=None) -> FastAPI:
             ids = await asyncio.to_thread(server.prompt_from_text, prompt)
         else:
             ids = server.prompt_from_ids(list(prompt))
-        params = server.sampling(
-            prompt_tokens=len(ids),
-            max_tokens=body.max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            seed=body.seed,
-            stop=body.stop,
-            ignore_eos=body.ignore_eos,
-        )
-        handle = server.submit(ids, params, loop=asyncio.get_running_loop())
-        rid, created = f"cmpl-{handle.request_id}", int(time.time())
-        if body.stream:
-            usage = bool(body.stream_options and body.stream_options.include_usage)
-            chunks = _completion_chunks(handle, rid, created, server.model_id, usage, server.replica)
-            return _stream(handle, request, chunks)
-        result = await _collect(handle, request)
-        return Completion(
-            id=rid,
-            created=created,
-            model=server.model_id,
-            choices=[CompletionChoice(text=result.text, finish_reason=result.finish_reason)],
-            usage=_usage(result, server.replica),
-        )
+        return await answer(request, body, ids, body.max_tokens, _COMPLETION)
 
     return BodyLimit(app, server.config.max_body_bytes)
 
@@ -360,48 +341,58 @@ def _stream_error(result: RequestResult) -> str | None:
     return _sse(ErrorResponse.of(str(error), error.type, code=error.code))
 
 
-async def _chat_chunks(handle, rid, created, model, include_usage, replica=None) -> AsyncIterator[str]:
-    def chunk(delta: ChatDelta, finish: str | None = None) -> str:
-        choice = ChatChunkChoice(delta=delta, finish_reason=finish)
-        return _sse(ChatCompletionChunk(id=rid, created=created, model=model, choices=[choice]))
+async def _chunks(handle, rid, created, model, include_usage, replica, kind: _Kind) -> AsyncIterator[str]:
+    """The server-sent events of a streamed chat or text completion: each token's text, then the finish
+    reason, then (when asked) the usage with its energy."""
 
-    yield chunk(ChatDelta(role="assistant", content=""))
+    def chunk(choice) -> str:
+        return _sse(kind.chunk(id=rid, created=created, model=model, choices=[choice]))
+
+    if kind.opening is not None:
+        yield chunk(kind.opening())
     async for event in handle:
         if isinstance(event, TokenEvent):
             if event.text:
-                yield chunk(ChatDelta(content=event.text))
+                yield chunk(kind.stream_choice(event.text, None))
             continue
         result = event.result
         error = _stream_error(result)
         if error:
             yield error
             return
-        yield chunk(ChatDelta(), result.finish_reason)
+        yield chunk(kind.stream_choice(None, result.finish_reason))
         if include_usage:
             yield _sse(
-                ChatCompletionChunk(
-                    id=rid, created=created, model=model, choices=[], usage=_usage(result, replica)
-                )
+                kind.chunk(id=rid, created=created, model=model, choices=[], usage=_usage(result, replica))
             )
 
 
-async def _completion_chunks(handle, rid, created, model, include_usage, replica=None) -> AsyncIterator[str]:
-    def chunk(text: str, finish: str | None = None) -> str:
-        choice = CompletionChoice(text=text, finish_reason=finish)
-        return _sse(Completion(id=rid, created=created, model=model, choices=[choice]))
+class _Kind(NamedTuple):
+    """What differs between a chat and a text completion: the id prefix, the response and its choice, the
+    streamed chunk and its choice (text None: the closing one), and the chat's opening choice."""
 
-    async for event in handle:
-        if isinstance(event, TokenEvent):
-            if event.text:
-                yield chunk(event.text)
-            continue
-        result = event.result
-        error = _stream_error(result)
-        if error:
-            yield error
-            return
-        yield chunk("", result.finish_reason)
-        if include_usage:
-            yield _sse(
-                Completion(id=rid, created=created, model=model, choices=[], usage=_usage(result, replica))
-            )
+    id_prefix: str
+    response: type
+    choice: Callable[[RequestResult], object]
+    chunk: type
+    stream_choice: Callable[[str | None, str | None], object]
+    opening: Callable[[], object] | None = None
+
+
+_CHAT = _Kind(
+    "chatcmpl",
+    ChatCompletion,
+    lambda result: ChatChoice(
+        message=ChatMessageOut(content=result.text), finish_reason=result.finish_reason
+    ),
+    ChatCompletionChunk,
+    lambda text, finish: ChatChunkChoice(delta=ChatDelta(content=text), finish_reason=finish),
+    lambda: ChatChunkChoice(delta=ChatDelta(role="assistant", content="")),
+)
+_COMPLETION = _Kind(
+    "cmpl",
+    Completion,
+    lambda result: CompletionChoice(text=result.text, finish_reason=result.finish_reason),
+    Completion,
+    lambda text, finish: CompletionChoice(text=text or "", finish_reason=finish),
+)

@@ -20,9 +20,7 @@ import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-import yaml
-
-from greenlm.data.sources import read_text_file
+from greenlm.data.sources import read_yaml_file
 from greenlm.errors import GreenlmError
 from greenlm.serve.grid import MAX_INTENSITY_G_PER_KWH
 from greenlm.serve.ladder import NAME_RE
@@ -58,6 +56,24 @@ def _number(where: _Where, key: str, value, *, low: float, high: float | None = 
             key, f"must be {kind} {bound}, got {value!r}", f"e.g. '{key.split('.')[-1]}: {example}'"
         )
     return int(value) if whole else float(value)
+
+
+def _numbers(where: _Where, section: str, given: dict, rules: dict[str, dict]) -> dict:
+    """The numeric settings of one section that `given` names, each checked by `_number` with its rule
+    (bounds, example); a key whose rule says null_is_default may be written as null to keep the default."""
+    numbers = {}
+    for k, rule in rules.items():
+        rule = dict(rule)
+        null_is_default = rule.pop("null_is_default", False)
+        if k in given and not (null_is_default and given[k] is None):
+            numbers[k] = _number(where, f"{section}.{k}", given[k], **rule)
+    return numbers
+
+
+def _numeric_policy(where: _Where, section: str, value, policy_cls: type, example: str, **rules: dict):
+    """A policy section whose settings are all numbers: only `policy_cls`'s fields, each checked by its rule."""
+    given = _mapping(where, section, value, tuple(f.name for f in fields(policy_cls)), example)
+    return policy_cls(**_numbers(where, section, given, rules))
 
 
 def _text(where: _Where, key: str, value, example: str) -> str:
@@ -200,10 +216,15 @@ def _variant(where: _Where, i: int, entry) -> VariantEntry:
     threads = entry.get("threads")
     if threads is not None:
         threads = _number(where, f"{key}.threads", threads, low=1, example=1, whole=True)
-    figures = {}
-    for k, example in (("kld", 0.004), ("decode_j_per_token", 0.11), ("decode_tokens_per_s", 70)):
-        if entry.get(k) is not None:
-            figures[k] = _number(where, f"{key}.{k}", entry[k], low=0, example=example)
+    figures = _numbers(
+        where,
+        key,
+        entry,
+        {
+            k: dict(low=0, example=example, null_is_default=True)
+            for k, example in (("kld", 0.004), ("decode_j_per_token", 0.11), ("decode_tokens_per_s", 70))
+        },
+    )
     return VariantEntry(name=name, model=model, engine=engine, threads=threads, **figures)
 
 
@@ -314,27 +335,17 @@ def parse_policy(data, source: str = "<policy>", base: Path | None = None) -> Po
             where, "interval_s", data["interval_s"], low=0.05, high=3600, example=1.0
         )
 
-    q = _mapping(
+    values["quality"] = _numeric_policy(
         where,
         "quality",
         data.get("quality"),
-        tuple(f.name for f in fields(QualityPolicy)),
+        QualityPolicy,
         "'quality: {max_kld: 0.05}'",
+        max_kld=dict(low=0, high=10, example=0.05, null_is_default=True),
+        window_tokens=dict(low=1, example=50000, whole=True),
+        min_credit_tokens=dict(low=0, example=2000, whole=True),
+        margin=dict(low=0, high=0.99, example=0.1),
     )
-    quality: dict = {}
-    if q.get("max_kld") is not None:
-        quality["max_kld"] = _number(where, "quality.max_kld", q["max_kld"], low=0, high=10, example=0.05)
-    if "window_tokens" in q:
-        quality["window_tokens"] = _number(
-            where, "quality.window_tokens", q["window_tokens"], low=1, example=50000, whole=True
-        )
-    if "min_credit_tokens" in q:
-        quality["min_credit_tokens"] = _number(
-            where, "quality.min_credit_tokens", q["min_credit_tokens"], low=0, example=2000, whole=True
-        )
-    if "margin" in q:
-        quality["margin"] = _number(where, "quality.margin", q["margin"], low=0, high=0.99, example=0.1)
-    values["quality"] = QualityPolicy(**quality)
 
     if data.get("grid") is not None:
         values["grid"] = _grid(where, data["grid"], base)
@@ -384,70 +395,36 @@ def parse_policy(data, source: str = "<policy>", base: Path | None = None) -> Po
     if "load" in data and data["load"] is False:
         values["load"] = None
     else:
-        ld = _mapping(
+        seconds = dict(low=0, low_open=True, high=86400)
+        values["load"] = _numeric_policy(
             where,
             "load",
             data.get("load"),
-            tuple(f.name for f in fields(LoadPolicy)),
+            LoadPolicy,
             "'load: {ttft_slo_s: 1.0}'",
+            ttft_slo_s=dict(seconds, example=1.0),
+            queue_slo_s=dict(seconds, example=0.5),
+            sustain_s=dict(seconds, example=5),
+            calm_s=dict(seconds, example=20),
+            recent_s=dict(seconds, example=10),
+            calm_fraction=dict(low=0, low_open=True, high=1, example=0.5),
+            max_cores=dict(low=1, high=4096, example=2, whole=True, null_is_default=True),
         )
-        load: dict = {}
-        for k, example in (
-            ("ttft_slo_s", 1.0),
-            ("queue_slo_s", 0.5),
-            ("sustain_s", 5),
-            ("calm_s", 20),
-            ("recent_s", 10),
-        ):
-            if k in ld:
-                load[k] = _number(
-                    where, f"load.{k}", ld[k], low=0, low_open=True, high=86400, example=example
-                )
-        if "calm_fraction" in ld:
-            load["calm_fraction"] = _number(
-                where, "load.calm_fraction", ld["calm_fraction"], low=0, low_open=True, high=1, example=0.5
-            )
-        if ld.get("max_cores") is not None:
-            load["max_cores"] = _number(
-                where, "load.max_cores", ld["max_cores"], low=1, high=4096, example=2, whole=True
-            )
-        values["load"] = LoadPolicy(**load)
-    i = _mapping(
+    values["idle"] = _numeric_policy(
         where,
         "idle",
         data.get("idle"),
-        tuple(f.name for f in fields(IdlePolicy)),
+        IdlePolicy,
         "'idle: {unload_after_s: 300}'",
+        unload_after_s=dict(low=0, low_open=True, example=300, null_is_default=True),
+        low_load_after_s=dict(low=0, low_open=True, example=10, null_is_default=True),
+        low_load_cores=dict(low=1, high=4096, example=1, whole=True),
     )
-    idle: dict = {}
-    if i.get("unload_after_s") is not None:
-        idle["unload_after_s"] = _number(
-            where, "idle.unload_after_s", i["unload_after_s"], low=0, low_open=True, example=300
-        )
-    if i.get("low_load_after_s") is not None:
-        idle["low_load_after_s"] = _number(
-            where, "idle.low_load_after_s", i["low_load_after_s"], low=0, low_open=True, example=10
-        )
-    if "low_load_cores" in i:
-        idle["low_load_cores"] = _number(
-            where, "idle.low_load_cores", i["low_load_cores"], low=1, high=4096, example=1, whole=True
-        )
-    values["idle"] = IdlePolicy(**idle)
     return PolicyConfig(**values)
 
 
 def load_policy(path: str | Path) -> PolicyConfig:
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise GreenlmError(f"policy file '{path}' not found: give a YAML file (see `greenlm serve --help`)")
-    text = read_text_file(p, "policy file", "a YAML file of policy sections")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise GreenlmError(
-            f"policy {path} is not valid YAML ({where}{problem}): check indentation, colons and brackets"
-        ) from None
+    p, data = read_yaml_file(
+        path, "policy file", "give a YAML file (see `greenlm serve --help`)", "a YAML file of policy sections"
+    )
     return parse_policy(data, str(path), p.resolve().parent)

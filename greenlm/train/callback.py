@@ -26,7 +26,7 @@ from greenlm.energy.carbon import carbon_g, resolve_intensity, validate_pue
 from greenlm.energy.detect import get_meter
 from greenlm.store import Store
 from greenlm.train.energy import EnergyLedger
-from greenlm.train.forecast import DEFAULT_FORECAST_AFTER, forecast_error_pct
+from greenlm.train.forecast import DEFAULT_FORECAST_AFTER, check_forecast_after, forecast_error_pct
 
 
 class EnergyCallback(TrainerCallback):
@@ -44,8 +44,7 @@ class EnergyCallback(TrainerCallback):
         carbon_intensity: float | None = None,
         pue: float = 1.0,
     ) -> None:
-        if not 0.0 < forecast_after <= 1.0:
-            raise ValueError(f"forecast_after must be a fraction in (0, 1], got {forecast_after}")
+        check_forecast_after(forecast_after)
         self.forecast_after = forecast_after
         self.name = name
         self.meter_spec = meter

@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from greenlm.energy.base import Measurement, Meter, Reading
-from greenlm.train.forecast import DEFAULT_FORECAST_AFTER, Forecast, forecast_energy, forecast_step
+from greenlm.train.forecast import (
+    DEFAULT_FORECAST_AFTER,
+    Forecast,
+    check_forecast_after,
+    forecast_energy,
+    forecast_step,
+)
 
 
 @dataclass(frozen=True)
@@ -37,8 +43,7 @@ class EnergyLedger:
         steps: list[StepEnergy] | None = None,
         first_forecast: Forecast | None = None,
     ) -> None:
-        if not 0.0 < forecast_after <= 1.0:
-            raise ValueError(f"forecast_after must be in (0, 1], got {forecast_after}")
+        check_forecast_after(forecast_after)
         self.meter = meter
         self.total_steps = total_steps
         self.forecast_after = forecast_after

@@ -34,6 +34,12 @@ def quantile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+def check_forecast_after(after_fraction: float) -> None:
+    """The fraction of the plan after which the forecast is made must be in (0, 1]."""
+    if not 0.0 < after_fraction <= 1.0:
+        raise ValueError(f"forecast_after must be a fraction in (0, 1], got {after_fraction}")
+
+
 def forecast_step(total_steps: int, after_fraction: float) -> int:
     """The step after which the forecast is made: `after_fraction` of the plan, at least 1 step."""
     if total_steps < 1:

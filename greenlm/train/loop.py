@@ -18,6 +18,7 @@ import torch
 
 from greenlm.energy.base import Meter
 from greenlm.energy.carbon import GridIntensity, carbon_g, energy_kwh
+from greenlm.io import phase_progress
 from greenlm.train.checkpoint import DATA_FILE, TOPK_FILE, RunDir
 from greenlm.train.data import (
     CACHE_MAX_BUDGET_SHARE,
@@ -165,7 +166,7 @@ def _teacher_cache(
             settings.temperature,
             batch_size=settings.batch_size,
             autocast=amp,
-            progress=lambda d, t: progress({"phase": "caching teacher top-k", "done": d, "total": t}),
+            progress=phase_progress(progress, "caching teacher top-k"),
             keep_going=keep_going,
         )
         if topk is not None:
@@ -243,7 +244,7 @@ def train(
                     settings.teacher_generate,
                     seed=settings.seed,
                     autocast=amp,
-                    progress=lambda d, t: progress({"phase": "teacher writing text", "done": d, "total": t}),
+                    progress=phase_progress(progress, "teacher writing text"),
                 )
                 windows = torch.cat([data.windows, extra])
                 generated = int(extra.shape[0])

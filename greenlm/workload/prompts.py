@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from greenlm.data.sources import load_text, read_text_file
+from greenlm.data.sources import json_line, load_text, read_text_file
 from greenlm.data.split import TextSplit, split_text
 from greenlm.engines.base import Engine
 from greenlm.errors import GreenlmError
@@ -41,12 +40,7 @@ def read_prompt_file(path_str: str) -> list[str | list[dict]]:
         prompts: list[str | list[dict]] = []
         for lineno, line in enumerate(lines, 1):
             where = f"{path}:{lineno}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise GreenlmError(
-                    f"{where} is not valid JSON ({exc.msg}): one JSON object per line"
-                ) from None
+            row = json_line(line, where)
             if isinstance(row, dict) and (messages := _chat_messages(row, where)) is not None:
                 prompts.append(messages)
                 continue
