@@ -23,16 +23,6 @@ from greenlm.workload.interleave import measure_interleaved
 COST = "decode_j_per_token"
 
 
-def _candidate(row: dict) -> Candidate:
-    return Candidate(
-        recipe=tuple(row.get("recipe") or ()),
-        engine=row["engine"],
-        quant_type=row.get("quant_type"),
-        threads=row.get("threads"),
-        speculative=row.get("speculative"),
-    )
-
-
 def final_round(
     settings: EvalSettings,
     rows: list[dict],
@@ -47,7 +37,7 @@ def final_round(
         names = {key: key for key in names}
     configs = {
         names[row["key"]]: measure_config(
-            settings, _candidate(row), row.get("model_path"), repeats=1, num_prompts=settings.num_prompts
+            settings, Candidate.from_row(row), row.get("model_path"), repeats=1, num_prompts=settings.num_prompts
         )
         for row in rows
     }

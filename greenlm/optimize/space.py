@@ -78,6 +78,19 @@ class Candidate:
             if not any(isinstance(s, dict) and s.get("method") in QUANT_METHODS for s in recipe):
                 raise GreenlmError(f"codes_from recipe {list(recipe)!r} has no gptq, rtn or awq step")
 
+    @classmethod
+    def from_row(cls, row: dict) -> Candidate:
+        """The candidate a stored row (to_dict plus figures) was made from."""
+        return cls(
+            recipe=tuple(row.get("recipe") or ()),
+            engine=row["engine"],
+            quant_type=row.get("quant_type"),
+            threads=row.get("threads"),
+            speculative=row.get("speculative"),
+            mixed_max_kld=row.get("mixed_max_kld"),
+            codes_from=tuple(tuple(r) for r in row.get("codes_from") or ()),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         d = {**asdict(self), "recipe": [dict(s) for s in self.recipe]}
         # Fields left at their defaults are dropped: keys stay those of searches stored before the fields.

@@ -79,3 +79,20 @@ def test_a_space_file_grid_can_ask_for_mixed_files(tmp_path):
     assert mixed.mixed_max_kld == 0.05 and len(mixed.codes_from) == 2
     with pytest.raises(GreenlmError, match="list of recipes"):
         expand({**grid, "codes_from": {"method": "gptq"}})
+
+
+def test_a_stored_row_gives_back_its_candidate():
+    import json
+
+    gptq = ({"method": "gptq", "bits": 4},)
+    kinds = [
+        Candidate(),
+        Candidate(engine="llamacpp", quant_type="q8_0", threads=1),
+        Candidate(engine="llamacpp", speculative="prompt-lookup"),
+        Candidate(recipe=gptq, engine="llamacpp", quant_type="codes"),
+        Candidate(engine="llamacpp", quant_type="mixed", mixed_max_kld=0.01, codes_from=(gptq,), threads=1),
+    ]
+    for candidate in kinds:
+        row = json.loads(json.dumps({**candidate.to_dict(), "key": candidate.key, "kld": 0.01}))  # as stored
+        again = Candidate.from_row(row)
+        assert again == candidate and again.key == candidate.key
