@@ -70,10 +70,23 @@ def optimize_table(r: dict) -> str:
         + ", ".join(f"{n} {s}" for s, n in sorted(r["statuses"].items()))
         + f"; stopped by {r['stopped_by']}; wall {r['wall_s'] / 60:.1f} min."
     )
-    rep = r.get("reproduction")
-    if rep:
+    final = r.get("final_round") or []
+    if final:
         out += (
-            f" `greenlm measure --model OUT` on the saved winner ran {rep['engine']} with {rep['threads']} "
+            "\n\nFinal round (each row in its own process, interleaved):\n\n"
+            "| row | role | decode J/token, median | range | decode tok/s |\n|---|---|---:|---|---:|\n"
+        )
+        out += "\n".join(
+            f"| {f['label']} | {f['role']} | {_f(f['decode_j_per_token'], '.4f')} | "
+            f"{_f(f['spread']['min'], '.4f')}-{_f(f['spread']['max'], '.4f')} | {_f(f['decode_tokens_per_s'], '.1f')} |"
+            for f in final
+        )
+    rep = r.get("reproduction")
+    if rep and rep.get("error"):
+        out += f"\n\n`greenlm measure --model OUT` on the saved winner failed: {rep['error']}"
+    elif rep:
+        out += (
+            f"\n\n`greenlm measure --model OUT` on the saved winner ran {rep['engine']} with {rep['threads']} "
             f"thread(s): {_f(rep['decode_j_per_token'], '.4f')} J/token, "
             f"{'within' if rep['within_final_spread'] else 'OUTSIDE'} the final round's range "
             f"{_f(rep['final_spread']['min'], '.4f')}-{_f(rep['final_spread']['max'], '.4f')} "
