@@ -37,7 +37,11 @@ def final_round(
         names = {key: key for key in names}
     configs = {
         names[row["key"]]: measure_config(
-            settings, Candidate.from_row(row), row.get("model_path"), repeats=1, num_prompts=settings.num_prompts
+            settings,
+            Candidate.from_row(row),
+            row.get("model_path"),
+            repeats=1,
+            num_prompts=settings.num_prompts,
         )
         for row in rows
     }
