@@ -5,11 +5,16 @@ from greenlm.optimize.final import final_round, within_noise
 from greenlm.optimize.space import Candidate
 
 
-def test_final_round_measures_every_row_each_round(tiny_model_dir, tmp_path):
-    settings = EvalSettings(
-        model=str(tiny_model_dir), workdir=str(tmp_path), num_prompts=1, prompt_tokens=16, max_new_tokens=4,
+def tiny_settings(model_dir, workdir) -> EvalSettings:
+    """A workload small enough for the tiny model: one short prompt, four new tokens."""
+    return EvalSettings(
+        model=str(model_dir), workdir=str(workdir), num_prompts=1, prompt_tokens=16, max_new_tokens=4,
         meter="cpu-model", device="cpu",
     )  # fmt: skip
+
+
+def test_final_round_measures_every_row_each_round(tiny_model_dir, tmp_path):
+    settings = tiny_settings(tiny_model_dir, tmp_path)
     rows = [
         {**Candidate().to_dict(), "key": "base", "model_path": str(tiny_model_dir)},
         {**Candidate(threads=1).to_dict(), "key": "one", "model_path": str(tiny_model_dir)},
@@ -37,10 +42,7 @@ def test_a_finalist_that_cannot_load_fails_in_one_line_and_leaves_no_process(tin
 
     from greenlm.errors import GreenlmError
 
-    settings = EvalSettings(
-        model=str(tiny_model_dir), workdir=str(tmp_path), num_prompts=1, prompt_tokens=16, max_new_tokens=4,
-        meter="cpu-model", device="cpu",
-    )  # fmt: skip
+    settings = tiny_settings(tiny_model_dir, tmp_path)
     rows = [
         {**Candidate().to_dict(), "key": "base", "label": "base", "model_path": str(tiny_model_dir)},
         {**Candidate().to_dict(), "key": "gone", "label": "gone", "model_path": str(tmp_path / "missing")},
