@@ -13,13 +13,13 @@ from __future__ import annotations
 import multiprocessing
 from collections.abc import Callable
 
-from greenlm.engines.factory import create_engine
+from greenlm.engines.saved import apply_saved_run
 from greenlm.errors import GreenlmError
 from greenlm.io import noop
 from greenlm.models.spec import resolve_model
 from greenlm.workload.config import MeasureConfig
 from greenlm.workload.result import MeasureResult
-from greenlm.workload.runner import run_measure
+from greenlm.workload.runner import engine_for, run_measure
 
 STOP_TIMEOUT_S = 30.0
 
@@ -28,14 +28,9 @@ def _worker(conn, config: MeasureConfig) -> None:
     """One configuration's process: load its engine once, then measure each time the driver asks."""
     engine = None
     try:
-        engine = create_engine(
-            config.engine,
-            resolve_model(config.model),
-            threads=config.threads,
-            device=config.device,
-            dtype=config.dtype,
-            speculative=config.speculative,
-        )
+        spec = resolve_model(config.model)
+        # as run_measure loads it: a model optimize saved runs with its saved engine and threads
+        engine = engine_for(apply_saved_run(config, spec, noop), spec)
         conn.send(("ready", None))
         while conn.recv():
             conn.send(("ok", run_measure(config, engine=engine)))

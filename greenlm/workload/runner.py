@@ -24,6 +24,18 @@ WARMUP_NEW_TOKENS = 4
 Progress = Callable[[int, int], None]  # (batches done, batches total)
 
 
+def engine_for(config: MeasureConfig, spec) -> Engine:
+    """The engine `config` asks for on model `spec` (config as apply_saved_run left it)."""
+    return create_engine(
+        config.engine,
+        spec,
+        threads=config.threads,
+        device=config.device,
+        dtype=config.dtype,
+        speculative=config.speculative,
+    )
+
+
 def run_measure(
     config: MeasureConfig,
     *,
@@ -63,14 +75,7 @@ def run_measure(
     try:
         if owned:
             load_start = meter.begin_window()
-            engine = create_engine(
-                config.engine,
-                spec,
-                threads=config.threads,
-                device=config.device,
-                dtype=config.dtype,
-                speculative=config.speculative,
-            )
+            engine = engine_for(config, spec)
             engine.sync()
             load = meter.end_window(load_start)
         announce(meter.selection_note)  # once, after the model loaded, so a load error prints alone
