@@ -142,6 +142,24 @@ def test_library_never_imports_the_cli():
     assert offenders == []
 
 
+def _reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for target in graph.get(todo.pop(), ()):
+            if target not in seen:
+                seen.add(target)
+                todo.append(target)
+    return seen
+
+
+def test_serve_does_not_import_optimize_and_grid_sits_low():
+    """serve (and the gateway and deferral that build on it) needs no optimizer: a ladder is read from the
+    store's rows, Ray is joined through greenlm.cluster. The grid signals know nothing of serving or models."""
+    packages = package_graph(import_graph())
+    assert "greenlm.optimize" not in _reachable(packages, "greenlm.serve")
+    assert _reachable(packages, "greenlm.grid") <= {"greenlm._lazy", "greenlm.energy", "greenlm.errors"}
+
+
 def test_the_cli_starts_without_heavy_libraries():
     probe = (
         "import sys, greenlm.cli; "

@@ -56,7 +56,9 @@ def serve(
         _d("context_tokens"), "--context", help="Tokens per request, prompt and output (capped by the model)."
     ),
     api_key: str | None = typer.Option(
-        None, "--api-key", help=f"Require 'Authorization: Bearer KEY' on /v1 (or set ${API_KEY_ENV})."
+        None,
+        "--api-key",
+        help=f"Require 'Authorization: Bearer KEY' on /v1, /energy and /dashboard (or set ${API_KEY_ENV}).",
     ),
     served_model_name: str | None = typer.Option(
         None, "--served-model-name", help="The model id clients send (default: the model's name)."
@@ -113,7 +115,8 @@ def serve(
 ) -> None:
     """Serve a model with OpenAI's API; every response carries its energy and carbon in `usage`."""
     from greenlm.serve.http import bind_socket, run_http
-    from greenlm.serve.server import Server, preflight
+    from greenlm.serve.preflight import preflight
+    from greenlm.serve.server import Server
 
     if log_level not in LOG_LEVELS:
         raise GreenlmError(f"unknown --log-level '{log_level}': choose one of {', '.join(LOG_LEVELS)}")

@@ -6,10 +6,10 @@ finishes, so the store is written by one process and a crash loses at most the c
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from greenlm.cluster import init_ray
 from greenlm.errors import GreenlmError
 
 Work = Callable[[Any, list[dict]], dict]
@@ -28,21 +28,6 @@ class LocalExecutor:
             if not keep_going():
                 return
             on_result(work(candidate, front()))
-
-
-def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """ray.init blocks for a long time on a dead address; a plain TCP connect answers in seconds."""
-    hostport = address.removeprefix("ray://")
-    if address in ("auto", "local") or ":" not in hostport:
-        return  # ray.init resolves these itself and fails fast when nothing runs
-    host, _, port = hostport.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout_s):
-            pass
-    except (OSError, ValueError) as exc:
-        raise GreenlmError(
-            f"cannot reach the Ray cluster at {address} ({exc}): check the address and that `ray start --head` runs there"
-        ) from None
 
 
 class RayExecutor:
@@ -64,21 +49,7 @@ class RayExecutor:
         except ImportError:
             raise GreenlmError("--executor ray needs Ray: pip install 'greenlm[ray]'") from None
         self.ray = ray
-        if address:
-            _check_reachable(address)
-        if not ray.is_initialized():
-            try:
-                ray.init(
-                    address=address,
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    ignore_reinit_error=True,
-                    configure_logging=False,
-                )
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise GreenlmError(
-                    f"cannot start or join Ray at {address or 'a new local instance'}: {exc}"
-                ) from None
+        init_ray(address, ignore_reinit_error=True)
         self.cpus_per_task = cpus_per_task
         self.gpus_per_task = gpus_per_task
         total_cpus = int(ray.cluster_resources().get("CPU", 1))

@@ -1,5 +1,6 @@
 """The server's control loop: every `interval_s` it reads the grid, samples what the dashboard shows, and (on
-an adaptive server) asks the policies what to change and applies it.
+an adaptive server) asks the policies what to change and has its target apply it. It sees its target through
+a narrow view (`view.ControlTarget`: load stats, the energy ledger's totals, the active variant), not the server.
 
 Each decision is logged with its reason, counted in `greenlm:policy_decisions_total{from,to,reason}`, kept
 for /dashboard (the last `KEEP_DECISIONS`), and written to the results store as a row of kind
@@ -13,10 +14,16 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 
+from greenlm.errors import GreenlmError
+from greenlm.grid.reading import GridSignal
+from greenlm.serve.decisions import Decision
 from greenlm.serve.ladder import Ladder
-from greenlm.serve.policies import Decision, Memory, Observed, decide
+from greenlm.serve.metrics import ServeMetrics
+from greenlm.serve.policies import Memory, Observed, decide
 from greenlm.serve.policy_file import PolicyConfig
+from greenlm.serve.view import ControlTarget
 from greenlm.store import Store
 
 log = logging.getLogger(__name__)
@@ -62,10 +69,26 @@ class QualityWindow:
 
 
 class Controller:
-    def __init__(self, server, policy: PolicyConfig | None, ladder: Ladder, grid, *, store_path=None):
-        """`policy` None: a plain server (samples and grid only, no decisions)."""
-        self.server = server
+    def __init__(
+        self,
+        target: ControlTarget,
+        policy: PolicyConfig | None,
+        ladder: Ladder,
+        grid: GridSignal,
+        metrics: ServeMetrics,
+        *,
+        identity: Callable[[], dict] | None = None,
+        announce: Callable[[str], None] | None = None,
+        store_path=None,
+    ):
+        """`policy` None: a plain server (samples and grid only, no decisions). Each decision is counted in
+        `metrics`, said to `announce` (besides the log) and, with `store_path`, stored with the served model's
+        `identity()`."""
+        self.target = target
         self.policy = policy
+        self.metrics = metrics
+        self.identity = identity
+        self.announce = announce
         self.ladder = ladder
         self.grid = grid
         self.interval_s = policy.interval_s if policy else 1.0
@@ -109,7 +132,7 @@ class Controller:
     def _kld(self, name: str) -> float | None:
         try:
             return self.ladder.get(name).kld
-        except Exception:
+        except GreenlmError:  # not a variant of the ladder: no KLD to count
             return None
 
     # ---- the loop ---------------------------------------------------------------------------------------
@@ -132,12 +155,12 @@ class Controller:
             self._store.close()
 
     def observe(self, now_s: float) -> Observed:
-        server = self.server
+        target = self.target
         recent = self.policy.load.recent_s if self.policy and self.policy.load else 10.0
-        stats = server.scheduler.load_stats(recent)
+        stats = target.load_stats(recent)
         tokens, kld_sum = self.quality.read()
         pending_tokens, pending_kld = 0, 0.0
-        active = server.state()
+        active = target.state()
         for name, count in stats["pending_tokens"].items():
             kld = self._kld(name) if name is not None else None
             if kld is not None:
@@ -146,7 +169,7 @@ class Controller:
         return Observed(
             now_s=now_s,
             state=active,
-            max_cores=server.cores.max_cores,
+            max_cores=target.max_cores,
             running=stats["running"],
             waiting=stats["waiting"],
             peak_concurrency=stats["peak_concurrency"],
@@ -164,23 +187,22 @@ class Controller:
         )
 
     def tick(self) -> None:
-        server = self.server
+        target = self.target
         self.grid_reading = self.grid.now()
-        server.ledger.set_intensity(self.grid_reading.intensity_g_per_kwh)
-        server.metrics.intensity.labels(server.model_id).set(self.grid_reading.intensity_g_per_kwh)
+        target.follow_grid(self.grid_reading)
+        self.metrics.intensity.labels(self.metrics.model_name).set(self.grid_reading.intensity_g_per_kwh)
         now = time.monotonic()
         obs = self.observe(now)
         if self.policy is not None:
             decisions, self.memory = decide(obs, self.policy, self.ladder, self.memory)
             for decision in decisions:
-                applied = server.apply(decision)
+                applied = target.apply(decision)
                 self.record(decision, obs=obs, applied=applied)
         self._sample(now, obs)
 
     # ---- what it keeps ----------------------------------------------------------------------------------
     def record(self, decision: Decision, *, obs: Observed | None = None, applied: dict | None = None) -> dict:
         """Log, count, keep and store one decision (any thread)."""
-        server = self.server
         mean = obs.mean_kld() if obs is not None else None
         entry = {
             **decision.to_dict(),
@@ -196,7 +218,9 @@ class Controller:
             entry["seq"] = self._seq
             self.decisions.append(entry)
             self.decision_count += 1
-        server.metrics.decisions.labels(server.model_id, decision.from_, decision.to, decision.reason).inc()
+        self.metrics.decisions.labels(
+            self.metrics.model_name, decision.from_, decision.to, decision.reason
+        ).inc()
         extra = ""
         if applied and applied.get("load_s") is not None:
             extra = f" (loaded in {applied['load_s']:.2f} s, {applied.get('energy_j', 0):.2f} J)"
@@ -209,12 +233,13 @@ class Controller:
             decision.detail,
             extra,
         )
-        if server.announce is not None:
-            server.announce(
+        if self.announce is not None:
+            self.announce(
                 f"policy: {decision.kind} {decision.from_} -> {decision.to} [{decision.reason}] {decision.detail}{extra}"
             )
         if self._store_path is not None:
-            self._rows.put({"model": server.model_id, "model_identity": server.spec.identity(), **entry})
+            identity = self.identity() if self.identity is not None else None
+            self._rows.put({"model": self.target.model_id, "model_identity": identity, **entry})
         return entry
 
     def _flush_rows(self) -> None:
@@ -233,7 +258,7 @@ class Controller:
                 log.exception("cannot store a policy decision")
 
     def _sample(self, now: float, obs: Observed) -> None:
-        snap = self.server.ledger.snapshot()
+        snap = self.target.ledger_snapshot()
         with self._lock:
             finished, request_j = self._finished
         point = {

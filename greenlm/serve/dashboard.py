@@ -2,7 +2,7 @@
 offline) that polls GET /dashboard/data every two seconds: power, tokens per joule and joules per request
 over time, running and queued requests, the active variant and every decision, grid intensity and the carbon
 rate. The data endpoint is `dashboard_view`: the control loop's samples and decisions after a sequence
-number, with the server's state and energy account."""
+number, with the state and energy account of what it watches (a `ServingView`: a server, later a gateway)."""
 
 from __future__ import annotations
 
@@ -10,22 +10,24 @@ import functools
 import time
 from importlib import resources
 
+from greenlm.serve.controller import Controller
+from greenlm.serve.view import ServingView
+
 
 @functools.cache
 def dashboard_html() -> str:
     return resources.files("greenlm.serve").joinpath("dashboard.html").read_text(encoding="utf-8")
 
 
-def dashboard_view(server, since: int = 0) -> dict:
-    controller = server.controller
+def dashboard_view(served: ServingView, controller: Controller, since: int = 0) -> dict:
     view = controller.view(since)
-    energy = server.energy()
-    state = server.state()
-    stats = server.scheduler.load_stats(10.0, reset_peak=False) if server.scheduler else {}
-    policy = server.policy
+    energy = served.energy()
+    state = served.state()
+    stats = served.load_stats(10.0, reset_peak=False)
+    policy = controller.policy
     return {
-        "model": server.model_id,
-        "adaptive": server.adaptive,
+        "model": served.model_id,
+        "adaptive": served.adaptive,
         "now_unix": time.time(),
         "started_unix": controller.started_unix,
         "interval_s": controller.interval_s,
@@ -33,7 +35,7 @@ def dashboard_view(server, since: int = 0) -> dict:
             "variant": state.variant,
             "loaded": state.loaded,
             "cores": state.cores,
-            "max_cores": server.cores.max_cores,
+            "max_cores": served.max_cores,
             "running": stats.get("running", 0),
             "waiting": stats.get("waiting", 0),
         },
@@ -58,7 +60,7 @@ def dashboard_view(server, since: int = 0) -> dict:
             "max_kld": policy.quality.max_kld if policy else None,
             "mean_kld_served": controller.quality.life_mean(),
         },
-        "variants": server.variants(),
+        "variants": served.variants(),
         "decision_count": controller.decision_count,
         **view,
     }

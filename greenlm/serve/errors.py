@@ -10,6 +10,7 @@ class RequestError(GreenlmError):
 
     status = 400
     type = "invalid_request_error"
+    headers: dict[str, str] | None = None  # HTTP headers the answer carries
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -32,6 +33,7 @@ class QueueFull(RequestError):
     def __init__(self, message: str, retry_after_s: int):
         super().__init__(message, code="queue_full")
         self.retry_after_s = retry_after_s
+        self.headers = {"Retry-After": str(retry_after_s)}
 
 
 class NotAccepting(RequestError):
@@ -45,10 +47,14 @@ class NotAccepting(RequestError):
 
 
 class Unauthorized(RequestError):
+    """No key, or the wrong one. `challenge`: a WWW-Authenticate value, so a browser asks for the key."""
+
     status = 401
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, challenge: str | None = None):
         super().__init__(message, code="invalid_api_key")
+        if challenge is not None:
+            self.headers = {"WWW-Authenticate": challenge}
 
 
 class EngineFailed(RequestError):

@@ -15,18 +15,19 @@ Each tick, `decide` combines them:
   back one level.
 * idle: no request running or queued for `low_load_after_s` shrinks the server to `low_load_cores` (one
   thread, a smaller CPU affinity); two requests at once (or load pressure) restore every core. After
-  `unload_after_s` with nothing to do the model is unloaded; the next request reloads it (the server records
-  that reload as a decision of its own).
+  `unload_after_s` with nothing to do the model is unloaded; the next request reloads it (the variant pool
+  records that reload as a decision of its own).
+
+Decisions are typed (`decisions.SwitchVariant`, `SetCores`, `Unload`): the variant pool carries them out.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from greenlm.serve.decisions import Decision, SetCores, SwitchVariant, Unload
 from greenlm.serve.ladder import Ladder, Variant
 from greenlm.serve.policy_file import PolicyConfig
-
-UNLOADED = "unloaded"
 
 
 @dataclass(frozen=True)
@@ -73,24 +74,6 @@ class Memory:
     carbon_mode: str | None = None  # "high" | "low" | None (no crossing yet)
     quiet_since_s: float | None = None  # since when at most one request at a time
     low_load: bool = False
-
-
-@dataclass(frozen=True)
-class Decision:
-    kind: str  # variant | cores | unload | reload
-    from_: str
-    to: str
-    reason: str  # a short code: the label of greenlm:policy_decisions_total
-    detail: str  # the reason in words, with the figures it was taken on
-
-    def to_dict(self) -> dict:
-        return {
-            "kind": self.kind,
-            "from": self.from_,
-            "to": self.to,
-            "reason": self.reason,
-            "detail": self.detail,
-        }
 
 
 def start_variant(policy: PolicyConfig, ladder: Ladder) -> Variant:
@@ -208,10 +191,6 @@ def low_load_step(obs: Observed, policy: PolicyConfig, mem: Memory) -> tuple[boo
 
 
 # ---- all together -----------------------------------------------------------------------------------------
-def _cores_label(cores: int) -> str:
-    return f"cores:{cores}"
-
-
 def decide(obs: Observed, policy: PolicyConfig, ladder: Ladder, mem: Memory) -> tuple[list[Decision], Memory]:
     """This tick's decisions (possibly none) and the memory for the next tick."""
     state = obs.state
@@ -227,7 +206,7 @@ def decide(obs: Observed, policy: PolicyConfig, ladder: Ladder, mem: Memory) -> 
         and not (obs.running or obs.waiting)
     ):
         decisions.append(
-            Decision("unload", state.variant, UNLOADED, "idle-unload", f"no request for {obs.idle_s:.1f} s")
+            Unload(variant=state.variant, reason="idle-unload", detail=f"no request for {obs.idle_s:.1f} s")
         )
 
     allowed, status, mem = quality_allowed(obs, policy, ladder, mem)
@@ -286,9 +265,20 @@ def decide(obs: Observed, policy: PolicyConfig, ladder: Ladder, mem: Memory) -> 
     if target is not current:
         if reason == "quality-budget" and quality_note and why == quality_note:
             why = f"{quality_note} ({status}): back to {target.name}"
-        decisions.append(Decision("variant", current.name, target.name, reason, why))
+        decisions.append(SwitchVariant(from_=current.name, to=target.name, reason=reason, detail=why))
 
-    # the cores
+    cores = _cores_decision(obs, policy, mem, step, load_why, low, low_why)
+    if cores is not None:
+        decisions.append(cores)
+    return decisions, mem
+
+
+def _cores_decision(
+    obs: Observed, policy: PolicyConfig, mem: Memory, step: int, load_why: str, low: bool, low_why: str
+) -> SetCores | None:
+    """Every core under load (or above low load), `low_load_cores` at low load, never above load.max_cores;
+    None when that is what the server holds already."""
+    state = obs.state
     if mem.load_level >= 1 or not low:
         cores = obs.max_cores
     else:
@@ -296,16 +286,16 @@ def decide(obs: Observed, policy: PolicyConfig, ladder: Ladder, mem: Memory) -> 
     capped = policy.load is not None and policy.load.max_cores is not None and cores > policy.load.max_cores
     if capped:
         cores = max(1, policy.load.max_cores)
-    if cores != state.cores:
-        if capped and cores < state.cores:
-            code, text = "max-cores", f"load.max_cores is {cores}"
-        elif mem.load_level >= 1 and step > 0:
-            code, text = "load-slo", f"load: {load_why}: every core"
-        elif low:
-            code, text = "low-load", low_why or "low load"
-        elif step < 0:
-            code, text = "load-calm", f"load: {load_why}"
-        else:
-            code, text = "load-rising", low_why or "more than one request at once"
-        decisions.append(Decision("cores", _cores_label(state.cores), _cores_label(cores), code, text))
-    return decisions, mem
+    if cores == state.cores:
+        return None
+    if capped and cores < state.cores:
+        code, text = "max-cores", f"load.max_cores is {cores}"
+    elif mem.load_level >= 1 and step > 0:
+        code, text = "load-slo", f"load: {load_why}: every core"
+    elif low:
+        code, text = "low-load", low_why or "low load"
+    elif step < 0:
+        code, text = "load-calm", f"load: {load_why}"
+    else:
+        code, text = "load-rising", low_why or "more than one request at once"
+    return SetCores(previous=state.cores, cores=cores, reason=code, detail=text)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -31,11 +32,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from greenlm.cluster import init_ray
 from greenlm.errors import GreenlmError
-from greenlm.optimize.executors import _check_reachable
 from greenlm.serve.app import create_app
 from greenlm.serve.config import ServeConfig
-from greenlm.serve.server import Server, preflight
+from greenlm.serve.preflight import preflight
+from greenlm.serve.server import Server
+
+log = logging.getLogger(__name__)
 
 HUB_NAME = "greenlm-metrics-hub"
 NAMESPACE = "greenlm"
@@ -200,6 +204,7 @@ class Replica:
             try:
                 self._push()
             except Exception:  # the hub is gone (shutting down): nothing to report to
+                log.info("replica %s: the metrics hub is gone; pushing stops", self.replica, exc_info=True)
                 return
 
     async def _all(self):
@@ -234,8 +239,13 @@ class Replica:
         self._stop.set()
         try:
             self._push()  # its final figures stay in the hub after it is gone
-        except Exception:
-            pass
+        except Exception:  # the hub went first (Ray shutting down): /energy and /metrics lose this replica
+            log.warning(
+                "replica %s: cannot push its final metrics and energy account to the hub; the merged /energy "
+                "and /metrics will miss what it did since its last push",
+                self.replica,
+                exc_info=True,
+            )
         self.server.close(drain_timeout_s=self.server.config.drain_timeout_s)
 
 
@@ -261,23 +271,8 @@ def start(config: ServeConfig, options: RayOptions, *, announce=None) -> str:
         from ray import serve
     except ImportError:
         raise GreenlmError("--ray needs Ray Serve: pip install 'greenlm[ray]'") from None
-    if options.address:
-        _check_reachable(options.address)
     env = {k: os.environ[k] for k in ENV_PASSED if k in os.environ}
-    if not ray.is_initialized():
-        try:
-            ray.init(
-                address=options.address,
-                namespace=NAMESPACE,
-                include_dashboard=False,
-                log_to_driver=False,
-                configure_logging=False,
-                runtime_env={"env_vars": env} if env else None,
-            )
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise GreenlmError(
-                f"cannot start or join Ray at {options.address or 'a new local instance'}: {exc}"
-            ) from None
+    init_ray(options.address, namespace=NAMESPACE, runtime_env={"env_vars": env} if env else None)
     hub = (
         ray.remote(num_cpus=0)(MetricsHub)
         .options(name=HUB_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True)
@@ -317,7 +312,11 @@ def stop() -> dict | None:
         account = merge_energy(accounts)
         ray.kill(hub)
     except Exception:  # a Ray that is already going away: there is nothing left to read
-        pass
+        log.warning(
+            "cannot read the replicas' final energy account from Ray (it is shutting down): the stop record "
+            "has no energy figures",
+            exc_info=True,
+        )
     ray.shutdown()  # a local instance goes with it, Serve's controller and proxy included
     return account
 

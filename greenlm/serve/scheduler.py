@@ -367,6 +367,12 @@ class Scheduler:
             "pending_tokens": pending,
         }
 
+    def mark_busy(self) -> None:
+        """Activity now (the last request left, or a variant was reloaded): the idle clock that `load_stats`
+        reports, and the idle policy reads, starts again."""
+        with self._cond:
+            self._last_busy_s = time.perf_counter()
+
     @property
     def waiting(self) -> int:
         return len(self._waiting)
@@ -419,7 +425,7 @@ class Scheduler:
                 if not self._running:
                     self.ledger.mark_idle()
                     with self._cond:
-                        self._last_busy_s = time.perf_counter()
+                        self.mark_busy()
                         self._cond.notify_all()  # a drain may be waiting for this
         except BaseException as exc:  # a broken engine: fail everything, accept nothing more
             log.exception("the serving loop stopped")

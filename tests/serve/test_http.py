@@ -3,6 +3,7 @@ error cases, concurrency, the energy account, /metrics, overload, disconnects, a
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import signal
 import time
@@ -226,16 +227,43 @@ def auth(key: str = KEY) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_api_key_is_required_on_v1_only(small):
+def basic(password: str, user: str = "me") -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def test_api_key_guards_the_api_energy_and_dashboard_not_health_or_metrics(small):
     body = {"model": MODEL, "prompt": "x", "max_tokens": 2}
     for headers in ({}, auth("wrong"), {"Authorization": KEY}):
         r = httpx.post(small.url + "/v1/completions", json=body, headers=headers)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert "www-authenticate" not in r.headers
     assert httpx.get(small.url + "/v1/models").status_code == 401
     assert httpx.get(small.url + "/health").status_code == 200
     assert httpx.get(small.url + "/metrics").status_code == 200
     with openai.OpenAI(base_url=small.url + "/v1", api_key=KEY, max_retries=0) as c:
         assert c.completions.create(model=MODEL, prompt="x", max_tokens=2).usage.energy_j > 0
+    # the energy account and the dashboard show per-request and load data: the key, as a Bearer token or as
+    # the password of HTTP Basic (what a browser sends once the dashboard's challenge made it ask)
+    for path in ("/energy", "/dashboard", "/dashboard/data"):
+        for headers in (
+            {},
+            auth("wrong"),
+            {"Authorization": KEY},
+            basic("wrong"),
+            {"Authorization": "Basic !!"},
+        ):
+            r = httpx.get(small.url + path, headers=headers)
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (path, headers)
+            challenge = 'Basic realm="greenlm"' if path.startswith("/dashboard") else None
+            assert r.headers.get("www-authenticate") == challenge, path
+        assert httpx.get(small.url + path, headers=auth()).status_code == 200, path
+    with httpx.Client(base_url=small.url, auth=("anyone", KEY), timeout=TIMEOUT) as browser:
+        page = browser.get("/dashboard")
+        assert page.status_code == 200 and "<script" in page.text
+        data = browser.get("/dashboard/data", params={"since": 0})
+        assert data.status_code == 200 and data.json()["model"] == MODEL
+        assert browser.get("/energy").json()["meter"] == "cpu-model"
+    assert httpx.post(small.url + "/v1/completions", json=body, headers=basic(KEY)).status_code == 200
 
 
 def metric(url: str, name: str, **labels) -> float:

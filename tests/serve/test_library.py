@@ -11,7 +11,7 @@ import pytest
 
 from greenlm.models.run import OPTIMIZE_FILE
 from greenlm.serve import ServeConfig, Server
-from greenlm.serve.server import preflight
+from greenlm.serve.preflight import preflight
 
 
 @pytest.fixture

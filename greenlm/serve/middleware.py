@@ -1,0 +1,106 @@
+"""What every greenlm HTTP app shares below its routes: errors in OpenAI's shape,
+{"error": {"message", "type", "param", "code"}}, for every failure (a request's, a validation's, an unknown
+route, a crash), and a body-size limit that answers 413 before any parsing."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from greenlm.serve.errors import RequestError
+from greenlm.serve.protocol import ErrorResponse
+
+log = logging.getLogger(__name__)
+
+
+def error_response(
+    status: int, message: str, type: str, param: str | None = None, code: str | None = None, headers=None
+) -> JSONResponse:
+    return JSONResponse(ErrorResponse.of(message, type, param, code), status_code=status, headers=headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestError, _request_error)
+    app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _crashed)
+
+
+async def _request_error(_request: Request, exc: RequestError) -> JSONResponse:
+    return error_response(exc.status, str(exc), exc.type, exc.param, exc.code, exc.headers)
+
+
+async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    return validation_error(exc.errors())
+
+
+async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+    return error_response(exc.status_code, str(exc.detail), kind)
+
+
+async def _crashed(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("request failed")
+    return error_response(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+
+
+def validation_error(errors) -> JSONResponse:
+    """The first of pydantic's errors as a 400 naming the field."""
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = loc[0] if loc else None
+    where = ".".join(loc) or "body"
+    return error_response(
+        400, f"{where}: {first.get('msg', 'invalid value')}", "invalid_request_error", param
+    )
+
+
+class BodyLimit:
+    """ASGI middleware: a request body beyond `max_bytes` (declared or streamed) gets 413, unread."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_large = declared is not None and declared.isdigit() and int(declared) > self.max_bytes
+        body, more = b"", not too_large
+        while more:  # buffer the body (bounded) so a chunked upload cannot get past the limit either
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            too_large = len(body) > self.max_bytes
+            if too_large:
+                break
+        if too_large:
+            response = error_response(
+                413,
+                f"request body is larger than this server's limit of {self.max_bytes} bytes",
+                "invalid_request_error",
+                code="request_too_large",
+            )
+            return await response(scope, receive, send)
+        return await self.app(
+            scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send
+        )
+
+
+def _replay(messages: list[dict], then=None):
+    queue = list(messages)
+
+    async def receive():
+        if queue:
+            return queue.pop(0)
+        if then is not None:
+            return await then()  # after the body: the client's disconnect, when it comes
+        return {"type": "http.disconnect"}
+
+    return receive
