@@ -2,6 +2,13 @@
 
 Server(ServeConfig(...))   the library object (submit requests, read the energy account)
 create_app(server)         the FastAPI app over it (uvicorn, or a Ray Serve deployment)
+
+Modules, one job each: config, preflight (checks, ladder, grid signal), pool (variant pool and cores), loading
+(one variant opened and warmed up), cores (CPU affinity), intake (request checks, tokens, sampling settings),
+scheduler (continuous batching), attribution and ledger (per-request energy), metrics, ladder, decisions and
+policies (what to change, as pure functions), controller (the control loop), view (what the loop and the
+dashboard see), server (composes them), app, routes, streaming, middleware and auth (HTTP), http (uvicorn),
+dashboard, ray_deploy (Ray Serve), policy_file, protocol, errors, sampling, text.
 """
 
 from greenlm._lazy import lazy
