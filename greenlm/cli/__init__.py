@@ -23,6 +23,7 @@ from greenlm.cli import (  # noqa: F401
     optimize,
     report,
     runs,
+    schema,
     serve,
     track,
 )

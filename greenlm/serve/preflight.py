@@ -22,7 +22,7 @@ from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.serve.config import SERVE_ENGINE, ServeConfig
 from greenlm.serve.ladder import Ladder, Variant, ladder_from_search
 from greenlm.serve.policies import start_variant
-from greenlm.serve.policy_file import GridConfig, PolicyConfig, QualityPolicy, load_policy
+from greenlm.serve.policy_file import GridConfig, PolicyConfig, load_policy
 from greenlm.store import Store
 
 
@@ -64,18 +64,15 @@ def make_grid(grid: GridConfig | None, intensity: GridIntensity) -> GridSignal:
 def _policy(config: ServeConfig) -> PolicyConfig:
     policy = load_policy(config.policy) if config.policy else PolicyConfig(source="flags")
     if config.ladder_from_search is not None:
-        policy = dataclasses.replace(policy, ladder=(), ladder_from_search=config.ladder_from_search.strip())
+        policy = policy.model_copy(
+            update={"ladder": (), "ladder_from_search": config.ladder_from_search.strip()}
+        )
     if config.max_kld is not None:
-        policy = dataclasses.replace(
-            policy, quality=dataclasses.replace(policy.quality, max_kld=float(config.max_kld))
+        policy = policy.model_copy(
+            update={"quality": policy.quality.model_copy(update={"max_kld": float(config.max_kld)})}
         )
     if policy.quality.max_kld is None and (policy.ladder_from_search or len(policy.ladder) > 1):
-        policy = dataclasses.replace(
-            policy,
-            quality=QualityPolicy(
-                max_kld=0.05, window_tokens=policy.quality.window_tokens, margin=policy.quality.margin
-            ),
-        )
+        policy = policy.model_copy(update={"quality": policy.quality.model_copy(update={"max_kld": 0.05})})
     return policy
 
 
