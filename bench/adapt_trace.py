@@ -47,6 +47,7 @@ from matplotlib.figure import Figure
 from serve_load import Proc
 
 from greenlm.data import load_text, split_text
+from greenlm.energy.settings import EnergySettings
 from greenlm.errors import GreenlmError
 from greenlm.io import write_text_atomic
 from greenlm.optimize import EvalSettings, OptimizeConfig, optimize
@@ -94,7 +95,7 @@ def build_ladder(args) -> tuple[str, str, dict]:
     """(store path, search id, search summary): the cached search when one exists for these settings."""
     space = QUICK_SPACE if args.quick else SPACE
     settings = EvalSettings(
-        meter=args.meter,
+        energy=EnergySettings(meter=args.meter),
         screen_margin=1e6,  # measure every candidate in full: the ladder wants members outside the budget
         budget=QualityBudget(max_ppl_increase_pct=1e6, max_kld=args.max_kld),
         eval_tokens=1024 if args.quick else 4096,

@@ -22,6 +22,7 @@ from benchlib import Recorder
 from greenlm.compress import method_names
 from greenlm.compress.pipeline import CompressConfig, compress
 from greenlm.data import load_text, split_text
+from greenlm.energy.settings import EnergySettings
 from greenlm.evaluate import DEFAULT_MAX_EVAL_TOKENS, reference_stats
 from greenlm.models import resolve_model
 from greenlm.models.loader import gguf_cache_path
@@ -63,7 +64,7 @@ def measure(model: str, args) -> dict:
             prompt_tokens=args.prompt_tokens,
             max_new_tokens=args.decode_tokens + 1,
             repeats=args.repeats,
-            meter=args.meter,
+            energy=EnergySettings(meter=args.meter),
             threads=args.threads,
         )
     ).to_dict()

@@ -33,6 +33,7 @@ from pathlib import Path
 
 from benchlib import Recorder, log
 
+from greenlm.energy.settings import EnergySettings
 from greenlm.engines.llamacpp_engine import default_threads
 from greenlm.evaluate import DEFAULT_MAX_EVAL_TOKENS, EvalConfig, evaluate
 from greenlm.export import ExportConfig, export_model
@@ -203,7 +204,7 @@ def speed(rows: list[dict], threads: int, args) -> None:
                     max_new_tokens=args.max_new_tokens,
                     repeats=1,
                     threads=threads,
-                    meter=args.meter,
+                    energy=EnergySettings(meter=args.meter),
                 )
                 result = run_measure(config, engine=engines[row["name"]])
                 if row["name"] in results:

@@ -43,6 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from greenlm.data import load_text, split_text
 from greenlm.energy.cpu_model import CpuModelMeter
+from greenlm.energy.settings import EnergySettings
 from greenlm.engines.llamacpp_engine import EXTRA_BUFFERS_ENV, default_threads
 from greenlm.models import DEFAULT_MODEL, resolve_model
 from greenlm.workload import MeasureConfig, run_measure
@@ -466,7 +467,7 @@ def main() -> None:
             num_prompts=4,
             prompt_tokens=100,
             repeats=3,
-            meter=args.meter,
+            energy=EnergySettings(meter=args.meter),
         )  # fmt: skip
     )
 

@@ -92,7 +92,7 @@ def measure(
         repeats=repeats,
         threads=threads,
         device=device,
-        **energy.kwargs(),
+        energy=energy,
         speculative=speculative_from_flags(
             speculative,
             draft_tokens=draft_tokens,

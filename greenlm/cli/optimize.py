@@ -109,7 +109,7 @@ def optimize(
         screen_eval_tokens=screen_tokens,
         repeats=repeats,
         max_new_tokens=max_new_tokens,
-        **energy.kwargs(),
+        energy=energy,
         device=device,
         budget=QualityBudget(parse_percent(max_ppl_increase), max_kld),
     )

@@ -134,7 +134,7 @@ def serve(
         context_tokens=context,
         api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV),
         served_model_name=served_model_name,
-        **energy.kwargs(),
+        energy=energy,
         max_body_bytes=max_body_bytes,
         drain_timeout_s=drain_timeout,
         policy=policy,

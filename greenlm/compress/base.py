@@ -75,6 +75,11 @@ class CompressContext:
         return self._windows
 
 
+def parameter_count(model) -> int:
+    """Parameters of a torch model, each shared (tied) tensor once, as `Module.parameters` yields them."""
+    return sum(p.numel() for p in model.parameters())
+
+
 ApplyFn = Callable[[Any, StepConfig, CompressContext], StepReport]
 _REGISTRY: dict[str, tuple[type[StepConfig], ApplyFn]] = {}
 

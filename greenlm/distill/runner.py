@@ -21,16 +21,15 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from greenlm.compress.base import CompressContext, StepReport
+from greenlm.compress.base import CompressContext, StepReport, parameter_count
 from greenlm.compress.distill import Distill, check_trainable
 from greenlm.compress.methods import apply_step
 from greenlm.compress.pipeline import architecture
 from greenlm.compress.recipe import Recipe, as_recipe
 from greenlm.data.sources import load_text
-from greenlm.data.split import split_text
+from greenlm.data.split import TextSplit, split_text
 from greenlm.distill.config import DistillConfig
-from greenlm.energy.carbon import resolve_intensity, validate_pue
-from greenlm.energy.detect import get_meter
+from greenlm.energy.carbon import CarbonRate
 from greenlm.engines.transformers_engine import TransformersEngine, resolve_device, set_threads
 from greenlm.errors import GreenlmError
 from greenlm.evaluate.compare import compare_to_reference
@@ -42,10 +41,9 @@ from greenlm.models.manifest import dir_size_bytes, is_variant_dir, read_manifes
 from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.models.variant import save_variant_files
 from greenlm.train.checkpoint import RunDir
-from greenlm.train.data import check_one_batch, text_windows
+from greenlm.train.data import TrainingData, check_one_batch, text_windows
 from greenlm.train.energy import training_summary
-from greenlm.train.loop import train
-from greenlm.train.settings import TrainSettings
+from greenlm.train.loop import TrainJob, TrainOutcome, train
 
 Progress = Callable[[dict], None]
 PROBE_TEXT = (
@@ -111,7 +109,7 @@ class DistillResult:
 
 def distill_step(config: DistillConfig) -> Distill:
     """The recipe step that records (and, through `greenlm compress`, repeats) this training."""
-    return Distill(**TrainSettings.pick(config).to_dict(), meter=config.meter)
+    return Distill(**config.train.to_dict(), meter=config.energy.meter)
 
 
 def parse_student_recipe(value) -> Recipe:
@@ -122,10 +120,6 @@ def parse_student_recipe(value) -> Recipe:
             "prune_heads); greenlm distill adds the training"
         )
     return recipe
-
-
-def _params(model) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def check_student(student, student_tokenizer, teacher, teacher_tokenizer, name: str) -> None:
@@ -146,7 +140,7 @@ def check_student(student, student_tokenizer, teacher, teacher_tokenizer, name: 
                 "vocabulary): use a student made from the teacher, e.g. greenlm compress --model TEACHER"
             )
     check_trainable(student, name)
-    s_params, t_params = _params(student), _params(teacher)
+    s_params, t_params = parameter_count(student), parameter_count(teacher)
     if s_params >= t_params:
         raise GreenlmError(
             f"student {name} has {s_params:,} parameters, not fewer than the teacher's {t_params:,}: "
@@ -162,7 +156,7 @@ def _identity(
         "teacher": teacher.fingerprint(),
         "student": student.fingerprint() if isinstance(student, ModelSpec) else student.to_dict(),
         "text": text_fingerprint,
-        "settings": TrainSettings.pick(config).to_dict(),
+        "settings": config.train.to_dict(),
     }
 
 
@@ -273,6 +267,29 @@ def _student_from_recipe(
     }
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What the cheap checks settled, before anything heavy loads."""
+
+    recipe: Recipe | None  # the student recipe, when the student is cut here
+    out: Path
+    teacher_spec: ModelSpec
+    student_spec: ModelSpec | None  # a student directory
+    split: TextSplit
+    carbon: CarbonRate
+    device: str
+    identity: dict  # what makes a run this run (a checkpoint continues only the same)
+    resumed: RunDir | None  # the interrupted run --resume continues
+
+
+@dataclass
+class _Models:
+    teacher: LoadedModel
+    data: TrainingData
+    student: Any  # a torch module, trained in place
+    student_info: dict  # where it came from, for the manifest
+
+
 def distill(
     config: DistillConfig,
     *,
@@ -284,8 +301,57 @@ def distill(
     progress = progress or noop
     start = time.perf_counter()
     notes, say = said_once(announce)
+    checked = _check(config)
+    meter = config.energy.open_meter()
+    try:
+        models = _load_models(config, checked, progress, say)
+        reference = _reference(config, checked, models.teacher, progress, say)
+        run, quality_before = _open_run(config, checked, models, reference, progress)
+        say(meter.selection_note)
+        job = TrainJob(
+            meter,
+            checked.carbon,
+            run=run,
+            resume=config.resume,
+            checkpoint_every_s=config.checkpoint_minutes * 60.0 if config.checkpoint_minutes else None,
+            checkpoint_steps=config.checkpoint_steps,
+            progress=progress,
+            announce=say,
+        )
+        outcome = _train(config, models, job)
+    finally:
+        meter.close()  # RAPL's sampling thread, NVML's handle
+    models.student.eval()
+    for n in outcome.notes:
+        say(n)
+    say(f"precision: {outcome.precision_note}")
+    quality_after = _student_quality(config, models, reference, progress, "quality after")
+    training = outcome.to_dict()
+    manifest = _manifest(config, checked, models, training, (quality_before, quality_after), notes)
+    progress({"phase": "saving", "done": 0, "total": 1})
+    with atomic_directory(checked.out) as tmp:
+        manifest = save_variant_files(models.student, models.teacher.tokenizer, tmp, manifest)
+    kept = str(run.path) if config.keep_checkpoint else None
+    if not config.keep_checkpoint:
+        run.remove()
+    result = DistillResult(
+        variant_dir=str(checked.out),
+        manifest=manifest,
+        quality_before=quality_before,
+        quality_after=quality_after,
+        training=training,
+        size_bytes=dir_size_bytes(checked.out),
+        wall_s=time.perf_counter() - start,
+        checkpoint_dir=kept,
+        notes=notes,
+    )
+    if store is not None:
+        result.run_id = _store_result(store, result, checked.teacher_spec)
+    return result
 
-    # --- cheap checks: paths, models, text, carbon, meter, the checkpoint directory -----------------------------
+
+def _check(config: DistillConfig) -> _Checked:
+    """Every cheap check, in order: paths, models, text, carbon, device, the checkpoint directory."""
     recipe = parse_student_recipe(config.student_recipe) if config.student_recipe is not None else None
     out = Path(config.out).expanduser()
     refuse_existing(out)
@@ -294,109 +360,111 @@ def distill(
     if student_spec is not None and student_spec.path == teacher_spec.path:
         raise GreenlmError("the student is the teacher itself: give a smaller student (a cut variant)")
     split = split_text(load_text(config.text))
-    intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
-    pue = validate_pue(config.pue)
+    carbon = config.energy.carbon()
     device = resolve_device(config.device)
     set_threads(config.threads)
     identity = _identity(config, teacher_spec, student_spec or recipe, split.fingerprint)
-    ckpt = config.checkpoint_path
-    run = RunDir.open_existing(ckpt, identity) if config.resume else None
-    if run is None:
-        RunDir.check_new(ckpt)
-    meter = get_meter(
-        config.meter, watts_per_core=config.watts_per_core, idle_watts_per_core=config.idle_watts_per_core
+    resumed = RunDir.open_existing(config.checkpoint_path, identity) if config.resume else None
+    if resumed is None:
+        RunDir.check_new(config.checkpoint_path)
+    return _Checked(recipe, out, teacher_spec, student_spec, split, carbon, device, identity, resumed)
+
+
+def _load_models(config: DistillConfig, checked: _Checked, progress: Progress, say) -> _Models:
+    """The teacher and the training windows, then the student: rebuilt from the checkpoint, loaded, or cut from
+    a copy of the teacher."""
+    progress({"phase": "loading teacher", "done": 0, "total": 1})
+    teacher = _load(checked.teacher_spec, checked.device)
+    data = text_windows(teacher.tokenizer, config.text, config.train.seq_len)
+    check_one_batch(data, config.train.batch_size, config.train.seq_len)
+    progress({"phase": "preparing student", "done": 0, "total": 1})
+    if checked.resumed is not None:
+        student, info = _student_from_checkpoint(checked.resumed, checked.device)
+    elif checked.student_spec is not None:
+        student, info = _student_from_directory(
+            checked.student_spec, teacher, checked.teacher_spec, checked.device, say
+        )
+    else:
+        student, info = _student_from_recipe(config, checked.recipe, teacher, checked.teacher_spec, progress)
+    return _Models(teacher, data, student, info)
+
+
+def _reference(config: DistillConfig, checked: _Checked, teacher: LoadedModel, progress: Progress, say):
+    """The teacher's statistics on the evaluation split, that quality before and after is measured against."""
+    if not config.evaluate:
+        return None
+    return reference_stats(
+        checked.teacher_spec,
+        checked.split,
+        window_tokens=DEFAULT_WINDOW_TOKENS,
+        max_eval_tokens=max(DEFAULT_MAX_EVAL_TOKENS, config.eval_tokens),
+        loaded_engine=TransformersEngine(teacher, threads=config.threads),
+        progress=phase_progress(progress, "reference (teacher)"),
+        announce=say,
     )
 
-    # --- teacher and data ---------------------------------------------------------------------------------------
-    progress({"phase": "loading teacher", "done": 0, "total": 1})
-    teacher = _load(teacher_spec, device)
-    data = text_windows(teacher.tokenizer, config.text, config.seq_len)
-    check_one_batch(data, config.batch_size, config.seq_len)
 
-    # --- student: rebuilt from the checkpoint, loaded, or cut from a copy of the teacher ------------------------
-    progress({"phase": "preparing student", "done": 0, "total": 1})
-    if run is not None:
-        student, student_info = _student_from_checkpoint(run, device)
-    elif student_spec is not None:
-        student, student_info = _student_from_directory(student_spec, teacher, teacher_spec, device, say)
-    else:
-        student, student_info = _student_from_recipe(config, recipe, teacher, teacher_spec, progress)
+def _student_quality(config: DistillConfig, models: _Models, reference, progress, label: str) -> dict | None:
+    if reference is None:
+        return None
+    return _quality(
+        models.student,
+        models.teacher.tokenizer,
+        reference,
+        config.eval_tokens,
+        config.threads,
+        progress,
+        label,
+    )
 
-    # --- quality before training (fresh runs; a resumed run kept it in its run directory) ----------------------
-    reference = None
-    if config.evaluate:
-        reference = reference_stats(
-            teacher_spec,
-            split,
-            window_tokens=DEFAULT_WINDOW_TOKENS,
-            max_eval_tokens=max(DEFAULT_MAX_EVAL_TOKENS, config.eval_tokens),
-            loaded_engine=TransformersEngine(teacher, threads=config.threads),
-            progress=phase_progress(progress, "reference (teacher)"),
-            announce=say,
-        )
 
-    def student_quality(label: str) -> dict | None:
-        if reference is None:
-            return None
-        return _quality(
-            student, teacher.tokenizer, reference, config.eval_tokens, config.threads, progress, label
-        )
+def _open_run(
+    config: DistillConfig, checked: _Checked, models: _Models, reference, progress
+) -> tuple[RunDir, dict | None]:
+    """The run directory and the quality before training: a resumed run kept both; a fresh one measures the
+    student and creates the directory."""
+    if checked.resumed is not None:
+        return checked.resumed, checked.resumed.info().get("quality_before")
+    quality_before = _student_quality(config, models, reference, progress, "quality before")
+    run = RunDir.create(
+        config.checkpoint_path,
+        checked.identity,
+        {
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "teacher": checked.teacher_spec.identity(),
+            "student_info": models.student_info,
+            "quality_before": quality_before,
+            "out": str(checked.out),
+        },
+    )
+    run.save_student_config(models.student)
+    return run, quality_before
 
-    if run is not None:
-        quality_before = run.info().get("quality_before")
-    else:
-        quality_before = student_quality("quality before")
-        run = RunDir.create(
-            ckpt,
-            identity,
-            {
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "teacher": teacher_spec.identity(),
-                "student_info": student_info,
-                "quality_before": quality_before,
-                "out": str(out),
-            },
-        )
-        run.save_student_config(student)
-    say(meter.selection_note)
 
-    # --- train --------------------------------------------------------------------------------------------------
+def _train(config: DistillConfig, models: _Models, job: TrainJob) -> TrainOutcome:
     try:
-        outcome = train(
-            teacher.model,
-            student,
-            data,
-            TrainSettings.pick(config),
-            meter=meter,
-            intensity=intensity,
-            pue=pue,
-            run=run,
-            resume=config.resume,
-            checkpoint_every_s=config.checkpoint_minutes * 60.0 if config.checkpoint_minutes else None,
-            checkpoint_steps=config.checkpoint_steps,
-            progress=progress,
-            announce=say,
-        )
+        return train(models.teacher.model, models.student, models.data, config.train, job)
     except BaseException:
-        if run.latest() is None:  # nothing to resume from: leave nothing behind
-            run.remove()
+        if job.run.latest() is None:  # nothing to resume from: leave nothing behind
+            job.run.remove()
         raise
-    finally:
-        meter.close()  # RAPL's sampling thread, NVML's handle
-    student.eval()
-    for n in outcome.notes:
-        say(n)
-    say(f"precision: {outcome.precision_note}")
 
-    quality_after = student_quality("quality after")
 
-    # --- the variant ----------------------------------------------------------------------------------------------
-    training = outcome.to_dict()
-    step = distill_step(config)
+def _manifest(
+    config: DistillConfig,
+    checked: _Checked,
+    models: _Models,
+    training: dict,
+    quality: tuple[dict | None, dict | None],
+    notes: list[str],
+) -> dict:
+    """The variant's manifest: the student's recipe plus the distill step, its report, and the training."""
+    quality_before, quality_after = quality
+    teacher_spec, info, train_settings = checked.teacher_spec, models.student_info, config.train
     distill_report = StepReport(
         "distill",
         "real",
-        notes=list(outcome.notes),
+        notes=list(training["notes"]),
         details={
             "teacher": teacher_spec.identity(),
             "training": training,
@@ -404,69 +472,51 @@ def distill(
             "quality_after": quality_after,
         },
     )
-    quality = None
+    summary = None
     if quality_after is not None:
-        quality = {
+        summary = {
             **quality_after,
             "reference": teacher_spec.name,
             "budget": f"{config.eval_tokens} evaluation tokens; `greenlm eval --model {config.out}` for the full evaluation",
         }
-    manifest = {
+    return {
         "variant_id": uuid.uuid4().hex[:12],
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "recipe": {"steps": [*student_info["recipe_steps"], json.loads(json.dumps(step.to_dict()))]},
+        "recipe": {"steps": [*info["recipe_steps"], json.loads(json.dumps(distill_step(config).to_dict()))]},
         "parent": teacher_spec.identity(),
-        "execution": student_info["execution"],
-        "steps": [*student_info["step_reports"], distill_report.to_dict()],
-        "architecture": architecture(student),
-        "calibration": {"text": split.describe("calibration"), "training": training["data"]},
-        "quality": quality,
+        "execution": info["execution"],
+        "steps": [*info["step_reports"], distill_report.to_dict()],
+        "architecture": architecture(models.student),
+        "calibration": {"text": checked.split.describe("calibration"), "training": training["data"]},
+        "quality": summary,
         "training": {
             **training_summary([training]),
             "method": "distill",
             "teacher": teacher_spec.identity(),
-            "student": {k: v for k, v in student_info.items() if k in ("source", "identity", "recipe_steps")},
+            "student": {k: v for k, v in info.items() if k in ("source", "identity", "recipe_steps")},
             "loss": {
-                "loss": config.loss,
-                "beta": config.beta if config.loss == "jsd" else None,
-                "temperature": config.temperature,
-                "ce_weight": config.ce_weight,
+                "loss": train_settings.loss,
+                "beta": train_settings.beta if train_settings.loss == "jsd" else None,
+                "temperature": train_settings.temperature,
+                "ce_weight": train_settings.ce_weight,
             },
             "quality_before": quality_before,
             "quality_after": quality_after,
         },
         "notes": notes,
     }
-    progress({"phase": "saving", "done": 0, "total": 1})
-    with atomic_directory(out) as tmp:
-        manifest = save_variant_files(student, teacher.tokenizer, tmp, manifest)
-    kept = None
-    if config.keep_checkpoint:
-        kept = str(run.path)
-    else:
-        run.remove()
 
-    result = DistillResult(
-        variant_dir=str(out),
-        manifest=manifest,
-        quality_before=quality_before,
-        quality_after=quality_after,
-        training=training,
-        size_bytes=dir_size_bytes(out),
-        wall_s=time.perf_counter() - start,
-        checkpoint_dir=kept,
-        notes=notes,
+
+def _store_result(store, result: DistillResult, teacher_spec: ModelSpec) -> str:
+    variant = resolve_model(result.variant_dir)
+    manifest, energy = result.manifest, result.training["energy"]
+    record = dict(result.to_dict(), model=variant.name, model_identity=variant.identity(), kind="variant")
+    record.update(meter=energy["meter"], energy_source=energy["energy_source"])
+    return store.add(
+        "variant",
+        record,
+        variant_id=manifest["variant_id"],
+        parent=teacher_spec.name,
+        recipe_json=json.dumps(manifest["recipe"]),
+        execution=manifest["execution"],
     )
-    if store is not None:
-        variant = resolve_model(str(out))
-        record = dict(result.to_dict(), model=variant.name, model_identity=variant.identity(), kind="variant")
-        record.update(meter=training["energy"]["meter"], energy_source=training["energy"]["energy_source"])
-        result.run_id = store.add(
-            "variant",
-            record,
-            variant_id=manifest["variant_id"],
-            parent=teacher_spec.name,
-            recipe_json=json.dumps(manifest["recipe"]),
-            execution=manifest["execution"],
-        )
-    return result

@@ -185,13 +185,7 @@ def measure_config(
         repeats=repeats,
         threads=candidate.threads,
         device=settings.device,
-        meter=settings.meter,
-        watts_per_core=settings.watts_per_core,
-        idle_watts_per_core=settings.idle_watts_per_core,
-        country=settings.country,
-        region=settings.region,
-        carbon_intensity=settings.carbon_intensity,
-        pue=settings.pue,
+        energy=settings.energy,
         speculative=SpeculativeConfig(candidate.speculative) if candidate.speculative else None,
     )
 

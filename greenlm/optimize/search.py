@@ -21,7 +21,6 @@ from pathlib import Path
 
 from greenlm.data.sources import load_text
 from greenlm.data.split import split_text
-from greenlm.energy.carbon import resolve_intensity, validate_pue
 from greenlm.energy.payback import payback_tokens
 from greenlm.errors import GreenlmError
 from greenlm.io import refuse_existing
@@ -199,8 +198,7 @@ def optimize(
     if config.out:
         refuse_existing(Path(config.out).expanduser())
     spec = resolve_model(settings.model)
-    resolve_intensity(settings.country, settings.region, settings.carbon_intensity)
-    validate_pue(settings.pue)
+    settings.energy.intensity()
     split_text(load_text(settings.text))
     space = load_space(config.space, config.time_budget_s)
     executor = make_executor(

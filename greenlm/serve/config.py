@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
+from greenlm.energy.settings import EnergySettings, flat_dict
 from greenlm.engines.names import check_device, check_engine_name
 from greenlm.errors import GreenlmError
 
@@ -41,13 +42,7 @@ class ServeConfig:
     context_tokens: int = 2048  # per request (prompt + output), capped by the model's trained context
     api_key: str | None = None
     served_model_name: str | None = None  # the id clients send as "model"; default the model's name
-    meter: str = "auto"
-    watts_per_core: float | None = None  # cpu-model: a fully busy physical core (None: TDP / cores)
-    idle_watts_per_core: float | None = None  # cpu-model: an allotted core's static power (None: sourced)
-    country: str | None = None
-    region: str | None = None
-    carbon_intensity: float | None = None
-    pue: float = 1.0
+    energy: EnergySettings = field(default_factory=EnergySettings)  # meter, cpu-model constants, grid, PUE
     max_body_bytes: int = 1 << 20  # request bodies beyond this get 413
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
     # an adaptive server (serve/policy_file.py): a variant ladder and the policies that move along it
@@ -80,14 +75,7 @@ class ServeConfig:
             raise GreenlmError(f"--api-key (or ${API_KEY_ENV}) is empty: give a key or leave it unset")
         if self.served_model_name is not None and not self.served_model_name.strip():
             raise GreenlmError("--served-model-name is empty")
-        if self.watts_per_core is not None and not (
-            math.isfinite(self.watts_per_core) and self.watts_per_core > 0
-        ):
-            raise GreenlmError(f"--watts-per-core must be positive, got {self.watts_per_core}")
-        if self.idle_watts_per_core is not None and not (
-            math.isfinite(self.idle_watts_per_core) and self.idle_watts_per_core >= 0
-        ):
-            raise GreenlmError(f"--idle-watts-per-core must be 0 or more, got {self.idle_watts_per_core}")
+        self.energy = EnergySettings.coerce(self.energy)  # a dict too: Ray sends the config as one
         if not (isinstance(self.drain_timeout_s, (int, float)) and math.isfinite(self.drain_timeout_s)) or (
             self.drain_timeout_s < 0
         ):
@@ -109,6 +97,6 @@ class ServeConfig:
             raise GreenlmError("--ladder-from-search is empty: give 'latest' or a search id")
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = flat_dict(self)
         d["api_key"] = "set" if self.api_key else None  # never echo a secret
         return d

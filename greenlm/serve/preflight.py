@@ -8,8 +8,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from greenlm.energy import Meter, get_meter
-from greenlm.energy.carbon import GridIntensity, resolve_intensity, validate_pue
+from greenlm.energy.carbon import GridIntensity
 from greenlm.engines.available import check_engine_ready
 from greenlm.engines.saved import apply_saved_run
 from greenlm.errors import GreenlmError
@@ -40,13 +39,6 @@ class Preflight:
     specs: dict[str, ModelSpec]  # each variant's resolved model
     policy: PolicyConfig | None = None  # None: a plain server (one model, nothing decided)
     model_name: str | None = None  # what the ladder is a ladder of (a search's model)
-
-
-def make_meter(config: ServeConfig) -> Meter:
-    """The meter `--meter` names (a meter this machine lacks fails here)."""
-    return get_meter(
-        config.meter, watts_per_core=config.watts_per_core, idle_watts_per_core=config.idle_watts_per_core
-    )
 
 
 def make_grid(grid: GridConfig | None, intensity: GridIntensity) -> GridSignal:
@@ -110,8 +102,8 @@ def preflight(config: ServeConfig, announce: Callable[[str], None] = noop) -> Pr
     engine installed, files readable), so a mistake fails before the port is bound or a model loads. A model
     `optimize --out` saved runs on the engine, threads and device it was chosen with unless a flag says
     otherwise; a model saved without them runs on llama.cpp."""
-    intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
-    pue = validate_pue(config.pue)
+    carbon = config.energy.carbon()
+    intensity, pue = carbon.grid, carbon.pue
     if config.policy is None and config.ladder_from_search is None:
         return _plain(config, intensity, pue, announce)
     return _adaptive(config, intensity, pue)
@@ -131,7 +123,7 @@ def _plain(
             f"note: {spec.name} was chosen with {saved.speculative} speculative decoding; the server batches "
             "plain greedy decoding instead (the same output, at the speed and energy of batching)"
         )
-    make_meter(config).close()  # a meter this machine lacks fails here
+    config.energy.open_meter().close()  # a meter this machine lacks fails here
     check_engine_ready(config.engine, spec)  # the slowest check (reads a GGUF's tensor headers): last
     name = config.served_model_name or spec.name
     variant = Variant(
@@ -151,7 +143,7 @@ def _adaptive(config: ServeConfig, intensity: GridIntensity, pue: float) -> Pref
     start = start_variant(policy, ladder)
     grid = make_grid(policy.grid, intensity)  # reads and checks a CSV, or the provider's token
     grid.close()
-    make_meter(config).close()
+    config.energy.open_meter().close()
     specs: dict[str, ModelSpec] = {}
     for v in ladder:
         try:

@@ -42,7 +42,7 @@ from greenlm.serve.ledger import EnergyLedger
 from greenlm.serve.metrics import ServeMetrics
 from greenlm.serve.policies import State
 from greenlm.serve.pool import MAX_LOADED, LoadSettings, VariantPool
-from greenlm.serve.preflight import Preflight, make_grid, make_meter, preflight
+from greenlm.serve.preflight import Preflight, make_grid, preflight
 from greenlm.serve.sampling import SamplingParams
 from greenlm.serve.scheduler import RequestHandle, Scheduler
 
@@ -69,7 +69,7 @@ class Server:
         self.model_id = (
             config.served_model_name or (plan.model_name if self.adaptive else None) or self.spec.name
         )
-        self.meter: Meter = make_meter(config)
+        self.meter: Meter = config.energy.open_meter()
         # threads follow the cores when a policy moves them (load or low-load); else each variant runs on the
         # threads it was measured with (a flag's, or the engine's default)
         moves_cores = self.adaptive and (

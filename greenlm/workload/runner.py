@@ -6,8 +6,6 @@ from collections.abc import Callable
 
 from greenlm.data.sources import load_text
 from greenlm.data.split import split_text
-from greenlm.energy import get_meter
-from greenlm.energy.carbon import resolve_intensity, validate_pue
 from greenlm.engines.base import Engine
 from greenlm.engines.factory import create_engine
 from greenlm.engines.saved import apply_saved_run
@@ -52,8 +50,7 @@ def run_measure(
     progress = progress or noop
     announce = announce or noop
     # Validate everything cheap before loading anything heavy.
-    intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
-    pue = validate_pue(config.pue)
+    carbon = config.energy.carbon()  # the grid and PUE, resolved: a typo fails before any model loads
     spec = resolve_model(config.model)
     config = apply_saved_run(config, spec, announce)  # a model optimize saved runs as it was chosen
     # The user's files before any model loads: a binary, non-UTF-8 or malformed file is one line, at once.
@@ -67,9 +64,7 @@ def run_measure(
             f"{engine.speculative_summary()}, the config asks for {config.speculative.to_dict()}: load the "
             "engine with the config's setting (create_engine(..., speculative=...))"
         )
-    meter = get_meter(
-        config.meter, watts_per_core=config.watts_per_core, idle_watts_per_core=config.idle_watts_per_core
-    )
+    meter = config.energy.open_meter()
     owned = engine is None
     load = None
     try:
@@ -157,10 +152,10 @@ def run_measure(
             threads=engine.threads,
             batch_size=config.batch_size,
             device=engine.device,
-            intensity_g_per_kwh=intensity.intensity_g_per_kwh,
-            intensity_location=intensity.location,
-            intensity_source=intensity.source,
-            pue=pue,
+            intensity_g_per_kwh=carbon.grid.intensity_g_per_kwh,
+            intensity_location=carbon.grid.location,
+            intensity_source=carbon.grid.source,
+            pue=carbon.pue,
             peak_rss_mb=peak_mb,
             peak_gpu_mem_mb=peak_gpu_mb(engine.device),
             repeats=records,

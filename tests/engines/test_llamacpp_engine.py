@@ -139,6 +139,7 @@ def test_gpu_device_follows_the_build(tiny):
 
 
 def test_measure_through_llamacpp_adds_quant_type_and_file_size(tiny_model_dir, tmp_path):
+    from greenlm.energy.settings import EnergySettings
     from greenlm.workload import MeasureConfig, run_measure
 
     gguf = export_gguf(tiny_model_dir, tmp_path / "tiny-q8_0.gguf", quant="q8_0").out
@@ -151,7 +152,7 @@ def test_measure_through_llamacpp_adds_quant_type_and_file_size(tiny_model_dir, 
             max_new_tokens=8,
             repeats=1,
             threads=1,
-            meter="cpu-model",
+            energy=EnergySettings(meter="cpu-model"),
         )
     )
     row = result.to_dict()

@@ -2,6 +2,7 @@
 
 import pytest
 
+from greenlm.energy.settings import EnergySettings
 from greenlm.optimize.candidate import dominated_by, evaluate_candidate
 from greenlm.optimize.config import EvalSettings
 from greenlm.optimize.pareto import QualityBudget
@@ -19,7 +20,7 @@ def settings(tiny_model_dir, tmp_path):
         prompt_tokens=16,
         max_new_tokens=4,
         repeats=2,
-        meter="cpu-model",
+        energy=EnergySettings(meter="cpu-model"),
         budget=QualityBudget(1000.0, 1000.0),
     )
 

@@ -1,5 +1,6 @@
 """The final round on the tiny model: real engines, interleaved single-repeat measurements."""
 
+from greenlm.energy.settings import EnergySettings
 from greenlm.optimize.config import EvalSettings
 from greenlm.optimize.final import final_round, within_noise
 from greenlm.optimize.space import Candidate
@@ -9,7 +10,7 @@ def tiny_settings(model_dir, workdir) -> EvalSettings:
     """A workload small enough for the tiny model: one short prompt, four new tokens."""
     return EvalSettings(
         model=str(model_dir), workdir=str(workdir), num_prompts=1, prompt_tokens=16, max_new_tokens=4,
-        meter="cpu-model", device="cpu",
+        energy=EnergySettings(meter="cpu-model"), device="cpu",
     )  # fmt: skip
 
 
