@@ -29,12 +29,11 @@ from greenlm.train.loop import TrainJob, train
 from greenlm.train.settings import TrainSettings
 
 
+# The step is its TrainSettings (budget, loss, optimizer, batches: the defaults the CLI and the library use)
+# plus the meter, flat as a recipe file writes them: `{method: distill, minutes: 10}`.
 @dataclass
 class Distill(StepConfig, TrainSettings):
-    """Train the model so far to match the parent's next-token distribution, within one budget.
-
-    The step is its TrainSettings (budget, loss, optimizer, batches: the defaults the CLI and the library
-    use) plus the meter, flat as a recipe file writes them: `{method: distill, minutes: 10}`."""
+    """Train the model so far to match the parent's next-token distribution, within one budget."""
 
     method = "distill"
     meter: str = "auto"
