@@ -36,6 +36,7 @@ from greenlm.export.codes import (
     verify_blocks,
 )
 from greenlm.export.config import AUTO, ExportConfig
+from greenlm.export.llama_quantize import check_args_target, plan_as_llama_quantize_args
 from greenlm.export.mixed import export_mixed
 from greenlm.io import atomic_file, check_file_target, noop
 from greenlm.kernels.base import QuantizedModule
@@ -45,7 +46,7 @@ from greenlm.llamacpp.gguf_writer import (
     source_metadata,
     write_model_gguf,
 )
-from greenlm.llamacpp.imatrix import importance_matrix
+from greenlm.llamacpp.imatrix import importance_data
 from greenlm.llamacpp.inspect import tensor_type_report
 from greenlm.llamacpp.quantize import FLOAT_TYPES, quantize_gguf
 from greenlm.llamacpp.runtime import import_llama_cpp, llama_cpp_status
@@ -110,6 +111,10 @@ def export_model(
     start = time.perf_counter()
     target = Path(config.out).expanduser()
     check_file_target(target, overwrite=config.force)  # before the slow part
+    if config.llama_quantize_args:
+        check_args_target(
+            Path(config.llama_quantize_args).expanduser(), overwrite=config.force, imatrix=config.imatrix
+        )
     # Everything cheap before the slow load: the model's declared architecture, the calibration text.
     spec = resolve_model(config.model)
     check_declared_architecture(spec)
@@ -157,10 +162,10 @@ def export_model(
                 announce("writing f32 GGUF for the quantizer")
                 written = write_model_gguf(loaded, spec, f32, outtype="f32", progress=progress)
                 check = tokenizer_check(f32, loaded.tokenizer)
-                imatrix = None
+                imatrix = imatrix_data = None
                 if config.imatrix:
                     announce("computing the importance matrix on the calibration split")
-                    imatrix, imatrix_info = importance_matrix(
+                    imatrix_data = importance_data(
                         loaded.model,
                         loaded.tokenizer,
                         written.arch,
@@ -169,6 +174,7 @@ def export_model(
                         tokens=config.imatrix_tokens,
                         progress=progress,
                     )
+                    imatrix, imatrix_info = imatrix_data.means(), imatrix_data.info
                 if config.mixed:
                     mixed = export_mixed(
                         config,
@@ -183,6 +189,10 @@ def export_model(
                     )
                     mixed_info = mixed.to_dict()
                     notes.extend(mixed.notes)
+                    if config.llama_quantize_args:
+                        mixed_info["llama_quantize"] = plan_as_llama_quantize_args(
+                            config, tmp_out, mixed.choice, imatrix_data, arch=written.arch
+                        )
                 else:
                     llama_out = Path(scratch) / f"model-{quant}.gguf" if use_codes else tmp_out
                     announce(

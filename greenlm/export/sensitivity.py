@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from greenlm.evaluate.metrics import exact_kl
 from greenlm.io import noop
 
 Progress = Callable[[int, int], None]
@@ -73,9 +74,13 @@ def reference_logprobs(model, windows: torch.Tensor) -> list[torch.Tensor]:
 
 
 def window_kld(ref: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(reference || model) at each position of one window, from reference log-probs and model logits."""
-    logq = torch.log_softmax(logits.float(), -1)
-    return (ref.exp() * (ref - logq)).sum(-1)
+    """KL(reference || model) at each position of one window, from reference log-probs and model logits.
+
+    In float64, with both distributions normalised there: one matrix's rounding moves the KL by ~1e-5 nats,
+    near what float32 sums over a vocabulary round away, so a float32 KL took its sign from the host's SIMD
+    width (negative on an AVX2 machine). `exact_kl` clamps the float64 residue; a KL is never negative.
+    """
+    return exact_kl(torch.log_softmax(ref.double(), -1), torch.log_softmax(logits.double(), -1))
 
 
 def measured_kld(model, param: torch.nn.Parameter, value: torch.Tensor, windows, refs) -> float:

@@ -18,12 +18,11 @@ them. At the end of training one row (kind "train") goes to the greenlm store.
 
 from __future__ import annotations
 
-import gc
-
 from transformers import TrainerCallback
 
 from greenlm.energy.settings import EnergySettings
 from greenlm.store import Store
+from greenlm.train.callback_order import calling_handler, run_first
 from greenlm.train.energy import TrainingEnergy
 from greenlm.train.forecast import DEFAULT_FORECAST_AFTER, check_forecast_after, forecast_error_pct
 
@@ -55,20 +54,15 @@ class EnergyCallback(TrainerCallback):
         return self.carbon.carbon_g(energy_j)
 
     def _run_before_loggers(self) -> None:
-        """Move this callback to the front of the Trainer's list: reporting integrations (TensorBoard, W&B,
-        MLflow) are registered before user callbacks and would otherwise send each log before we add to it.
-        The Trainer does not hand callbacks its handler, so find the list that holds us."""
-        for referrer in gc.get_referrers(self):
-            if (
-                isinstance(referrer, list)
-                and referrer
-                and referrer[0] is not self
-                and all(isinstance(c, TrainerCallback) for c in referrer)
-            ):
-                referrer.remove(self)
-                referrer.insert(0, self)
+        """Move this callback to the front of the Trainer's list (callback_order.py): the reporting
+        integrations (TensorBoard, W&B, MLflow) are registered before user callbacks and would otherwise write
+        each log before we add to it."""
+        run_first(self, calling_handler(depth=3))
 
     # --- Trainer events -----------------------------------------------------------------------------------
+
+    def on_init_end(self, args, state, control, **kwargs):
+        self._run_before_loggers()  # as soon as the Trainer is built: its callback list is then as it runs
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.ledger = TrainingEnergy(
