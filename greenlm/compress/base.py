@@ -45,7 +45,7 @@ class StepReport:
     # things the user must know, e.g. "no dense-kernel speed-up on CPU"
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # e.g. layers removed, parameters before/after
-    # Integer codes (kernels.grid.QuantizedWeight) of quantized layers installed as dense float weights, by
+    # Integer codes (kernels.quant_grid.QuantizedWeight) of quantized layers installed as dense float weights, by
     # module name: saved beside the variant so `greenlm export` can write them as GGUF blocks. Not in the JSON.
     codes: dict[str, Any] = field(default_factory=dict, repr=False)
 

@@ -8,7 +8,7 @@ import torch
 
 from greenlm.compress.base import CompressContext, StepReport, register
 from greenlm.compress.quant_common import Quantized, WeightQuantConfig, install, quant_targets, untie
-from greenlm.kernels.grid import rtn
+from greenlm.kernels.quant_grid import rtn
 
 
 @dataclass

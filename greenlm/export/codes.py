@@ -2,7 +2,7 @@
 
 Two places hold them: greenlm's low-bit modules (a `real` quantized variant) and, for layers a quantization step
 left as dense floats (`simulated`), the variant's codes file (`models.variant.CODES_FILE`). A layer's codes are
-used only when they are on a GGUF format's grid (`kernels.grid.GgufGrid`) and still describe the model's weights
+used only when they are on a GGUF format's grid (`kernels.quant_grid.GgufGrid`) and still describe the model's weights
 bit for bit: a later step that changed the layer (pruning after quantizing) or AWQ's per-input-channel scales
 make them stale, and such a layer is written as its float weights for llama.cpp to quantize, with a note.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from greenlm.kernels.base import QuantizedModule
-from greenlm.kernels.grid import GgufGrid, QuantizedWeight, gguf_grid_for
+from greenlm.kernels.quant_grid import GgufGrid, QuantizedWeight, gguf_grid_for
 from greenlm.llamacpp.blocks import QTYPES, dequantize_blocks, pack_blocks
 from greenlm.llamacpp.gguf_writer import Blocks, TensorPlan
 from greenlm.models.manifest import is_variant_dir, read_manifest

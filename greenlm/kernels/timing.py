@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from greenlm.errors import GreenlmError
-from greenlm.kernels.grid import rtn
+from greenlm.kernels.quant_grid import rtn
 from greenlm.kernels.linear import KERNELS
 
 Shape = tuple[int, int]  # (in_features, out_features)

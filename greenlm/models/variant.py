@@ -24,7 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 import greenlm.kernels.linear  # noqa: F401  (registers every quantized module kind)
 from greenlm.errors import GreenlmError
 from greenlm.kernels.base import QUANTIZED_MODULES, QuantizedModule
-from greenlm.kernels.grid import QuantizedWeight
+from greenlm.kernels.quant_grid import QuantizedWeight
 from greenlm.kernels.linear import pack_int4, unpack_int4
 from greenlm.models.manifest import MANIFEST_FORMAT, read_manifest, write_manifest
 

@@ -18,7 +18,7 @@ from greenlm.compress.quant_math import awq_search, gptq, output_error
 from greenlm.compress.quant_rtn import RTN
 from greenlm.compress.recipe import parse_step
 from greenlm.errors import GreenlmError
-from greenlm.kernels.grid import GGUF_GRIDS, rtn
+from greenlm.kernels.quant_grid import GGUF_GRIDS, rtn
 from greenlm.kernels.linear import KERNELS, QuantLinear, available_kernels, pack_int4, unpack_int4
 from greenlm.kernels.timing import FLOAT, KernelTiming
 from greenlm.models import load_model, resolve_model

@@ -224,7 +224,7 @@ def test_fisher_ranks_matrices_like_the_measured_kld(tiny_loaded):
 
     from greenlm.data.calibration import calibration_windows
     from greenlm.export.sensitivity import fisher_diagonal, fisher_kld, measured_kld, reference_logprobs
-    from greenlm.kernels.grid import GGUF_GRIDS, rtn
+    from greenlm.kernels.quant_grid import GGUF_GRIDS, rtn
 
     model = tiny_loaded.model
     windows = calibration_windows(tiny_loaded.tokenizer, None, samples=4, tokens=64)
