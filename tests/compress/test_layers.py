@@ -12,7 +12,7 @@ from tests.compress.tiny import context, greedy, load_tiny, logits, prompt_ids
 
 @pytest.fixture(scope="module")
 def four_layer_dir(tmp_path_factory):
-    from tests.conftest import build_tiny_model
+    from tests.helpers import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny4"), layers=4)
 

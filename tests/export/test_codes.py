@@ -14,7 +14,7 @@ from greenlm.compress.quant_math import awq_search, gptq
 from greenlm.kernels.quant_grid import GGUF_GRIDS, QuantizedWeight, rtn
 from greenlm.llamacpp.blocks import QTYPES, CodesMismatch, bits_per_weight, dequantize_blocks, pack_blocks
 from greenlm.llamacpp.verify import ROUNDTRIP_CODED_TINY
-from tests.export.helpers import assert_roundtrip, hf_logits, needs_llamacpp, roundtrip_error, sample_ids
+from tests.helpers import assert_roundtrip, hf_logits, needs_llamacpp, roundtrip_error, sample_ids
 
 
 def _weights(rows=48, cols=128, seed=0) -> torch.Tensor:

@@ -14,7 +14,7 @@ from greenlm.errors import GreenlmError
 from greenlm.export.config import ExportConfig
 from greenlm.export.mixed import Matrix, Option, choose
 from greenlm.llamacpp.gguf_writer import TensorPlan
-from tests.export.helpers import needs_llamacpp
+from tests.helpers import needs_llamacpp
 
 SMALL = dict(calibration_samples=4, calibration_tokens=64)
 

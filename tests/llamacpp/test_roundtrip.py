@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from greenlm.llamacpp.verify import ROUNDTRIP_BUILTIN, ROUNDTRIP_TINY
-from tests.conftest import build_tiny_model
-from tests.export.helpers import (
+from tests.helpers import build_tiny_model
+from tests.helpers import (
     assert_roundtrip,
     export_gguf,
     hf_logits,
