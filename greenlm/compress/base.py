@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from greenlm.compress.config import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_CALIBRATION_TOKENS
 from greenlm.data.calibration import calibration_windows
 from greenlm.errors import GreenlmError
+from greenlm.progress import Progress, no_progress
 
 Execution = Literal["real", "simulated"]
 
@@ -61,7 +62,7 @@ class CompressContext:
     text: str | None = None  # text spec as for --text; the calibration split of it is used
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
-    progress: Callable[[str, int, int], None] = lambda _label, _done, _total: None
+    progress: Progress = no_progress
     parent: Any = None  # the parent's ModelSpec: a step that learns from the parent (distill) loads it
     reports: list[StepReport] = field(default_factory=list)  # the steps applied before this one
     _windows: Any = None

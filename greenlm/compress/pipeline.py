@@ -32,9 +32,9 @@ from greenlm.models.loader import LoadedModel, load_model
 from greenlm.models.manifest import dir_size_bytes
 from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.models.variant import save_variant_files
+from greenlm.progress import Progress, ProgressEvent, no_progress, relabel
 from greenlm.train.energy import training_summary
 
-Progress = Callable[[str, int, int], None]  # (label, done, total)
 
 
 @dataclass
@@ -104,7 +104,7 @@ def compress(
     announce: Callable[[str], None] | None = None,
 ) -> CompressResult:
     """Make the variant `config.recipe` describes from `config.model` and save it to `config.out`."""
-    progress = progress or noop
+    progress = progress or no_progress
     start = time.perf_counter()
     notes, say = said_once(announce)
 
@@ -116,13 +116,13 @@ def compress(
     split = split_text(load_text(config.text))
     set_threads(config.threads)
 
-    progress("loading parent", 0, 1)
+    progress(ProgressEvent("loading parent", 0, 1))
     loaded = load_model(parent, device=resolve_device(config.device))
     if loaded.load_source == "gguf-dequantize":
         # transformers refuses to save a model it loaded from GGUF; the first load just wrote the plain
         # safetensors cache, so load that instead
         loaded = load_model(parent, device=resolve_device(config.device))
-    progress("loading parent", 1, 1)
+    progress(ProgressEvent("loading parent", 1, 1))
     model, tokenizer = loaded.model, loaded.tokenizer
 
     reference = None
@@ -134,7 +134,7 @@ def compress(
             window_tokens=DEFAULT_WINDOW_TOKENS,
             max_eval_tokens=max(DEFAULT_MAX_EVAL_TOKENS, config.eval_tokens),
             loaded_engine=TransformersEngine(loaded, threads=config.threads),
-            progress=lambda d, t: progress("reference (parent)", d, t),
+            progress=relabel(progress, "reference (parent)"),
             announce=say,
         )
 
@@ -148,12 +148,12 @@ def compress(
     )
     reports: list[StepReport] = ctx.reports
     for index, step in enumerate(recipe.steps, 1):
-        progress(f"step {index}/{len(recipe.steps)}: {step.method}", 0, 1)
+        progress(ProgressEvent(f"step {index}/{len(recipe.steps)}: {step.method}", 0, 1, "steps"))
         report = apply_step(model, step, ctx)
         reports.append(report)
         for n in report.notes:
             say(f"{step.method}: {n}")
-        progress(f"step {index}/{len(recipe.steps)}: {step.method}", 1, 1)
+        progress(ProgressEvent(f"step {index}/{len(recipe.steps)}: {step.method}", 1, 1, "steps"))
     execution = "real" if all(r.execution == "real" for r in reports) else "simulated"
     if execution == "simulated":
         say(
@@ -172,7 +172,7 @@ def compress(
             engine,
             reference,
             max_eval_tokens=config.eval_tokens,
-            progress=lambda d, t: progress("quality vs parent", d, t),
+            progress=relabel(progress, "quality vs parent"),
         )
         quality = {
             **stats.to_dict(),
@@ -203,11 +203,11 @@ def compress(
     trained = [r.details["training"] for r in reports if "training" in r.details]
     if trained:  # training energy (a distill step): what payback and the optimizer read
         manifest["training"] = training_summary(trained)
-    progress("saving", 0, 1)
+    progress(ProgressEvent("saving", 0, 1))
     codes = {name: weight for r in reports for name, weight in r.codes.items()}
     with atomic_directory(out) as tmp:
         manifest = save_variant_files(model, tokenizer, tmp, manifest, codes=codes)
-    progress("saving", 1, 1)
+    progress(ProgressEvent("saving", 1, 1))
 
     result = CompressResult(
         variant_dir=str(out),

@@ -36,18 +36,18 @@ from greenlm.errors import GreenlmError
 from greenlm.evaluate.compare import compare_to_reference
 from greenlm.evaluate.config import DEFAULT_MAX_EVAL_TOKENS, DEFAULT_WINDOW_TOKENS
 from greenlm.evaluate.reference import reference_stats
-from greenlm.io import atomic_directory, noop, phase_progress, refuse_existing, said_once
+from greenlm.io import atomic_directory, noop, refuse_existing, said_once
 from greenlm.models.loader import LoadedModel, load_model
 from greenlm.models.manifest import dir_size_bytes, is_variant_dir, read_manifest
 from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.models.variant import save_variant_files
+from greenlm.progress import Progress, ProgressEvent, relabel
 from greenlm.train.checkpoint import RunDir
 from greenlm.train.data import check_one_batch, text_windows
 from greenlm.train.energy import training_summary
 from greenlm.train.loop import train
 from greenlm.train.settings import TrainSettings
 
-Progress = Callable[[dict], None]
 PROBE_TEXT = (
     "def payback(training_j, saving_j_per_token):\n    return training_j / saving_j_per_token  # tokens"
 )
@@ -188,7 +188,7 @@ def _quality(
             engine,
             reference,
             max_eval_tokens=eval_tokens,
-            progress=phase_progress(progress, label),
+            progress=relabel(progress, label),
         )
     finally:
         model.train(was_training)
@@ -253,9 +253,7 @@ def _student_from_recipe(
         parent=teacher_spec,
     )
     for index, step in enumerate(recipe.steps, 1):
-        progress(
-            {"phase": f"student recipe {index}/{len(recipe.steps)}: {step.method}", "done": 0, "total": 1}
-        )
+        progress(ProgressEvent(f"student recipe {index}/{len(recipe.steps)}: {step.method}", 0, 1))
         ctx.reports.append(apply_step(student, step, ctx))
     if any(r.execution == "simulated" for r in ctx.reports):
         raise GreenlmError(
@@ -308,13 +306,13 @@ def distill(
     )
 
     # --- teacher and data ---------------------------------------------------------------------------------------
-    progress({"phase": "loading teacher", "done": 0, "total": 1})
+    progress(ProgressEvent("loading teacher", 0, 1))
     teacher = _load(teacher_spec, device)
     data = text_windows(teacher.tokenizer, config.text, config.seq_len)
     check_one_batch(data, config.batch_size, config.seq_len)
 
     # --- student: rebuilt from the checkpoint, loaded, or cut from a copy of the teacher ------------------------
-    progress({"phase": "preparing student", "done": 0, "total": 1})
+    progress(ProgressEvent("preparing student", 0, 1))
     if run is not None:
         student, student_info = _student_from_checkpoint(run, device)
     elif student_spec is not None:
@@ -331,7 +329,7 @@ def distill(
             window_tokens=DEFAULT_WINDOW_TOKENS,
             max_eval_tokens=max(DEFAULT_MAX_EVAL_TOKENS, config.eval_tokens),
             loaded_engine=TransformersEngine(teacher, threads=config.threads),
-            progress=phase_progress(progress, "reference (teacher)"),
+            progress=relabel(progress, "reference (teacher)"),
             announce=say,
         )
 
@@ -437,7 +435,7 @@ def distill(
         },
         "notes": notes,
     }
-    progress({"phase": "saving", "done": 0, "total": 1})
+    progress(ProgressEvent("saving", 0, 1))
     with atomic_directory(out) as tmp:
         manifest = save_variant_files(student, teacher.tokenizer, tmp, manifest)
     kept = None

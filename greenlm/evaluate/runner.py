@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from greenlm.data import load_text, split_text
 from greenlm.energy.payback import payback_from_store, training_energy_j
@@ -19,8 +20,8 @@ from greenlm.evaluate.result import EvalResult
 from greenlm.io import noop
 from greenlm.models import ModelSpec, resolve_model
 from greenlm.models.manifest import MANIFEST_NAME, is_variant_dir, read_manifest
+from greenlm.progress import Progress, ProgressEvent, no_progress
 
-Progress = Callable[[int, int], None]
 
 
 def read_variant_manifest(spec: ModelSpec) -> dict | None:
@@ -71,7 +72,7 @@ def evaluate(
     announce: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Evaluate `config.model` on the evaluation split. With a `store`, the result is saved (kind "eval")."""
-    progress = progress or noop
+    progress = progress or no_progress
     announce = announce or noop
     start = time.perf_counter()
     notes: list[str] = []
@@ -131,10 +132,13 @@ def evaluate(
         # The reference first (cold: one pass, then cached), closed before the model loads to bound memory.
         done_ref = 0
 
-        def ref_progress(done: int, total: int) -> None:
+        def ref_progress(event: ProgressEvent) -> None:
             nonlocal done_ref
-            done_ref = done
-            progress(done, 2 * total)  # the model's pass over the same windows follows
+            done_ref = event.done
+            progress(replace(event, total=2 * event.total))  # the model's pass over the same windows follows
+
+        def model_progress(event: ProgressEvent) -> None:
+            progress(replace(event, done=done_ref + event.done, total=done_ref + event.total))
 
         ref = reference_stats(
             ref_spec,
@@ -152,7 +156,7 @@ def evaluate(
                 engine,
                 ref,
                 batch_windows=config.batch_windows,
-                progress=lambda done, total: progress(done_ref + done, done_ref + total),
+                progress=model_progress,
             )
             info = engine.describe()
         finally:

@@ -52,8 +52,7 @@ from greenlm.llamacpp.runtime import import_llama_cpp, llama_cpp_status
 from greenlm.llamacpp.verify import tokenizer_check
 from greenlm.models.loader import load_model
 from greenlm.models.spec import resolve_model
-
-Progress = Callable[[int, int], None]
+from greenlm.progress import Progress, no_progress
 
 
 @dataclass
@@ -105,7 +104,7 @@ def export_model(
     announce: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export `config.model` to `config.out`. The file appears only when every step succeeded."""
-    progress = progress or noop
+    progress = progress or no_progress
     announce = announce or noop
     start = time.perf_counter()
     target = Path(config.out).expanduser()

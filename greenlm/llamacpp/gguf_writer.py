@@ -44,10 +44,10 @@ from greenlm.llamacpp.inspect import gguf_architecture
 from greenlm.llamacpp.quantize import FLOAT_TYPES
 from greenlm.llamacpp.vocab import build_vocab
 from greenlm.models.manifest import read_manifest
+from greenlm.progress import Progress, ProgressEvent
 
 # Hugging Face architectures the exporter writes, and what llama.cpp calls them.
 EXPORTABLE_ARCHITECTURES = {cls: family.arch_name for cls, family in BY_CLASS.items()}
-Progress = Callable[[int, int], None]
 __all__ = ["LayerShape"]
 
 
@@ -319,7 +319,7 @@ def write_float_gguf(
             data, raw_dtype = _encode(plan.data, outtype)
             writer.add_tensor(plan.gguf_name, data, raw_dtype=raw_dtype)
         if progress:
-            progress(index + 1, len(plans))
+            progress(ProgressEvent("writing tensors", index + 1, len(plans), "tensors"))
     if blocks:
         _refuse(
             f"cannot export: blocks given for tensors the model does not have: {', '.join(sorted(blocks))}"

@@ -15,6 +15,7 @@ import numpy as np
 from greenlm.data.calibration import calibration_windows, capture_linear_inputs, linear_names
 from greenlm.errors import GreenlmError
 from greenlm.llamacpp.quantize import DEFAULT_IMATRIX_SAMPLES, DEFAULT_IMATRIX_TOKENS
+from greenlm.progress import Progress
 
 
 def importance_matrix(
@@ -25,7 +26,7 @@ def importance_matrix(
     text: str | None = None,
     samples: int = DEFAULT_IMATRIX_SAMPLES,
     tokens: int = DEFAULT_IMATRIX_TOKENS,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """({GGUF tensor name: mean x^2 per input column}, what it was computed on)."""
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import socket
 import statistics
-from collections.abc import Callable
 
 from greenlm.errors import GreenlmError
-from greenlm.io import noop
 from greenlm.optimize.candidate import measure_config
 from greenlm.optimize.config import EvalSettings
 from greenlm.optimize.space import Candidate
+from greenlm.progress import Progress, no_progress
 from greenlm.workload.interleave import measure_interleaved
 
 COST = "decode_j_per_token"
@@ -27,7 +26,7 @@ def final_round(
     settings: EvalSettings,
     rows: list[dict],
     rounds: int,
-    progress: Callable[[int, int], None] = noop,
+    progress: Progress = no_progress,
 ) -> dict[str, dict]:
     """{row key: median and spread of decode J/token and tokens/s over `rounds` interleaved single-repeat
     measurements, with the meter and host}. Each row runs in a process of its own (see workload.interleave:

@@ -33,6 +33,7 @@ from greenlm.optimize.final import final_round, within_noise
 from greenlm.optimize.pareto import COST, QualityBudget, closest_misses, pareto_front, real
 from greenlm.optimize.space import Candidate, load_space
 from greenlm.paths import cache_dir
+from greenlm.progress import Progress, ProgressEvent, no_progress
 
 BASELINE = Candidate()  # float32 transformers: what a user gets with no greenlm
 MEASURED = "measured"
@@ -185,7 +186,7 @@ def optimize(
     *,
     store,
     work: Callable[[Candidate, list[dict]], dict] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     announce: Callable[[str], None] | None = None,
     final: Callable[..., dict[str, dict]] | None = None,
 ) -> OptimizeResult:
@@ -262,7 +263,7 @@ def optimize(
         )
         announce(f"[{len(rows)}/{total}] {record['label']}: {record['status']} ({figures})")
         if progress:
-            progress(len(rows), total)
+            progress(ProgressEvent("candidates", len(rows), total, "candidates"))
 
     def keep_going() -> bool:
         elapsed = time.perf_counter() - start
@@ -276,7 +277,7 @@ def optimize(
         return pareto_front([r for r in rows if r["status"] == MEASURED])
 
     if progress:
-        progress(len(rows), total)
+        progress(ProgressEvent("candidates", len(rows), total, "candidates"))
     for candidate in todo_baselines:  # in the driver, on this host, never screened out or skipped
         on_result(work(candidate, None))
     by_key = {r["key"]: r for r in rows}
@@ -308,7 +309,7 @@ def optimize(
             f"final round: {len(finalists)} finalist(s) and the baseline(s), {config.final_rounds} interleaved "
             "rounds on this host"
         )
-        figures = final(settings, group, config.final_rounds, progress=progress or (lambda *_: None))
+        figures = final(settings, group, config.final_rounds, progress=progress or no_progress)
         for row in group:
             row["final"] = figures[row["key"]]
         finalists.sort(key=lambda r: (r["final"][COST], r["kld"]))

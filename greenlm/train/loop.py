@@ -18,7 +18,7 @@ import torch
 
 from greenlm.energy.base import Meter
 from greenlm.energy.carbon import GridIntensity, carbon_g, energy_kwh
-from greenlm.io import phase_progress
+from greenlm.progress import Progress, ProgressEvent, relabel
 from greenlm.train.checkpoint import DATA_FILE, TOPK_FILE, RunDir
 from greenlm.train.data import (
     CACHE_MAX_BUDGET_SHARE,
@@ -37,7 +37,6 @@ from greenlm.train.precision import autocast, resolve_precision
 from greenlm.train.schedule import lr_factor, warmup_steps_for
 from greenlm.train.settings import TrainSettings
 
-Progress = Callable[[dict], None]
 ENERGY_SCOPE = (
     "the training run: data preparation (teacher generation, top-k cache), the step-time probe, every "
     "optimizer step and checkpoint; not model loading, quality evaluation or saving the variant"
@@ -166,7 +165,7 @@ def _teacher_cache(
             settings.temperature,
             batch_size=settings.batch_size,
             autocast=amp,
-            progress=phase_progress(progress, "caching teacher top-k"),
+            progress=relabel(progress, "caching teacher top-k"),
             keep_going=keep_going,
         )
         if topk is not None:
@@ -244,7 +243,7 @@ def train(
                     settings.teacher_generate,
                     seed=settings.seed,
                     autocast=amp,
-                    progress=phase_progress(progress, "teacher writing text"),
+                    progress=relabel(progress, "teacher writing text"),
                 )
                 windows = torch.cat([data.windows, extra])
                 generated = int(extra.shape[0])
@@ -310,7 +309,7 @@ def train(
             plan.total_steps = plan.fixed()
         else:
             # A wall-clock budget: time one micro-batch (after one that warms the allocator) to plan the steps.
-            progress({"phase": "timing a step", "done": 0, "total": 1})
+            progress(ProgressEvent("timing a step", 0, 1))
             micro_step(0)
             t0 = time.perf_counter()
             micro_step(1 % max(1, batches_per_epoch(num_windows, settings.batch_size)))
@@ -329,7 +328,7 @@ def train(
             nonlocal last_checkpoint
             if run is None:
                 return
-            progress({"phase": "checkpoint", "step": step, "total_steps": plan.total_steps})
+            progress(ProgressEvent("checkpoint", step, plan.total_steps, "steps"))
             run.save_checkpoint(
                 step,
                 student,
@@ -394,21 +393,24 @@ def train(
             forecast = ledger.update_forecast(step, force=replanned_now)
             energy_j = ledger.energy_so_far_j()
             progress(
-                {
-                    "phase": "training",
-                    "step": step,
-                    "total_steps": plan.total_steps,
-                    "loss": step_loss,
-                    "lr": lr,
-                    "tokens": step * tokens_per_step,
-                    "energy_j": energy_j,
-                    "carbon_g": carbon_g(energy_j, intensity.intensity_g_per_kwh, pue),
-                    "forecast": forecast.to_dict() if forecast else None,
-                    "forecast_carbon_g": carbon_g(forecast.total_j, intensity.intensity_g_per_kwh, pue)
-                    if forecast
-                    else None,
-                    "eta_s": forecast.eta_s if forecast else None,
-                }
+                ProgressEvent(
+                    "training",
+                    step,
+                    plan.total_steps,
+                    "steps",
+                    {
+                        "loss": step_loss,
+                        "lr": lr,
+                        "tokens": step * tokens_per_step,
+                        "energy_j": energy_j,
+                        "carbon_g": carbon_g(energy_j, intensity.intensity_g_per_kwh, pue),
+                        "forecast": forecast.to_dict() if forecast else None,
+                        "forecast_carbon_g": carbon_g(forecast.total_j, intensity.intensity_g_per_kwh, pue)
+                        if forecast
+                        else None,
+                        "eta_s": forecast.eta_s if forecast else None,
+                    },
+                )
             )
             due = (checkpoint_steps and step % checkpoint_steps == 0) or (
                 checkpoint_every_s is not None and time.perf_counter() - last_checkpoint >= checkpoint_every_s

@@ -20,7 +20,7 @@ def test_final_round_measures_every_row_each_round(tiny_model_dir, tmp_path):
         {**Candidate(threads=1).to_dict(), "key": "one", "model_path": str(tiny_model_dir)},
     ]
     seen = []
-    figures = final_round(settings, rows, 3, progress=lambda done, total: seen.append((done, total)))
+    figures = final_round(settings, rows, 3, progress=lambda event: seen.append((event.done, event.total)))
     assert seen[-1] == (6, 6)
     for key in ("base", "one"):
         f = figures[key]
