@@ -33,4 +33,3 @@ def no_progress(_event: ProgressEvent) -> None:
 def relabel(progress: Progress, what: str) -> Progress:
     """`progress` with every event renamed `what`: the caller's name for an inner step's phase."""
     return lambda event: progress(replace(event, what=what))
-

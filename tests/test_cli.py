@@ -1,7 +1,6 @@
 """The CLI as a user meets it: exit codes, one-line errors, clean --json on stdout."""
 
 import json
-import sys
 
 import pytest
 

@@ -23,8 +23,8 @@ from greenlm.compress.base import CompressContext, StepConfig, StepReport
 from greenlm.data.calibration import LinearInputStats, capture_linear_inputs, linear_names
 from greenlm.data.calibration import sequential_linear_inputs as _sequential
 from greenlm.errors import GreenlmError
-from greenlm.kernels.quant_grid import BITS, GGUF_GRIDS, GgufGrid, QuantizedWeight, gguf_grid_for
 from greenlm.kernels.linear import DENSE, KERNEL_CHOICES, KERNELS, available_kernels
+from greenlm.kernels.quant_grid import BITS, GGUF_GRIDS, GgufGrid, QuantizedWeight, gguf_grid_for
 from greenlm.kernels.timing import FLOAT, KernelTiming, Stack, time_stacks
 from greenlm.progress import ProgressEvent, relabel
 

@@ -5,7 +5,7 @@ Calibration text is the calibration side of the deterministic split: evaluation 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatch
 
@@ -183,7 +183,9 @@ def block_influence(
                 _body_if_enough(model, ["model.layers"])(input_ids=batch.to(model.device), use_cache=False)
                 count += batch.numel()
                 if progress:
-                    progress(ProgressEvent("block influence", min(start + batch_size, total), total, "windows"))
+                    progress(
+                        ProgressEvent("block influence", min(start + batch_size, total), total, "windows")
+                    )
     finally:
         for h in handles:
             h.remove()

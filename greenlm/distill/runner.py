@@ -38,7 +38,7 @@ from greenlm.evaluate.config import DEFAULT_MAX_EVAL_TOKENS, DEFAULT_WINDOW_TOKE
 from greenlm.evaluate.reference import reference_stats
 from greenlm.io import atomic_directory, noop, refuse_existing, said_once
 from greenlm.models.loader import LoadedModel, load_model
-from greenlm.models.manifest import dir_size_bytes, is_variant_dir, read_manifest
+from greenlm.models.manifest import Manifest, dir_size_bytes, is_variant_dir, read_manifest
 from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.models.variant import save_variant_files
 from greenlm.progress import Progress, ProgressEvent, relabel
@@ -56,7 +56,7 @@ PROBE_TEXT = (
 @dataclass
 class DistillResult:
     variant_dir: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     quality_before: dict | None
     quality_after: dict | None
     training: dict
@@ -70,11 +70,11 @@ class DistillResult:
         energy = self.training["energy"]
         return {
             "variant_dir": self.variant_dir,
-            "variant_id": self.manifest["variant_id"],
-            "teacher": self.manifest["parent"],
-            "student": self.manifest["training"]["student"],
-            "recipe": self.manifest["recipe"],
-            "execution": self.manifest["execution"],
+            "variant_id": self.manifest.variant_id,
+            "teacher": self.manifest.parent,
+            "student": self.manifest.training["student"],
+            "recipe": self.manifest.recipe,
+            "execution": self.manifest.execution,
             "quality_before": self.quality_before,
             "quality_after": self.quality_after,
             "steps": self.training["steps"],
@@ -83,7 +83,7 @@ class DistillResult:
             "tokens": self.training["tokens"],
             "epochs": self.training["epochs"],
             "training_s": self.training["training_s"],
-            "loss": self.manifest["training"]["loss"],
+            "loss": self.manifest.training["loss"],
             "loss_first": self.training["loss_first"],
             "loss_last": self.training["loss_last"],
             "precision": self.training["precision"],
@@ -98,7 +98,7 @@ class DistillResult:
             "energy": energy,
             "data": self.training["data"],
             "plan": self.training["plan"],
-            "architecture": self.manifest["architecture"],
+            "architecture": self.manifest.architecture,
             "size_bytes": self.size_bytes,
             "payback": "measure the teacher and this variant (greenlm measure --model ...), then "
             "`greenlm eval --model DIR` reports the payback in served tokens",
@@ -216,7 +216,7 @@ def _student_from_checkpoint(run: RunDir, device: str):
 def _student_from_directory(spec: ModelSpec, teacher: LoadedModel, teacher_spec: ModelSpec, device: str, say):
     loaded = _load(spec, device)
     check_student(loaded.model, loaded.tokenizer, teacher.model, teacher.tokenizer, spec.name)
-    manifest = read_manifest(spec.path) if is_variant_dir(spec.path) else None
+    manifest = read_manifest(spec.path).to_dict() if is_variant_dir(spec.path) else None
     if manifest is not None and manifest.get("execution") == "simulated":
         raise GreenlmError(
             f"student {spec.name} is a simulated variant (its effect lives in dense float weights, and "
@@ -437,7 +437,7 @@ def distill(
     }
     progress(ProgressEvent("saving", 0, 1))
     with atomic_directory(out) as tmp:
-        manifest = save_variant_files(student, teacher.tokenizer, tmp, manifest)
+        manifest = save_variant_files(student, teacher.tokenizer, tmp, Manifest.from_dict(manifest))
     kept = None
     if config.keep_checkpoint:
         kept = str(run.path)
@@ -462,9 +462,9 @@ def distill(
         result.run_id = store.add(
             "variant",
             record,
-            variant_id=manifest["variant_id"],
+            variant_id=manifest.variant_id,
             parent=teacher_spec.name,
-            recipe_json=json.dumps(manifest["recipe"]),
-            execution=manifest["execution"],
+            recipe_json=json.dumps(manifest.recipe),
+            execution=manifest.execution,
         )
     return result

@@ -56,7 +56,7 @@ def declared_format(spec) -> str | None:
         return None
     formats = [
         (step.get("details") or {}).get("gguf_format")
-        for step in read_manifest(spec.path).get("steps") or []
+        for step in read_manifest(spec.path).steps
         if isinstance(step, dict)
     ]
     formats = [f for f in formats if f]
@@ -74,7 +74,7 @@ def _grid_of(weight: QuantizedWeight) -> tuple[GgufGrid | None, str | None]:
 
 
 def _method(spec) -> str | None:
-    steps = read_manifest(spec.path).get("steps") or []
+    steps = read_manifest(spec.path).steps
     methods = [
         s.get("method") for s in steps if isinstance(s, dict) and (s.get("details") or {}).get("gguf_format")
     ]

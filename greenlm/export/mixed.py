@@ -218,7 +218,7 @@ def _codes_candidates(
         variant_spec = resolve_model(str(directory))
         if variant_spec.kind != "variant":
             raise GreenlmError(f"--codes-from {directory} is not a greenlm variant directory")
-        parent = read_manifest(variant_spec.path).get("parent") or {}
+        parent = read_manifest(variant_spec.path).parent
         if parent.get("fingerprint") and parent["fingerprint"] != spec.fingerprint():
             raise GreenlmError(
                 f"--codes-from {directory} was made from {parent.get('name')}, not from {spec.name}: its codes "

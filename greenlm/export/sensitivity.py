@@ -15,13 +15,9 @@ Calibration text only: evaluation text never reaches here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from greenlm.io import noop
 from greenlm.progress import Progress, ProgressEvent, no_progress
-
 
 
 def fisher_diagonal(

@@ -363,8 +363,7 @@ def source_metadata(spec) -> dict:
     """What the file records about where it came from: the model's identity and, for a variant, its recipe."""
     meta = {"model": spec.name, "identity": spec.identity(), "exported_by": "greenlm"}
     if spec.kind == "variant":
-        manifest = read_manifest(spec.path)
-        meta["variant"] = {k: manifest.get(k) for k in ("parent", "recipe", "execution")}
+        meta["variant"] = read_manifest(spec.path).provenance()
     return meta
 
 

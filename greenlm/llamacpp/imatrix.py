@@ -7,8 +7,6 @@ precision on the columns that carry signal. Evaluation text never reaches here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import gguf
 import numpy as np
 

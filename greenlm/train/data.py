@@ -125,7 +125,9 @@ def teacher_generate(
             )
             out.append(generated[:, :seq_len].cpu())
             if progress:
-                progress(ProgressEvent("teacher writing text", min(start + GENERATE_BATCH, count), count, "texts"))
+                progress(
+                    ProgressEvent("teacher writing text", min(start + GENERATE_BATCH, count), count, "texts")
+                )
     return torch.cat(out)
 
 
@@ -162,6 +164,11 @@ def teacher_topk_cache(
             logp.append(top.logp.float().cpu())
             if progress:
                 progress(
-                    ProgressEvent("caching teacher top-k", min(start + batch_size, windows.shape[0]), windows.shape[0], "windows")
+                    ProgressEvent(
+                        "caching teacher top-k",
+                        min(start + batch_size, windows.shape[0]),
+                        windows.shape[0],
+                        "windows",
+                    )
                 )
     return TeacherTopK(ids=torch.cat(ids), logp=torch.cat(logp))

@@ -18,8 +18,8 @@ from greenlm.compress.quant_math import awq_search, gptq, output_error
 from greenlm.compress.quant_rtn import RTN
 from greenlm.compress.recipe import parse_step
 from greenlm.errors import GreenlmError
-from greenlm.kernels.quant_grid import GGUF_GRIDS, rtn
 from greenlm.kernels.linear import KERNELS, QuantLinear, available_kernels
+from greenlm.kernels.quant_grid import GGUF_GRIDS, rtn
 from greenlm.kernels.timing import FLOAT, KernelTiming
 from greenlm.models import load_model, resolve_model
 from tests.compress.tiny import CALIBRATION, context, load_tiny, logits, prompt_ids
@@ -233,8 +233,8 @@ def _make_variant(parent, out, step):
 def test_low_bit_variant_reloads_through_greenlm_with_identical_logits(tiny_model_dir, tmp_path, step):
     out = tmp_path / "v"
     manifest = _make_variant(tiny_model_dir, out, step).manifest
-    assert manifest["weights"]["plain_transformers"] is False
-    modules = manifest["quantized_modules"]
+    assert manifest.weights["plain_transformers"] is False
+    modules = manifest.quantized_modules
     assert len(modules) == 14 and {m["spec"]["bits"] for m in modules.values()} == {step.bits}
     assert not (out / "model.safetensors").exists()  # plain transformers must not load it by mistake
 
@@ -249,7 +249,7 @@ def test_low_bit_variant_reloads_through_greenlm_with_identical_logits(tiny_mode
     ids = prompt_ids(tok)
     assert torch.equal(logits(loaded.model, ids), logits(fresh, ids))
     if step.method == "awq":
-        scaled = manifest["steps"][0]["details"]["layers_scaled"]
+        scaled = manifest.steps[0]["details"]["layers_scaled"]
         assert scaled > 0  # the per-input-channel scales are saved and reloaded too
         assert sum(1 for m in modules.values() if m["spec"]["input_scale"]) == scaled
 
@@ -260,10 +260,7 @@ def test_dense_variant_also_loads_with_plain_transformers(tiny_model_dir, tmp_pa
     out = tmp_path / "v"
     result = _make_variant(tiny_model_dir, out, GPTQ(bits=4, group_size=32, kernel="dense"))
     assert result.execution == "simulated"
-    assert (
-        result.manifest["weights"]["plain_transformers"] is True
-        and result.manifest["quantized_modules"] == {}
-    )
+    assert result.manifest.weights["plain_transformers"] is True and result.manifest.quantized_modules == {}
     plain = AutoModelForCausalLM.from_pretrained(out).eval()
     loaded = load_model(resolve_model(str(out)))
     ids = prompt_ids(loaded.tokenizer)

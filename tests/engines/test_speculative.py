@@ -8,8 +8,7 @@ import pytest
 
 from greenlm.engines.speculative import PromptLookupDrafter, SpeculativeConfig, speculative_from_flags
 from greenlm.errors import GreenlmError
-from tests.helpers import build_tiny_model
-from tests.helpers import export_gguf, needs_llamacpp, sample_ids
+from tests.helpers import build_tiny_model, export_gguf, needs_llamacpp, sample_ids
 
 # ---- prompt lookup ----------------------------------------------------------------------------------------
 

@@ -342,7 +342,7 @@ def test_folded_awq_exports_its_codes_exactly(tiny_model_dir, tmp_path):
             evaluate=False,
         )
     )
-    details = result.manifest["steps"][0]["details"]
+    details = result.manifest.steps[0]["details"]
     assert details["fold"] and details["gguf_format"] == "q4_0"
     assert details["output_error"] <= details["output_error_without_scales"]
     exported = export_model(
