@@ -123,8 +123,18 @@ def _names(cls) -> tuple[str, ...]:
     return tuple(f.name for f in fields(cls))
 
 
+# set when known, in this order after the status
+_AFTER_STATUS = (
+    "reason", "wall_s", "search_id", "model_fingerprint", "budget", "role", "run_id", "final", "payback_tokens",
+    "payback_tokens_natural",
+)  # fmt: skip
+
+
 @dataclass
 class CandidateRow:
+    """One candidate as judged: what it is (`candidate`, `key`, `label`), the stages its judging reached with
+    their figures, and how it ended (`status`, `reason`)."""
+
     key: str
     label: str
     candidate: Candidate
@@ -211,11 +221,7 @@ class CandidateRow:
             if stage is not None:
                 data.update(asdict(stage))
         data["status"] = self.status.value
-        for name in ("reason", "wall_s", "search_id", "model_fingerprint", "budget", "role", "run_id"):
-            value = getattr(self, name)
-            if value is not None:
-                data[name] = value
-        for name in ("final", "payback_tokens", "payback_tokens_natural"):
+        for name in _AFTER_STATUS:
             if getattr(self, name) is not None:
                 data[name] = getattr(self, name)
         return {**data, **self.extra}

@@ -138,6 +138,7 @@ class _Search:
 
     config: OptimizeConfig
     spec: ModelSpec
+    fingerprint: str  # the model's, on every row: what `--resume` finds the search by
     search_id: str
     baselines: list[Candidate]
     natural: Candidate
@@ -197,12 +198,15 @@ def _latest_search(store, model_fingerprint: str) -> str:
     )
 
 
-def _plan(config: OptimizeConfig, spec: ModelSpec, space: SearchSpace, store, announce, progress) -> _Search:
+def _plan(
+    config: OptimizeConfig, spec: ModelSpec, space: SearchSpace, store, announce, progress, start: float
+) -> _Search:
     """Name the search (or find the one to resume), keep the rows already stored, and list the baselines and
     candidates still to judge within the candidate budget."""
     settings = config.settings
+    fingerprint = spec.fingerprint()
     search_id = config.search_id or (
-        _latest_search(store, spec.fingerprint()) if config.resume else uuid.uuid4().hex[:10]
+        _latest_search(store, fingerprint) if config.resume else uuid.uuid4().hex[:10]
     )
     if not settings.workdir:
         settings.workdir = str(cache_dir() / "optimize" / search_id)
@@ -222,8 +226,8 @@ def _plan(config: OptimizeConfig, spec: ModelSpec, space: SearchSpace, store, an
     todo_baselines = [b for b in baselines if b.key not in previous]
     total = len(rows) + len(pending) + len(todo_baselines)
     return _Search(
-        config, spec, search_id, baselines, natural, rows, pending, todo_baselines, total, store, announce,
-        progress, time.perf_counter(),
+        config, spec, fingerprint, search_id, baselines, natural, rows, pending, todo_baselines, total, store,
+        announce, progress, start,
     )  # fmt: skip
 
 
@@ -238,7 +242,7 @@ def _num(value, spec: str) -> str:
 def _record(search: _Search, row: CandidateRow) -> None:
     """Store a finished row at once (the search's own fields added) and tell the user."""
     settings = search.config.settings
-    row.search_id, row.model_fingerprint = search.search_id, search.spec.fingerprint()
+    row.search_id, row.model_fingerprint = search.search_id, search.fingerprint
     row.budget = asdict(settings.budget)
     if row.key in search.baseline_keys:
         row.role = "baseline" if row.key == BASELINE.key else "natural-baseline"
@@ -423,6 +427,7 @@ def _choose(search: _Search, final: Final) -> OptimizeResult:
 
 
 def _save(search: _Search, result: OptimizeResult) -> None:
+    """Copy the chosen where `--out` asks (with how it ran), then store the summary row (kind "search")."""
     if result.chosen is not None and search.config.out:
         result.variant_dir = save_chosen(result.chosen, search.config.out, search.config.settings)
     result.wall_s = time.perf_counter() - search.start
@@ -443,8 +448,7 @@ def optimize(
     candidate and `final` re-measures the finalists (tests pass stand-ins; the defaults measure for real)."""
     start = time.perf_counter()
     spec, space, executor = _check(config)
-    search = _plan(config, spec, space, store, announce or noop, progress or no_progress)
-    search.start = start
+    search = _plan(config, spec, space, store, announce or noop, progress or no_progress, start)
     _run(search, work or functools.partial(evaluate_candidate, config.settings), executor, space)
     result = _choose(search, final or final_round)
     _save(search, result)
