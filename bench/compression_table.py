@@ -185,16 +185,16 @@ def main() -> None:
                 )
             )
             compress_s = time.perf_counter() - t0
-            q = result.manifest["quality"]
+            q = result.manifest.quality
             row = {
                 "name": name,
                 "label": label,
-                "recipe": result.manifest["recipe"],
+                "recipe": result.manifest.recipe,
                 "execution": result.execution,
                 # the low-bit kernel each quantization step runs on ("dense": dequantized floats, simulated)
                 "kernels": [
                     s["details"]["kernel"]
-                    for s in result.manifest["steps"]
+                    for s in result.manifest.steps
                     if "kernel" in (s.get("details") or {})
                 ],
                 "ppl": q["ppl"],
@@ -203,8 +203,8 @@ def main() -> None:
                 "top1_agreement": q["top1_agreement"],
                 "size_mb": result.size_bytes / 1e6,
                 "compress_s": compress_s,
-                "step_notes": [n for s in result.manifest["steps"] for n in s.get("notes", [])],
-                "architecture": result.manifest["architecture"],
+                "step_notes": [n for s in result.manifest.steps for n in s.get("notes", [])],
+                "architecture": result.manifest.architecture,
             }
             row.update(measure(str(out), args))
             rows.append(row)

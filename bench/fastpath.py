@@ -282,7 +282,7 @@ def fisher_check(args) -> dict:
 
     from greenlm.data.calibration import calibration_windows
     from greenlm.export.sensitivity import fisher_diagonal, fisher_kld, measured_kld, reference_logprobs
-    from greenlm.kernels.grid import GGUF_GRIDS, rtn
+    from greenlm.kernels.quant_grid import GGUF_GRIDS, rtn
     from greenlm.models import load_model
 
     log("sensitivity check: Fisher estimate vs measured KLD per matrix")

@@ -87,10 +87,9 @@ def test_trained_candidates_show_training_energy_and_payback(tmp_path, tiny_mode
     space.write_text(SPACE)
 
     def trained_work(candidate, front):
-        row = fake_work(candidate, front)
-        if candidate.quant_type == "q8_0":
-            row["training_energy_j"] = 3000.0  # saves 0.5 - 0.2 J/token: repaid after 10,000 tokens
-        return row
+        if candidate.quant_type == "q8_0":  # saves 0.5 - 0.2 J/token: repaid after 10,000 tokens
+            return fake_work(candidate, front, training_energy_j=3000.0)
+        return fake_work(candidate, front)
 
     with Store(tmp_path / "s.db") as store:
         settings = EvalSettings(model=str(tiny_model_dir), workdir=str(tmp_path / "work"))

@@ -12,6 +12,7 @@ from greenlm.cli import options
 from greenlm.cli.app import app
 from greenlm.cli.common import emit_json, fmt, note, out, progress_bar
 from greenlm.distill.config import DistillConfig
+from greenlm.progress import ProgressEvent
 from greenlm.train.settings import TrainSettings
 
 _D = DistillConfig
@@ -25,10 +26,11 @@ class DistillProgress:
         self._bar: Progress | None = None
         self._task = None
 
-    def __call__(self, status: dict) -> None:
-        if status.get("phase") == "training":
+    def __call__(self, event: ProgressEvent) -> None:
+        label, done, total, info = event.what, event.done, event.total, ""
+        if event.what == "training":
+            status = event.detail
             label = "distilling"
-            done, total = status["step"], status["total_steps"]
             info = f"loss {status['loss']:.4f}  {status['energy_j'] / 1000:.1f} kJ"
             forecast = status.get("forecast")
             if forecast:
@@ -42,15 +44,8 @@ class DistillProgress:
                     info += f", ETA {eta / 60:.1f} min"
             else:
                 info += "  forecast after the warm-up steps"
-        elif status.get("phase") == "checkpoint":
-            label, done, total, info = "checkpoint", status["step"], status["total_steps"], "saving"
-        else:
-            label, done, total, info = (
-                status.get("phase", ""),
-                status.get("done", 0),
-                status.get("total", 1),
-                "",
-            )
+        elif event.what == "checkpoint":
+            info = "saving"
         if self._bar is None:
             self._bar = progress_bar(TextColumn("{task.fields[info]}"))
             self._bar.start()

@@ -134,7 +134,7 @@ def export(
     )
     try:
         with LazyProgress("exporting") as bar:
-            result = export_model(config, progress=bar.update, announce=note)
+            result = export_model(config, progress=bar, announce=note)
     except KeyboardInterrupt:
         # typer would exit 130 silently; the temporary files are already gone (see greenlm/io.py)
         err.print(f"interrupted: {out_path} was not written", markup=False, style="red", soft_wrap=True)

@@ -128,7 +128,7 @@ def optimize(
         final_rounds=final_rounds,
     )
     with Store(db) as store, LazyProgress("candidates") as bar:
-        result = run_search(config, store=store, progress=bar.update, announce=note)
+        result = run_search(config, store=store, progress=bar, announce=note)
     summary = result.to_dict()
     if as_json:
         emit_json(summary)

@@ -16,7 +16,7 @@ optimizer see what healing cost. `greenlm distill` runs the same training with c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from greenlm.compress.base import CompressContext, StepConfig, StepReport, parameter_count, register
 from greenlm.energy.detect import meter_names
@@ -24,6 +24,7 @@ from greenlm.energy.settings import EnergySettings
 from greenlm.errors import GreenlmError
 from greenlm.kernels.base import QuantizedModule
 from greenlm.models.loader import load_model
+from greenlm.progress import ProgressEvent
 from greenlm.train.data import check_one_batch, text_windows
 from greenlm.train.loop import TrainJob, train
 from greenlm.train.settings import TrainSettings
@@ -80,14 +81,14 @@ def apply_distill(model, config: Distill, ctx: CompressContext) -> StepReport:
     carbon = energy.carbon()
     meter = energy.open_meter()
 
-    def progress(status: dict) -> None:
-        if status.get("phase") == "training":
-            label = f"distill: {status['energy_j']:.0f} J"
-            if status.get("forecast"):
-                label += f", forecast {status['forecast']['total_j']:.0f} J"
-            ctx.progress(label, status["step"], status["total_steps"])
-        elif "done" in status:
-            ctx.progress(f"distill: {status['phase']}", status["done"], status["total"])
+    def progress(event: ProgressEvent) -> None:
+        if event.what == "training":
+            label = f"distill: {event.detail['energy_j']:.0f} J"
+            if event.detail.get("forecast"):
+                label += f", forecast {event.detail['forecast']['total_j']:.0f} J"
+            ctx.progress(replace(event, what=label))
+        elif event.what != "checkpoint":
+            ctx.progress(replace(event, what=f"distill: {event.what}"))
 
     try:
         outcome = train(teacher, model, data, config, TrainJob(meter, carbon, progress=progress))

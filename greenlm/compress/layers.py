@@ -93,7 +93,7 @@ def apply_drop_layers(model, config: DropLayers, ctx: CompressContext) -> StepRe
         scores = block_influence(
             model,
             ctx.calibration_windows(),
-            progress=lambda done, n: ctx.progress("block influence", done, n),
+            progress=ctx.progress,
         )
         chosen = lowest_influence(scores, config.count)
         details["ranking"] = "block influence (1 - cos(input, output)) on calibration text"

@@ -18,6 +18,7 @@ import torch
 from greenlm.compress.base import CompressContext, StepConfig, StepReport, parameter_count, register
 from greenlm.data.calibration import capture_linear_inputs, decoder_layers
 from greenlm.errors import GreenlmError
+from greenlm.progress import relabel
 
 REFIT_DAMP = 0.01  # of the mean Hessian diagonal: keeps the solve stable when inputs are nearly collinear
 
@@ -187,7 +188,7 @@ def _capture(model, names, ctx: CompressContext, label: str):
         names,
         ctx.calibration_windows(),
         hessian=True,
-        progress=lambda done, n: ctx.progress(label, done, n),
+        progress=relabel(ctx.progress, label),
     )
 
 

@@ -35,17 +35,17 @@ from greenlm.errors import GreenlmError
 from greenlm.evaluate.compare import compare_to_reference
 from greenlm.evaluate.config import DEFAULT_MAX_EVAL_TOKENS, DEFAULT_WINDOW_TOKENS
 from greenlm.evaluate.reference import reference_stats
-from greenlm.io import atomic_directory, noop, phase_progress, refuse_existing, said_once
+from greenlm.io import atomic_directory, noop, refuse_existing, said_once
 from greenlm.models.loader import LoadedModel, load_model
-from greenlm.models.manifest import dir_size_bytes, is_variant_dir, read_manifest
+from greenlm.models.manifest import Manifest, dir_size_bytes, is_variant_dir, read_manifest
 from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.models.variant import save_variant_files
+from greenlm.progress import Progress, ProgressEvent, relabel
 from greenlm.train.checkpoint import RunDir
 from greenlm.train.data import TrainingData, check_one_batch, text_windows
 from greenlm.train.energy import training_summary
 from greenlm.train.loop import TrainJob, TrainOutcome, train
 
-Progress = Callable[[dict], None]
 PROBE_TEXT = (
     "def payback(training_j, saving_j_per_token):\n    return training_j / saving_j_per_token  # tokens"
 )
@@ -54,7 +54,7 @@ PROBE_TEXT = (
 @dataclass
 class DistillResult:
     variant_dir: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     quality_before: dict | None
     quality_after: dict | None
     training: dict
@@ -68,11 +68,11 @@ class DistillResult:
         energy = self.training["energy"]
         return {
             "variant_dir": self.variant_dir,
-            "variant_id": self.manifest["variant_id"],
-            "teacher": self.manifest["parent"],
-            "student": self.manifest["training"]["student"],
-            "recipe": self.manifest["recipe"],
-            "execution": self.manifest["execution"],
+            "variant_id": self.manifest.variant_id,
+            "teacher": self.manifest.parent,
+            "student": self.manifest.training["student"],
+            "recipe": self.manifest.recipe,
+            "execution": self.manifest.execution,
             "quality_before": self.quality_before,
             "quality_after": self.quality_after,
             "steps": self.training["steps"],
@@ -81,7 +81,7 @@ class DistillResult:
             "tokens": self.training["tokens"],
             "epochs": self.training["epochs"],
             "training_s": self.training["training_s"],
-            "loss": self.manifest["training"]["loss"],
+            "loss": self.manifest.training["loss"],
             "loss_first": self.training["loss_first"],
             "loss_last": self.training["loss_last"],
             "precision": self.training["precision"],
@@ -96,7 +96,7 @@ class DistillResult:
             "energy": energy,
             "data": self.training["data"],
             "plan": self.training["plan"],
-            "architecture": self.manifest["architecture"],
+            "architecture": self.manifest.architecture,
             "size_bytes": self.size_bytes,
             "payback": "measure the teacher and this variant (greenlm measure --model ...), then "
             "`greenlm eval --model DIR` reports the payback in served tokens",
@@ -182,7 +182,7 @@ def _quality(
             engine,
             reference,
             max_eval_tokens=eval_tokens,
-            progress=phase_progress(progress, label),
+            progress=relabel(progress, label),
         )
     finally:
         model.train(was_training)
@@ -210,7 +210,7 @@ def _student_from_checkpoint(run: RunDir, device: str):
 def _student_from_directory(spec: ModelSpec, teacher: LoadedModel, teacher_spec: ModelSpec, device: str, say):
     loaded = _load(spec, device)
     check_student(loaded.model, loaded.tokenizer, teacher.model, teacher.tokenizer, spec.name)
-    manifest = read_manifest(spec.path) if is_variant_dir(spec.path) else None
+    manifest = read_manifest(spec.path).to_dict() if is_variant_dir(spec.path) else None
     if manifest is not None and manifest.get("execution") == "simulated":
         raise GreenlmError(
             f"student {spec.name} is a simulated variant (its effect lives in dense float weights, and "
@@ -247,9 +247,7 @@ def _student_from_recipe(
         parent=teacher_spec,
     )
     for index, step in enumerate(recipe.steps, 1):
-        progress(
-            {"phase": f"student recipe {index}/{len(recipe.steps)}: {step.method}", "done": 0, "total": 1}
-        )
+        progress(ProgressEvent(f"student recipe {index}/{len(recipe.steps)}: {step.method}", 0, 1))
         ctx.reports.append(apply_step(student, step, ctx))
     if any(r.execution == "simulated" for r in ctx.reports):
         raise GreenlmError(
@@ -328,9 +326,11 @@ def distill(
     quality_after = _student_quality(config, models, reference, progress, "quality after")
     training = outcome.to_dict()
     manifest = _manifest(config, checked, models, training, (quality_before, quality_after), notes)
-    progress({"phase": "saving", "done": 0, "total": 1})
+    progress(ProgressEvent("saving", 0, 1))
     with atomic_directory(checked.out) as tmp:
-        manifest = save_variant_files(models.student, models.teacher.tokenizer, tmp, manifest)
+        manifest = save_variant_files(
+            models.student, models.teacher.tokenizer, tmp, Manifest.from_dict(manifest)
+        )
     kept = str(run.path) if config.keep_checkpoint else None
     if not config.keep_checkpoint:
         run.remove()
@@ -373,11 +373,11 @@ def _check(config: DistillConfig) -> _Checked:
 def _load_models(config: DistillConfig, checked: _Checked, progress: Progress, say) -> _Models:
     """The teacher and the training windows, then the student: rebuilt from the checkpoint, loaded, or cut from
     a copy of the teacher."""
-    progress({"phase": "loading teacher", "done": 0, "total": 1})
+    progress(ProgressEvent("loading teacher", 0, 1))
     teacher = _load(checked.teacher_spec, checked.device)
     data = text_windows(teacher.tokenizer, config.text, config.train.seq_len)
     check_one_batch(data, config.train.batch_size, config.train.seq_len)
-    progress({"phase": "preparing student", "done": 0, "total": 1})
+    progress(ProgressEvent("preparing student", 0, 1))
     if checked.resumed is not None:
         student, info = _student_from_checkpoint(checked.resumed, checked.device)
     elif checked.student_spec is not None:
@@ -399,7 +399,7 @@ def _reference(config: DistillConfig, checked: _Checked, teacher: LoadedModel, p
         window_tokens=DEFAULT_WINDOW_TOKENS,
         max_eval_tokens=max(DEFAULT_MAX_EVAL_TOKENS, config.eval_tokens),
         loaded_engine=TransformersEngine(teacher, threads=config.threads),
-        progress=phase_progress(progress, "reference (teacher)"),
+        progress=relabel(progress, "reference (teacher)"),
         announce=say,
     )
 
@@ -515,8 +515,8 @@ def _store_result(store, result: DistillResult, teacher_spec: ModelSpec) -> str:
     return store.add(
         "variant",
         record,
-        variant_id=manifest["variant_id"],
+        variant_id=manifest.variant_id,
         parent=teacher_spec.name,
-        recipe_json=json.dumps(manifest["recipe"]),
-        execution=manifest["execution"],
+        recipe_json=json.dumps(manifest.recipe),
+        execution=manifest.execution,
     )

@@ -15,18 +15,14 @@ Calibration text only: evaluation text never reaches here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 from greenlm.evaluate.metrics import exact_kl
-from greenlm.io import noop
-
-Progress = Callable[[int, int], None]
+from greenlm.progress import Progress, ProgressEvent, no_progress
 
 
 def fisher_diagonal(
-    model, windows: torch.Tensor, *, draws: int = 1, seed: int = 0, progress: Progress = noop
+    model, windows: torch.Tensor, *, draws: int = 1, seed: int = 0, progress: Progress = no_progress
 ) -> dict[str, torch.Tensor]:
     """Per parameter name: the diagonal Fisher of the model's next-token distribution, per token, in the
     parameter's shape. Tied parameters appear once (under their first name)."""
@@ -52,7 +48,7 @@ def fisher_diagonal(
                 for name, p in params.items():
                     if p.grad is not None:
                         fisher[name] += p.grad.detach().float() ** 2
-                progress(index * draws + draw + 1, total)
+                progress(ProgressEvent("fisher sensitivity", index * draws + draw + 1, total, "passes"))
             tokens += int(window.numel())
     finally:
         model.zero_grad(set_to_none=True)

@@ -46,10 +46,10 @@ from greenlm.llamacpp.quantize import FLOAT_TYPES
 from greenlm.llamacpp.vocab import build_vocab
 from greenlm.llamacpp.vocab_copy import gguf_file_vocab
 from greenlm.models.manifest import read_manifest
+from greenlm.progress import Progress, ProgressEvent
 
 # Hugging Face architectures the exporter writes, and what llama.cpp calls them.
 EXPORTABLE_ARCHITECTURES = {cls: family.arch_name for cls, family in BY_CLASS.items()}
-Progress = Callable[[int, int], None]
 __all__ = ["LayerShape"]
 
 
@@ -328,7 +328,7 @@ def write_float_gguf(
             data, raw_dtype = _encode(plan.data, outtype)
             writer.add_tensor(plan.gguf_name, data, raw_dtype=raw_dtype)
         if progress:
-            progress(index + 1, len(plans))
+            progress(ProgressEvent("writing tensors", index + 1, len(plans), "tensors"))
     if blocks:
         _refuse(
             f"cannot export: blocks given for tensors the model does not have: {', '.join(sorted(blocks))}"
@@ -374,8 +374,7 @@ def source_metadata(spec) -> dict:
     """What the file records about where it came from: the model's identity and, for a variant, its recipe."""
     meta = {"model": spec.name, "identity": spec.identity(), "exported_by": "greenlm"}
     if spec.kind == "variant":
-        manifest = read_manifest(spec.path)
-        meta["variant"] = {k: manifest.get(k) for k in ("parent", "recipe", "execution")}
+        meta["variant"] = read_manifest(spec.path).provenance()
     return meta
 
 

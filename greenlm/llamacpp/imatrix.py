@@ -11,7 +11,6 @@ derives from the file (sum / count in float32) are bit for bit the ones greenlm 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 from greenlm.data.calibration import calibration_windows, capture_linear_inputs, linear_names
 from greenlm.errors import GreenlmError
 from greenlm.llamacpp.quantize import DEFAULT_IMATRIX_SAMPLES, DEFAULT_IMATRIX_TOKENS
+from greenlm.progress import Progress
 
 
 @dataclass
@@ -48,7 +48,7 @@ def importance_data(
     text: str | None = None,
     samples: int = DEFAULT_IMATRIX_SAMPLES,
     tokens: int = DEFAULT_IMATRIX_TOKENS,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> ImportanceMatrix:
     """The sums and token counts of every weight matrix llama.cpp quantizes, on the calibration split."""
     arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == arch_name)

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 from greenlm.energy import Meter
 from greenlm.engines.base import Engine
-from greenlm.engines.factory import create_engine
+from greenlm.engines.factory import create_engine, open_stepper
 from greenlm.engines.stepper import SlotFeed, Stepper
-from greenlm.engines.steppers import open_stepper
 from greenlm.models.spec import ModelSpec
 from greenlm.serve.attribution import PhaseCosts
 from greenlm.serve.ladder import Variant

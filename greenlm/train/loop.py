@@ -18,7 +18,8 @@ import torch
 
 from greenlm.energy.base import Meter
 from greenlm.energy.carbon import CarbonRate, energy_kwh
-from greenlm.io import noop, phase_progress
+from greenlm.io import noop
+from greenlm.progress import Progress, ProgressEvent, no_progress, relabel
 from greenlm.train.checkpoint import DATA_FILE, TOPK_FILE, RunDir
 from greenlm.train.data import (
     CACHE_MAX_BUDGET_SHARE,
@@ -37,7 +38,6 @@ from greenlm.train.precision import autocast, resolve_precision
 from greenlm.train.schedule import lr_factor, warmup_steps_for
 from greenlm.train.settings import TrainSettings
 
-Progress = Callable[[dict], None]
 ENERGY_SCOPE = (
     "the training run: data preparation (teacher generation, top-k cache), the step-time probe, every "
     "optimizer step and checkpoint; not model loading, quality evaluation or saving the variant"
@@ -162,7 +162,7 @@ def _teacher_cache(
             settings.temperature,
             batch_size=settings.batch_size,
             autocast=amp,
-            progress=phase_progress(progress, "caching teacher top-k"),
+            progress=relabel(progress, "caching teacher top-k"),
             keep_going=keep_going,
         )
         if topk is not None:
@@ -187,7 +187,7 @@ class TrainJob:
     resume: bool = False  # continue from the newest checkpoint in `run`
     checkpoint_every_s: float | None = 300.0
     checkpoint_steps: int | None = None
-    progress: Progress = noop  # one dict per phase change, optimizer step and checkpoint
+    progress: Progress = no_progress  # one event per phase change, optimizer step and checkpoint
     announce: Callable[[str], None] = noop
 
 
@@ -293,7 +293,7 @@ class _Session:
                 s.teacher_generate,
                 seed=s.seed,
                 autocast=self.amp,
-                progress=phase_progress(self.job.progress, "teacher writing text"),
+                progress=relabel(self.job.progress, "teacher writing text"),
             )
             self.windows = torch.cat([data.windows, extra])
             generated = int(extra.shape[0])
@@ -335,7 +335,7 @@ class _Session:
 
     def _probe_plan(self) -> None:
         """A wall-clock budget: time one micro-batch (after one that warms the allocator) to plan the steps."""
-        self.job.progress({"phase": "timing a step", "done": 0, "total": 1})
+        self.job.progress(ProgressEvent("timing a step", 0, 1))
         self.micro_step(0)
         t0 = time.perf_counter()
         self.micro_step(1 % max(1, batches_per_epoch(self.num_windows, self.settings.batch_size)))
@@ -437,19 +437,22 @@ class _Session:
         energy_j = self.energy.energy_so_far_j()
         carbon = self.job.carbon
         self.job.progress(
-            {
-                "phase": "training",
-                "step": self.step,
-                "total_steps": self.plan.total_steps,
-                "loss": loss,
-                "lr": lr,
-                "tokens": self.step * self.settings.tokens_per_step,
-                "energy_j": energy_j,
-                "carbon_g": carbon.carbon_g(energy_j),
-                "forecast": forecast.to_dict() if forecast else None,
-                "forecast_carbon_g": carbon.carbon_g(forecast.total_j) if forecast else None,
-                "eta_s": forecast.eta_s if forecast else None,
-            }
+            ProgressEvent(
+                "training",
+                self.step,
+                self.plan.total_steps,
+                "steps",
+                {
+                    "loss": loss,
+                    "lr": lr,
+                    "tokens": self.step * self.settings.tokens_per_step,
+                    "energy_j": energy_j,
+                    "carbon_g": carbon.carbon_g(energy_j),
+                    "forecast": forecast.to_dict() if forecast else None,
+                    "forecast_carbon_g": carbon.carbon_g(forecast.total_j) if forecast else None,
+                    "eta_s": forecast.eta_s if forecast else None,
+                },
+            )
         )
 
     def _checkpoint_due(self) -> bool:
@@ -462,7 +465,7 @@ class _Session:
         run = self.job.run
         if run is None:
             return
-        self.job.progress({"phase": "checkpoint", "step": self.step, "total_steps": self.plan.total_steps})
+        self.job.progress(ProgressEvent("checkpoint", self.step, self.plan.total_steps, "steps"))
         first = self.energy.first_forecast
         state = {
             "step": self.step,

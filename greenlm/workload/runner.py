@@ -13,13 +13,13 @@ from greenlm.engines.speculative import resolve_draft
 from greenlm.errors import GreenlmError
 from greenlm.io import noop
 from greenlm.models.spec import resolve_model
+from greenlm.progress import Progress, ProgressEvent, no_progress
 from greenlm.workload.config import MeasureConfig
 from greenlm.workload.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu, reset_peak_rss
 from greenlm.workload.prompts import read_prompt_file, workload_prompts
 from greenlm.workload.result import MeasureResult, RepeatRecord
 
 WARMUP_NEW_TOKENS = 4
-Progress = Callable[[int, int], None]  # (batches done, batches total)
 
 
 def engine_for(config: MeasureConfig, spec) -> Engine:
@@ -47,7 +47,7 @@ def run_measure(
     `engine` reuses a model the caller has already loaded (the caller keeps and closes it); the load phase
     is then not measured (`load_j` is None).
     """
-    progress = progress or noop
+    progress = progress or no_progress
     announce = announce or noop
     # Validate everything cheap before loading anything heavy.
     carbon = config.energy.carbon()  # the grid and PUE, resolved: a typo fails before any model loads
@@ -135,7 +135,7 @@ def run_measure(
                     for domain, info in m.domains().items():
                         domains_j[key][domain] = domains_j[key].get(domain, 0.0) + info["energy_j"]
                         origins[domain] = {k: info[k] for k in ("meter", "energy_source", "additive")}
-                progress(repeat * len(batches) + index + 1, total)
+                progress(ProgressEvent("measuring", repeat * len(batches) + index + 1, total, "batches"))
             records.append(RepeatRecord(ttft_s=sums["prefill_s"] / len(batches), **sums, **domains_j))
         peak_mb = peak_rss_mb()
         if any(r.prefill_j + r.decode_j <= 0 for r in records):

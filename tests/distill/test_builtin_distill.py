@@ -34,8 +34,8 @@ def test_cut_heal_and_export_the_builtin_model(tmp_path, small_text):
     # three steps are less than one epoch: a top-k cache would never be reused, so the teacher runs on the fly
     assert result["data"]["teacher"].startswith("on the fly"), result["data"]["teacher"]
     manifest = read_manifest(out)
-    assert manifest["training"]["teacher"]["name"] == "smollm2-135m"
-    assert [s["method"] for s in manifest["recipe"]["steps"]] == ["drop_layers", "distill"]
+    assert manifest.training["teacher"]["name"] == "smollm2-135m"
+    assert [s["method"] for s in manifest.recipe["steps"]] == ["drop_layers", "distill"]
 
     gguf = export_model(ExportConfig(out=str(tmp_path / "healed.gguf"), model=str(out), quant="f16"))
     assert gguf.layers == 28 and gguf.tokenizer_check

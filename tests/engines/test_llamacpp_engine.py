@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from greenlm.errors import GreenlmError
-from tests.export.helpers import export_gguf, needs_llamacpp, sample_ids
+from tests.helpers import export_gguf, needs_llamacpp, sample_ids
 
 pytestmark = needs_llamacpp
 
@@ -27,7 +27,7 @@ def tiny(tiny_model_dir, tmp_path_factory):
 
 def test_tokenizes_like_transformers(tiny):
     lcpp, hf = tiny
-    from tests.export.helpers import SAMPLE_TEXT
+    from tests.helpers import SAMPLE_TEXT
 
     ids = lcpp.tokenize(SAMPLE_TEXT)
     assert ids == hf.tokenize(SAMPLE_TEXT)

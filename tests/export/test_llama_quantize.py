@@ -21,7 +21,7 @@ import pytest
 from greenlm.errors import GreenlmError
 from greenlm.export.config import ExportConfig
 from greenlm.export.llama_quantize import base_file_type, tensor_type_patterns
-from tests.export.helpers import export_gguf, needs_llamacpp
+from tests.helpers import export_gguf, needs_llamacpp
 
 SMALL = dict(calibration_samples=4, calibration_tokens=64)
 IMATRIX = dict(imatrix=True, imatrix_samples=4, imatrix_tokens=64)

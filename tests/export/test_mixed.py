@@ -14,7 +14,7 @@ from greenlm.errors import GreenlmError
 from greenlm.export.config import ExportConfig
 from greenlm.export.mixed import Matrix, Option, choose
 from greenlm.llamacpp.gguf_writer import TensorPlan
-from tests.export.helpers import needs_llamacpp
+from tests.helpers import needs_llamacpp
 
 SMALL = dict(calibration_samples=4, calibration_tokens=64)
 
@@ -224,7 +224,7 @@ def test_fisher_ranks_matrices_like_the_measured_kld(tiny_loaded):
 
     from greenlm.data.calibration import calibration_windows
     from greenlm.export.sensitivity import fisher_diagonal, fisher_kld, measured_kld, reference_logprobs
-    from greenlm.kernels.grid import GGUF_GRIDS, rtn
+    from greenlm.kernels.quant_grid import GGUF_GRIDS, rtn
 
     model = tiny_loaded.model
     windows = calibration_windows(tiny_loaded.tokenizer, None, samples=4, tokens=64)

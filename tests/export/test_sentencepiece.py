@@ -10,7 +10,7 @@ import gguf
 import pytest
 
 from greenlm.errors import GreenlmError
-from tests.export.helpers import assert_roundtrip, export_gguf, hf_logits, needs_llamacpp
+from tests.helpers import assert_roundtrip, export_gguf, hf_logits, needs_llamacpp
 from tests.export.spm_tokenizers import (
     PROBE,
     byte_fallback_bpe,

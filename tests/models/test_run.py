@@ -7,7 +7,7 @@ import pytest
 from greenlm.errors import GreenlmError
 from greenlm.models import resolve_model
 from greenlm.models.run import OPTIMIZE_FILE, RunSettings, save_run_settings, saved_run_settings
-from tests.export.helpers import export_gguf, needs_llamacpp
+from tests.helpers import export_gguf, needs_llamacpp
 
 
 def test_gguf_directory_round_trip(tmp_path):

@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from greenlm.serve.policy_file import load_policy
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 GRID = "grid: {csv: grid.csv, speed: 60}\n"
 

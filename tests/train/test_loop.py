@@ -103,8 +103,8 @@ def test_a_killed_run_resumes_exactly(tiny_model_dir, tmp_path):
     _, killed, _ = pair(tiny_model_dir)
     run_dir = RunDir.create(tmp_path / "b", {"r": 1}, {})
 
-    def kill_at_step_5(status):
-        if status.get("phase") == "training" and status["step"] == 5:
+    def kill_at_step_5(event):
+        if event.what == "training" and event.done == 5:
             raise KeyboardInterrupt  # after step 5 ran: it is lost, the checkpoint of step 4 is not
 
     with pytest.raises(KeyboardInterrupt):
