@@ -39,6 +39,7 @@ class ServeConfig:
     max_queue: int = 64  # requests waiting for a slot before 429
     max_tokens_default: int = 256  # when a request gives no max_tokens (capped by the context left)
     step_tokens: int = 256  # tokens per engine step: decode tokens plus prompt chunks
+    prefix_cache: bool = True  # keep finished requests' KV cells for prompts that share a prefix (llama.cpp)
     context_tokens: int = 2048  # per request (prompt + output), capped by the model's trained context
     api_key: str | None = None
     served_model_name: str | None = None  # the id clients send as "model"; default the model's name

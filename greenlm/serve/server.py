@@ -260,6 +260,7 @@ class Server:
             "max_batch": self.config.max_batch,
             "max_queue": self.config.max_queue,
             "step_tokens": self.config.step_tokens,
+            "prefix_cache": bool(self.stepper and self.stepper.reuses_prefixes),
             "context_tokens": self.context_tokens,
             "meter": self.meter.name,
             "energy_source": self.meter.energy_source,
