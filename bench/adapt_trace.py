@@ -49,7 +49,7 @@ import httpx
 import psutil
 from benchlib import Recorder, log
 from matplotlib.figure import Figure
-from serve_load import Proc
+from servers import Proc
 from tables import adapt_trace_markdown, energy_split_change
 
 from greenlm.data import load_text, split_text

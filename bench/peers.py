@@ -25,7 +25,12 @@ GUIDELLM_VERSION = "0.8.1"
 TORCH_PIN = "torch==2.13.0"  # the CPU wheel; an open range pulls a multi-GB CUDA build
 LLAMA_TARGETS = ("llama-server", "llama-batched-bench", "llama-quantize")
 # the wheel's own build: Release, native CPU (GGML_NATIVE defaults on); no network client, no TLS
-CMAKE_FLAGS = ("-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF")
+CMAKE_FLAGS = (
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DLLAMA_CURL=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+)
 
 
 def cache_dir() -> Path:
@@ -71,10 +76,14 @@ def llama_tools() -> dict[str, Path]:
     if all(p.exists() for p in tools.values()):
         return tools
     if shutil.which("cmake") is None:
-        raise SystemExit("cmake is not installed: install cmake and a C/C++ compiler, or pass --llama-server PATH")
+        raise SystemExit(
+            "cmake is not installed: install cmake and a C/C++ compiler, or pass --llama-server PATH"
+        )
     _run(["cmake", "-S", str(source), "-B", str(build), *CMAKE_FLAGS], "configuring llama.cpp")
     jobs = str(os.cpu_count() or 2)
-    _run(["cmake", "--build", str(build), "-j", jobs, "--target", *LLAMA_TARGETS], "building llama.cpp's tools")
+    _run(
+        ["cmake", "--build", str(build), "-j", jobs, "--target", *LLAMA_TARGETS], "building llama.cpp's tools"
+    )
     return tools
 
 

@@ -40,6 +40,9 @@ class ServeConfig:
     max_tokens_default: int = 256  # when a request gives no max_tokens (capped by the context left)
     step_tokens: int = 256  # tokens per engine step: decode tokens plus prompt chunks
     prefix_cache: bool = True  # keep finished requests' KV cells for prompts that share a prefix (llama.cpp)
+    # prompt tokens a step may carry while other requests decode (None: up to step_tokens); steps with no
+    # request decoding take prompt tokens up to step_tokens
+    prefill_chunk_tokens: int | None = None
     context_tokens: int = 2048  # per request (prompt + output), capped by the model's trained context
     api_key: str | None = None
     served_model_name: str | None = None  # the id clients send as "model"; default the model's name
@@ -63,6 +66,8 @@ class ServeConfig:
         _whole("--max-queue", self.max_queue, 0)
         _whole("--max-tokens-default", self.max_tokens_default, 1)
         _whole("--step-tokens", self.step_tokens, 1)
+        if self.prefill_chunk_tokens is not None:
+            _whole("--prefill-chunk", self.prefill_chunk_tokens, 1)
         _whole("--context", self.context_tokens, 16)
         _whole("--max-body-bytes", self.max_body_bytes, 1024)
         if self.step_tokens < self.max_batch:

@@ -234,6 +234,7 @@ class Scheduler:
         name: str = "greenlm-scheduler",
         variant: str | None = None,
         context_tokens: int | None = None,
+        prefill_chunk_tokens: int | None = None,
         reload: Callable[[], None] | None = None,
         on_finish: Callable[[RequestResult], None] | None = None,
     ):
@@ -244,6 +245,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.reload = reload
         self.on_finish = on_finish
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._running: list[_Request] = []
@@ -515,7 +517,11 @@ class Scheduler:
                 work.append(StepWork(r.id, decode_tokens=1))
                 stepped.append(r)
                 budget -= 1
-        for r in live:  # then prompt chunks, oldest request first
+        # then prompt chunks, oldest request first; while streams decode, at most prefill_chunk_tokens of them,
+        # so one step's prompt work delays each stream's next token by a bounded amount
+        if feeds and self.prefill_chunk_tokens is not None:
+            budget = min(budget, self.prefill_chunk_tokens)
+        for r in live:
             if r.pending is None and r.fed < len(r.prompt_ids) and budget > 0:
                 chunk = r.prompt_ids[r.fed : r.fed + budget]
                 done = r.fed + len(chunk) == len(r.prompt_ids)

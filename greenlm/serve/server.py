@@ -122,6 +122,7 @@ class Server:
             max_queue=self.config.max_queue,
             variant=plan.start.name,
             context_tokens=self.context_tokens,
+            prefill_chunk_tokens=self.config.prefill_chunk_tokens,
             reload=self.pool.reload_for_requests,
             on_finish=controller.on_finish,
         )
@@ -261,6 +262,7 @@ class Server:
             "max_queue": self.config.max_queue,
             "step_tokens": self.config.step_tokens,
             "prefix_cache": bool(self.stepper and self.stepper.reuses_prefixes),
+            "prefill_chunk_tokens": self.config.prefill_chunk_tokens,
             "context_tokens": self.context_tokens,
             "meter": self.meter.name,
             "energy_source": self.meter.energy_source,
