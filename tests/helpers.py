@@ -5,6 +5,8 @@ Fixtures built from them are in tests/conftest.py."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -221,3 +223,14 @@ def build_tiny_family(path: Path, family: str, seed: int = 0, **overrides) -> Pa
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def headless_browser() -> str:
+    """Chromium's path, for the tests that draw a page. `make test` installs it when run as root (as CI does)
+    and then requires it (GREENLM_REQUIRE_BROWSER=1); a user without it gets a skip that says how to get it."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("GREENLM_REQUIRE_BROWSER") == "1":
+            pytest.fail("chromium is missing although `make test` ran as root and should have installed it")
+        pytest.skip("no chromium: install Debian's package (sudo apt-get install chromium) to run this test")
+    return browser

@@ -1,4 +1,3 @@
-import shutil
 import subprocess
 
 import pytest
@@ -8,6 +7,7 @@ from greenlm.optimize.config import EvalSettings, OptimizeConfig
 from greenlm.optimize.search import optimize
 from greenlm.report import build_report, write_report
 from greenlm.store import Store
+from tests.helpers import headless_browser
 from tests.optimize.fake_work import fake_final, fake_work
 
 SPACE = "grids:\n  - engine: llamacpp\n    quant_types: [q8_0, q4_k_m, q4_0]\n"
@@ -50,8 +50,7 @@ def test_unknown_search_id(searched):
 
 
 def test_renders_in_headless_chromium(searched, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium is installed by `make test` (Debian package chromium)"
+    browser = headless_browser()
     store, _ = searched
     page = write_report(store, tmp_path / "report.html")
     flags = [

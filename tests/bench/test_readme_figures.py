@@ -50,6 +50,8 @@ ALLOWED = {
     "over 10x with bursts": "the trace's rate curve, a definition",
     "a fixed 2 requests/s": "a former setting of the trace",
     "At most about 10 minutes": "the GPU check's time limit",
+    "about 8 minutes on 2 cores": "how long pip's first compile of llama.cpp takes, for planning an install",
+    "about 200 MB": "the size of PyTorch's CPU wheel (192 MB), what the install downloads",
 }
 
 

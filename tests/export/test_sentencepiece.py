@@ -10,7 +10,6 @@ import gguf
 import pytest
 
 from greenlm.errors import GreenlmError
-from tests.helpers import assert_roundtrip, export_gguf, hf_logits, needs_llamacpp
 from tests.export.spm_tokenizers import (
     PROBE,
     byte_fallback_bpe,
@@ -18,6 +17,7 @@ from tests.export.spm_tokenizers import (
     sentencepiece_model,
     tiny_llama_with,
 )
+from tests.helpers import assert_roundtrip, export_gguf, hf_logits, needs_llamacpp
 
 needs_sentencepiece = pytest.mark.skipif(
     importlib.util.find_spec("sentencepiece") is None,
