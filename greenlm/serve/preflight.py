@@ -13,9 +13,8 @@ from greenlm.energy.carbon import GridIntensity, resolve_intensity, validate_pue
 from greenlm.engines.available import check_engine_ready
 from greenlm.engines.saved import apply_saved_run
 from greenlm.errors import GreenlmError
-from greenlm.grid.electricitymaps import ElectricityMaps
-from greenlm.grid.reading import FixedIntensity, GridSignal
-from greenlm.grid.replay import CsvIntensity
+from greenlm.grid.reading import GridSignal
+from greenlm.grid.signal import grid_signal
 from greenlm.io import noop
 from greenlm.models.run import RunSettings, saved_run_settings
 from greenlm.models.spec import ModelSpec, resolve_model
@@ -51,14 +50,7 @@ def make_meter(config: ServeConfig) -> Meter:
 
 def make_grid(grid: GridConfig | None, intensity: GridIntensity) -> GridSignal:
     """The grid signal: a replayed CSV, a live provider, or the fixed figure the flags resolved."""
-    if grid is None:
-        return FixedIntensity(intensity)
-    if grid.csv is not None:
-        return CsvIntensity(grid.csv, speed=grid.speed, loop=grid.loop)
-    kwargs = {"url": grid.url} if grid.url else {}
-    return ElectricityMaps(
-        grid.zone, fallback=intensity, token_env=grid.token_env, poll_s=grid.poll_s, **kwargs
-    )
+    return grid_signal(grid, intensity)
 
 
 def _policy(config: ServeConfig) -> PolicyConfig:
