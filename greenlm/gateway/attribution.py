@@ -125,3 +125,38 @@ def share_of(remaining_j: float, mine: Work, others: list[Work], costs: PhaseCos
 def prompt_estimate(prompt_chars: int, chars_per_token: float) -> float:
     """Prompt tokens of a request whose count is not known yet, from its characters."""
     return prompt_chars / chars_per_token if chars_per_token > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class CostFit:
+    """J per prefill and per decode token fitted to settled windows: least squares of each window's energy on
+    its prefill and decode tokens, E_w ~ c_prefill * P_w + c_decode * D_w, older windows fading (each new one
+    multiplies the old sums by `decay`). Under load every window mixes both kinds of work, so windows with one
+    kind only (what `PhaseCosts` learns from) are rare; the fit uses them all."""
+
+    spp: float = 0.0
+    spd: float = 0.0
+    sdd: float = 0.0
+    sep: float = 0.0
+    sed: float = 0.0
+    windows: int = 0
+    decay: float = 0.98
+
+    def add(self, energy_j: float, prefill_tokens: float, decode_tokens: float) -> CostFit:
+        d, p, t = self.decay, prefill_tokens, decode_tokens
+        return CostFit(
+            d * self.spp + p * p, d * self.spd + p * t, d * self.sdd + t * t,
+            d * self.sep + energy_j * p, d * self.sed + energy_j * t, self.windows + 1, d,
+        )  # fmt: skip
+
+    def costs(self, min_windows: int = 8) -> PhaseCosts | None:
+        """The fitted costs, or None while the fit is not determined (too few windows, one kind of work only,
+        or a solution that is not positive)."""
+        det = self.spp * self.sdd - self.spd * self.spd
+        if self.windows < min_windows or self.spp <= 0 or self.sdd <= 0 or det <= 1e-6 * self.spp * self.sdd:
+            return None
+        c_prefill = (self.sep * self.sdd - self.sed * self.spd) / det
+        c_decode = (self.sed * self.spp - self.sep * self.spd) / det
+        if not (c_prefill > 0 and c_decode > 0 and math.isfinite(c_prefill) and math.isfinite(c_decode)):
+            return None
+        return PhaseCosts(c_prefill, c_decode)

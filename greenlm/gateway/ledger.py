@@ -22,6 +22,7 @@ from greenlm.energy import Meter, Reading
 from greenlm.energy.carbon import carbon_g
 from greenlm.gateway.attribution import (
     CHARS_PER_TOKEN_PRIOR,
+    CostFit,
     Outcome,
     Part,
     Work,
@@ -111,7 +112,10 @@ class OutsideLedger:
         self.meter = meter
         self.intensity_g_per_kwh = float(intensity_g_per_kwh)
         self.pue = float(pue)
-        self.costs = costs or PhaseCosts()
+        self.costs = costs or PhaseCosts()  # the split's weights now: the fit's, else the one-kind windows'
+        self.costs_source = "given" if costs else "equal weights until measured"
+        self._pure = self.costs  # J/token of windows with one kind of work only (serve's PhaseCosts rule)
+        self._fit = CostFit()
         self._start = first
         self._last = first
         self._lock = threading.Lock()
@@ -344,8 +348,17 @@ class OutsideLedger:
                 for p in window.parts.values()
                 if p.final is not None
             ]
-            if work and any(w.tokens > 0 for w in work):
-                self.costs = update_costs(self.costs, window.energy_j, work)
+            if not work or not any(w.tokens > 0 for w in work):
+                continue
+            self._pure = update_costs(self._pure, window.energy_j, work)
+            self._fit = self._fit.add(
+                window.energy_j, sum(w.prefill_tokens for w in work), sum(w.decode_tokens for w in work)
+            )
+            fitted = self._fit.costs()
+            if fitted is not None:
+                self.costs, self.costs_source = fitted, f"least-squares fit over {self._fit.windows} windows"
+            elif self._pure.prefill_j_per_token is not None and self._pure.decode_j_per_token is not None:
+                self.costs, self.costs_source = self._pure, "windows with one kind of work"
 
     # ---- reading the account ------------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -378,7 +391,7 @@ class OutsideLedger:
                 "carbon_g": t.carbon_g,
                 "intensity_g_per_kwh": self.intensity_g_per_kwh,
                 "output_tokens": t.output_tokens,
-                "phase_costs": self.costs.to_dict(),
+                "phase_costs": {**self.costs.to_dict(), "source": self.costs_source},
                 "chars_per_token": self.chars_per_token,
                 "recent_s": seconds,
                 "power_w": joules / seconds if seconds > 0 else 0.0,

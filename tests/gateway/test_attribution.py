@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from greenlm.gateway.attribution import Outcome, Part, Work, final_work, share_of
+from greenlm.gateway.attribution import CostFit, Outcome, Part, Work, final_work, share_of
 from greenlm.gateway.ledger import OutsideLedger
 from greenlm.serve.attribution import PhaseCosts, StepWork, split_step
 from tests.gateway.fakes import ScriptedMeter
@@ -192,3 +192,18 @@ def test_requests_plus_idle_equal_the_meter_under_random_concurrent_load(seed):
     assert snap["pending_j"] == 0 and snap["in_flight"] == 0
     assert snap["requests_j"] + snap["idle_j"] == pytest.approx(snap["meter_total_j"], rel=1e-9)
     assert snap["requests_j"] > 0 and snap["idle_j"] >= 0
+
+
+def test_cost_fit_recovers_prefill_and_decode_costs_from_mixed_windows():
+    rng = random.Random(3)
+    fit = CostFit()
+    for _ in range(200):
+        prefill, decode = rng.choice((0, 128, 256)), rng.randint(20, 60)
+        fit = fit.add(0.05 * prefill + 0.4 * decode + rng.uniform(-0.2, 0.2), prefill, decode)
+    costs = fit.costs()
+    assert costs.prefill_j_per_token == pytest.approx(0.05, rel=0.1)
+    assert costs.decode_j_per_token == pytest.approx(0.4, rel=0.05)
+    only_decode = CostFit()
+    for _ in range(20):
+        only_decode = only_decode.add(10.0, 0, 25)
+    assert only_decode.costs() is None  # one kind of work: the prefill cost is not determined
