@@ -93,11 +93,12 @@ def cpu_s(pid: int) -> float:
     return total
 
 
-def start_gateway(servers, upstream: str, args, workdir: Path, name: str = "gateway"):
-    """`greenlm gateway` in front of `upstream`, started as a user starts it: (process, url, ready record)."""
+def start_gateway(servers, upstream: str, args, workdir: Path, tokenizer: Path, name: str = "gateway"):
+    """`greenlm gateway` in front of `upstream`, started as a user starts it: (process, url, ready record). With
+    the model's GGUF as its tokenizer, the prompts of requests still running are counted, not estimated."""
     cmd = [
         sys.executable, "-m", "greenlm", "gateway", "--json", "--port", "0", "--upstream", upstream,
-        "--meter", "cpu-model", "--scrape-interval-s", str(args.scrape_interval_s),
+        "--meter", "cpu-model", "--scrape-interval-s", str(args.scrape_interval_s), "--tokenizer", str(tokenizer),
     ]  # fmt: skip
     proc = servers.Proc(name, cmd, workdir)
     record = proc.wait_ready(servers.START_TIMEOUT_S)
@@ -226,6 +227,7 @@ def main() -> None:
         "load_tool": f"GuideLLM {peers.GUIDELLM_VERSION} (streaming /v1/completions, synthetic text)",
         "meters": "cpu-model (estimated) on both sides: serve of its own process, the gateway of the server's "
         "process tree found by its port",
+        "gateway_flags": "--meter cpu-model --scrape-interval-s S --tokenizer GGUF (the model's own file)",
     }
     serve, serve_url, ready = servers.start_greenlm(work, **shape)
     model = ready["model"]
@@ -235,7 +237,7 @@ def main() -> None:
         result["a_direct"] = guidellm_run(
             tool, serve_load, serve_url, model, tokenizer, args, work / "a.json"
         )
-        gateway, gateway_url, _ = start_gateway(servers, serve_url, args, work)
+        gateway, gateway_url, _ = start_gateway(servers, serve_url, args, work, gguf)
         log(f"(b) GuideLLM through the gateway ({gateway_url}) to greenlm serve")
         g0, s0 = cpu_s(gateway.pid), cpu_s(serve.pid)
         b = guidellm_run(tool, serve_load, gateway_url, model, tokenizer, args, work / "b.json")
@@ -278,10 +280,10 @@ def main() -> None:
         )
 
     result["c_gateway_to_llama_server"] = run_peer(
-        "llama-server", llama_server, args, tool, serve_load, tokenizer, work, servers
+        "llama-server", llama_server, args, tool, serve_load, tokenizer, work, servers, gguf
     )
     result["c_gateway_to_llama_cpp_python_server"] = run_peer(
-        "llama-cpp-python", llama_cpp_python, args, tool, serve_load, tokenizer, work, servers
+        "llama-cpp-python", llama_cpp_python, args, tool, serve_load, tokenizer, work, servers, gguf
     )
     a, b, e = result["a_direct"], result["b_gateway_to_serve"], result["energy"]
     result["overhead"] = {
@@ -302,13 +304,15 @@ def main() -> None:
     rec.finish(result, out=args.out or (work / "gateway.json" if args.quick else None))
 
 
-def run_peer(name: str, start, args, tool, serve_load, tokenizer: Path, work: Path, servers) -> dict:
+def run_peer(
+    name: str, start, args, tool, serve_load, tokenizer: Path, work: Path, servers, gguf: Path
+) -> dict:
     """GuideLLM through the gateway to a peer server, and one request's usage: does it carry the energy? A peer
     that fails (to start, or under the load) is recorded with why; the rest of the benchmark still runs."""
     server = gateway = None
     try:
         server, url, about = start()
-        gateway, gateway_url, ready = start_gateway(servers, url, args, work, name=f"gateway-{name}")
+        gateway, gateway_url, ready = start_gateway(servers, url, args, work, gguf, name=f"gateway-{name}")
         log(f"GuideLLM through the gateway to {name} ({url})")
         model = ready["model"]
         result = guidellm_run(tool, serve_load, gateway_url, model, tokenizer, args, work / f"{name}.json")

@@ -35,6 +35,7 @@ from greenlm.gateway.attribution import (
 from greenlm.serve.attribution import PhaseCosts, StepWork, update_costs
 
 RECENT_S = 60.0  # what power_w and tokens_per_j average over
+RATIO_DECAY = 0.8  # weight of the older requests in the characters-per-token ratio, at each request that ends
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,9 @@ class OutsideLedger:
         self._open: dict[str, _Request] = {}  # not yet covered by a closed window
         self._windows: deque[_Window] = deque()  # closed, not fully settled
         self.totals = _Totals()
-        self._chars, self._tokens = 0, 0  # prompt characters and tokens of requests whose count was known
+        # prompt characters and tokens of the recent requests whose count came back, older ones fading (the
+        # ratio estimates the prompts of requests still running; it follows a change of workload in a few)
+        self._chars, self._tokens = 0.0, 0.0
         self._recent: deque[tuple[float, float, float]] = deque()  # (end_s, duration_s, energy_j)
         self._recent_tokens: deque[tuple[float, int]] = deque()
 
@@ -173,8 +176,8 @@ class OutsideLedger:
                 int(prompt_tokens), int(completion_tokens), int(content_chunks), req.end_s - req.start_s
             )
             if req.prompt_tokens is None and prompt_tokens > 0 and req.prompt_chars > 0:
-                self._chars += req.prompt_chars
-                self._tokens += prompt_tokens
+                self._chars = RATIO_DECAY * self._chars + req.prompt_chars
+                self._tokens = RATIO_DECAY * self._tokens + prompt_tokens
             if req.end_s <= self._last.time_s:  # a window closed meanwhile, seeing it in flight to its edge
                 req.covered = True
                 self._open.pop(request_id, None)

@@ -38,7 +38,8 @@ class MeterGroup:
     ):
         self.name, self.meter, self.note, self.upstreams = name, meter, note, list(upstreams)
         self.interval_s, self.local = interval_s, local
-        self.settle_timeout_s = 5.0 if local else 2 * interval_s + 10.0
+        # a remote meter: the next scrape (one interval), which may take its own time-out (at most 2 intervals)
+        self.settle_timeout_s = 5.0 if local else 3 * interval_s + 2.0
         self.ledger = OutsideLedger(meter, meter.read(), intensity_g_per_kwh=intensity_g_per_kwh, pue=pue)
         self._edge = threading.Lock()  # readings are taken and handed over in order
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []
