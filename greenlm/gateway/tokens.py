@@ -98,6 +98,10 @@ class TokenCounter:
                 if isinstance(value, str):
                     self.special_tokens[name] = value
 
+        jinja = p / "chat_template.jinja"  # where recent transformers save it
+        if self.chat_template is None and jinja.is_file():
+            self.chat_template = jinja.read_text(encoding="utf-8")
+
     def _from_gguf(self, p: Path) -> None:
         from greenlm.llamacpp.runtime import import_llama_cpp
 
