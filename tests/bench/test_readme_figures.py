@@ -50,6 +50,8 @@ ALLOWED = {
     "over 10x with bursts": "the trace's rate curve, a definition",
     "a fixed 2 requests/s": "a former setting of the trace",
     "At most about 10 minutes": "the GPU check's time limit",
+    "DCGM's collects every 30 s": "the DCGM exporter's default collection interval (its documentation)",
+    "the share of requests within 10%": "the gateway benchmark's target (issue 21), a definition",
 }
 
 
