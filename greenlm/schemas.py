@@ -1,4 +1,4 @@
-"""The JSON Schemas of the files greenlm reads (policy, search space, recipe), for editors that check YAML as
+"""The JSON Schemas of the files greenlm reads (policy, gateway policy, search space, recipe), for editors that check YAML as
 it is typed: with the schema saved beside the files, a first line such as
 
     # yaml-language-server: $schema=policy.schema.json
@@ -15,7 +15,7 @@ from pathlib import Path
 from greenlm.errors import GreenlmError
 from greenlm.io import check_file_target, write_text_atomic
 
-KINDS = ("policy", "space", "recipe")
+KINDS = ("policy", "gateway-policy", "space", "recipe")
 
 
 # One function per kind, each importing its own model: the policy's needs no torch, the others the methods.
@@ -23,6 +23,12 @@ def _policy() -> dict:
     from greenlm.serve.policy_file import policy_schema
 
     return policy_schema()
+
+
+def _gateway_policy() -> dict:
+    from greenlm.gateway.policy import gateway_policy_schema
+
+    return gateway_policy_schema()
 
 
 def _space() -> dict:
@@ -38,11 +44,11 @@ def _recipe() -> dict:
 
 
 def file_schema(kind: str) -> dict:
-    """The JSON Schema (draft 2020-12) of one kind of file: policy (serve --policy), space (optimize --space)
-    or recipe (compress --recipe)."""
-    makers = {"policy": _policy, "space": _space, "recipe": _recipe}
+    """The JSON Schema (draft 2020-12) of one kind of file: policy (serve --policy), gateway-policy (gateway
+    --policy), space (optimize --space) or recipe (compress --recipe)."""
+    makers = {"policy": _policy, "gateway-policy": _gateway_policy, "space": _space, "recipe": _recipe}
     if kind not in makers:
-        raise GreenlmError(f"no schema named '{kind}': choose policy, space or recipe")
+        raise GreenlmError(f"no schema named '{kind}': choose {', '.join(KINDS[:-1])} or {KINDS[-1]}")
     return makers[kind]()
 
 

@@ -142,6 +142,6 @@ def test_schema_command_prints_writes_and_refuses(monkeypatch, capsys, tmp_path)
     assert code == 0 and printed == target.read_text()
     code, out, err = run_cli(monkeypatch, capsys, "schema", "nope")
     assert code == 2 and out == "" and err.count("\n") == 1
-    assert "no schema named 'nope': choose policy, space or recipe" in err
+    assert "no schema named 'nope': choose policy, gateway-policy, space or recipe" in err
     code, out, err = run_cli(monkeypatch, capsys, "schema", "recipe", "--out", str(tmp_path))
     assert code == 2 and "is a directory" in err and err.count("\n") == 1

@@ -1,4 +1,4 @@
-"""`greenlm schema`: the JSON Schema of a policy, search-space or recipe file, for editors."""
+"""`greenlm schema`: the JSON Schema of a policy, gateway-policy, search-space or recipe file, for editors."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from greenlm.cli.common import emit_json, out
 def schema(
     kind: str = typer.Argument(
         ...,
-        metavar="policy|space|recipe",
-        help="Which file: policy (serve --policy), space (optimize --space) or recipe (compress --recipe).",
+        metavar="policy|gateway-policy|space|recipe",
+        help="Which file: policy (serve --policy), gateway-policy (gateway --policy), space (optimize --space) or "
+        "recipe (compress --recipe).",
         show_default=False,
     ),
     out_path: str | None = typer.Option(

@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import sys
 
 import typer
 
-from greenlm.cli import options
+from greenlm.cli import options, serving
 from greenlm.cli.app import app
 from greenlm.cli.common import note, out
-from greenlm.errors import GreenlmError
-from greenlm.serve.config import API_KEY_ENV, ServeConfig
-
-LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+from greenlm.serve.config import ServeConfig
 
 
 def _d(name: str):
@@ -40,8 +34,8 @@ def serve(
         None, "--threads", help="CPU threads (default: as saved, else the cores available)."
     ),
     device: options.DeviceFlag = _d("device"),
-    host: str = typer.Option(_d("host"), "--host", help="Address to bind (0.0.0.0: every interface)."),
-    port: int = typer.Option(_d("port"), "--port", help="Port (0: any free one, printed at start)."),
+    host: str = serving.HostOpt,
+    port: int = serving.PortOpt,
     max_batch: int = typer.Option(_d("max_batch"), "--max-batch", help="Requests decoded together (slots)."),
     max_queue: int = typer.Option(
         _d("max_queue"), "--max-queue", help="Requests waiting for a slot; beyond that, 429."
@@ -65,21 +59,13 @@ def serve(
     context: int = typer.Option(
         _d("context_tokens"), "--context", help="Tokens per request, prompt and output (capped by the model)."
     ),
-    api_key: str | None = typer.Option(
-        None,
-        "--api-key",
-        help=f"Require 'Authorization: Bearer KEY' on /v1, /energy and /dashboard (or set ${API_KEY_ENV}).",
-    ),
+    api_key: str | None = serving.ApiKeyOpt,
     served_model_name: str | None = typer.Option(
         None, "--served-model-name", help="The model id clients send (default: the model's name)."
     ),
     energy: options.EnergyFlags = options.EnergyOpts,
-    max_body_bytes: int = typer.Option(
-        _d("max_body_bytes"), "--max-body-bytes", help="Larger request bodies get 413."
-    ),
-    drain_timeout: float = typer.Option(
-        _d("drain_timeout_s"), "--drain-timeout", help="Seconds in-flight requests get to finish on SIGTERM."
-    ),
+    max_body_bytes: int = serving.MaxBodyOpt,
+    drain_timeout: float = serving.DrainOpt,
     policy: str | None = typer.Option(
         None,
         "--policy",
@@ -117,19 +103,16 @@ def serve(
         "--ray-high-carbon",
         help="Ray Serve: at or above this grid g/kWh, pack twice the requests per replica.",
     ),
-    log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
-    access_log: bool = typer.Option(False, "--access-log", help="Log every request (uvicorn's access log)."),
-    as_json: bool = typer.Option(
-        False, "--json", help="JSON lines on stdout: the startup record when ready, a summary when stopped."
-    ),
+    log_level: str = serving.LogLevelOpt,
+    access_log: bool = serving.AccessLogOpt,
+    as_json: bool = serving.JsonLinesOpt,
 ) -> None:
     """Serve a model with OpenAI's API; every response carries its energy and carbon in `usage`."""
-    from greenlm.serve.http import bind_socket, run_http
+    from greenlm.serve.http import run_http
     from greenlm.serve.preflight import preflight
     from greenlm.serve.server import Server
 
-    if log_level not in LOG_LEVELS:
-        raise GreenlmError(f"unknown --log-level '{log_level}': choose one of {', '.join(LOG_LEVELS)}")
+    serving.check_log_level(log_level)
     config = ServeConfig(
         model=model,
         engine=engine,
@@ -144,7 +127,7 @@ def serve(
         prefix_cache=prefix_cache,
         prefill_chunk_tokens=prefill_chunk,
         context_tokens=context,
-        api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV),
+        api_key=serving.api_key_or_env(api_key),
         served_model_name=served_model_name,
         energy=energy,
         max_body_bytes=max_body_bytes,
@@ -161,39 +144,35 @@ def serve(
             ray_address, min_replicas, max_replicas, target_ongoing, upscale_delay, downscale_delay, replica_cpus,
             ray_high_carbon,
         )  # fmt: skip
-        code = run_ray(config, options, as_json=as_json, announce=note, emit=_emit if as_json else _ray_line)
+        code = run_ray(
+            config, options, as_json=as_json, announce=note, emit=serving.emit if as_json else _ray_line
+        )
         if code:
             raise typer.Exit(code)
         return
     checked = preflight(config, note)  # every cheap check before the port is taken or the model loads
-    sock = bind_socket(config.host, config.port)
-    try:
-        server = Server(config, announce=note, checked=checked)
-        try:
-            signals = run_http(
-                server,
-                sock,
-                on_ready=lambda: _ready(_address(sock) | server.describe(), config, as_json),
-                log_level=log_level,
-                access_log=access_log,
-            )
-        finally:
-            server.close(drain_timeout_s=config.drain_timeout_s)
-        summary = _summary(server)
-    finally:
-        sock.close()
-    if as_json:
-        _emit({"event": "stopped", **summary})
-    else:
-        out.print(
+    serving.listen_until_stopped(
+        config.host,
+        config.port,
+        lambda: Server(config, announce=note, checked=checked),
+        lambda server, sock: run_http(
+            server,
+            sock,
+            on_ready=lambda: serving.ready(
+                serving.address(sock) | server.describe(), as_json, lambda r: _ready_lines(r, config)
+            ),
+            log_level=log_level,
+            access_log=access_log,
+        ),
+        lambda server: server.close(drain_timeout_s=config.drain_timeout_s),
+        _summary,
+        as_json=as_json,
+        stopped_line=lambda summary: (
             f"stopped: {summary['requests']} requests; {summary['requests_j']:.1f} J to requests, "
             f"{summary['idle_j']:.1f} J idle; meter total {summary['meter_total_j']:.1f} J "
-            f"({summary['meter']}, {summary['energy_source']})",
-            markup=False,
-            soft_wrap=True,
-        )
-    if signal.SIGINT in signals:
-        raise typer.Exit(130)
+            f"({summary['meter']}, {summary['energy_source']})"
+        ),
+    )
 
 
 def _ray_line(record: dict) -> None:
@@ -213,43 +192,24 @@ def _ray_line(record: dict) -> None:
     sys.stdout.flush()
 
 
-def _address(sock) -> dict:
-    from greenlm.serve.http import socket_url
-
-    host, port = sock.getsockname()[:2]
-    return {"url": socket_url(sock), "host": host, "port": port}
-
-
-def _emit(record: dict) -> None:
-    sys.stdout.write(json.dumps(record, default=str) + "\n")
-    sys.stdout.flush()
-
-
-def _ready(record: dict, config: ServeConfig, as_json: bool) -> None:
-    if as_json:
-        _emit({"event": "ready", "pid": os.getpid(), **record})
-        return
-    r = record
+def _ready_lines(r: dict, config: ServeConfig) -> list[str]:
     source = "ESTIMATED by a model" if r["energy_source"] == "estimated" else "measured by hardware counters"
-    for line in (
+    lines = [
         f"serving {r['model']} on {r['engine']} ({r['device']}, {r['threads']} threads, {r['max_batch']} slots) "
         f"at {r['url']}/v1" + (" (API key required)" if r["auth"] else ""),
         f"energy: meter {r['meter']} ({source}); carbon {r['intensity_g_per_kwh']:g} gCO2e/kWh "
         f"({r['intensity_source']}), PUE {r['pue']:g}; every response's usage carries energy_j and carbon_g",
         f"SIGTERM or Ctrl-C: in-flight requests finish (up to {config.drain_timeout_s:g} s), then it stops",
         f"dashboard: {r['url']}/dashboard",
-    ):
-        out.print(line, markup=False, soft_wrap=True)
+    ]
     for v in r.get("ladder") or []:
         figures = ", ".join(f"{k} {v[k]:.4g}" for k in ("kld", "decode_j_per_token") if v.get(k) is not None)
         where = "inside" if v["inside_budget"] else "OUTSIDE"
         mark = "*" if v["active"] else " "
-        out.print(
-            f" {mark} {v['name']}: {v['engine']}, {figures or 'no figures'} ({where} the budget; {v['source']})",
-            markup=False,
-            soft_wrap=True,
+        lines.append(
+            f" {mark} {v['name']}: {v['engine']}, {figures or 'no figures'} ({where} the budget; {v['source']})"
         )
-    sys.stdout.flush()
+    return lines
 
 
 def _summary(server) -> dict:

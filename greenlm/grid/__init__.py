@@ -8,7 +8,8 @@ figure, a replayed time series, or a live provider. Below serve, gateway and def
                        token from an environment variable; until it first answers, and whenever it fails, the
                        last good figure (or the fallback) stands, and the failure is said once
 
-Every signal (`GridSignal`) answers `now()` with a `GridReading` (intensity, where it came from, trace time),
+`grid_signal(section, intensity)` builds the one a policy file's grid section asks for. Every signal
+(`GridSignal`) answers `now()` with a `GridReading` (intensity, where it came from, trace time),
 never blocking on the network in the caller's thread.
 """
 
@@ -24,5 +25,6 @@ __getattr__, __dir__, __all__ = lazy(
         "CsvIntensity": "greenlm.grid.replay",
         "read_intensity_csv": "greenlm.grid.replay",
         "ElectricityMaps": "greenlm.grid.electricitymaps",
+        "grid_signal": "greenlm.grid.signal",
     },
 )

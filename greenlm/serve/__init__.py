@@ -8,7 +8,8 @@ Modules, one job each: config, preflight (checks, ladder, grid signal), pool (va
 scheduler (continuous batching), attribution and ledger (per-request energy), metrics, ladder, decisions and
 policies (what to change, as pure functions), controller (the control loop), view (what the loop and the
 dashboard see), server (composes them), app, routes, streaming, middleware and auth (HTTP), http (uvicorn),
-dashboard, ray_deploy (Ray Serve), policy_file, protocol, errors, sampling, text.
+dashboard, ray_deploy (Ray Serve), policy_file, protocol, errors, sampling, text, sse (event framing, light enough
+for the gateway, which reuses routes' pieces, the controller, policies and dashboard without `Server`).
 """
 
 from greenlm._lazy import lazy

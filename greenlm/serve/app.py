@@ -7,18 +7,18 @@
 
 Errors use OpenAI's shape, {"error": {"message", "type", "param", "code"}} (`middleware`). With an API key,
 /v1/*, /energy and /dashboard want it (`auth`); /health and /metrics stay open. Bodies over the size limit
-get 413 before any parsing. The routes are in `routes`, the streamed chunks in `streaming`.
+get 413 before any parsing. The routes are in `routes` (the status routes, shared with the gateway, in
+`status`), the streamed chunks in `streaming`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI
-
-from greenlm.serve.middleware import BodyLimit, install_error_handlers
-from greenlm.serve.routes import openai_router, status_router
+from greenlm.serve.middleware import BodyLimit
+from greenlm.serve.routes import openai_router
 from greenlm.serve.server import Server
+from greenlm.serve.status import front_app
 
 
 def create_app(
@@ -29,11 +29,4 @@ def create_app(
 ) -> BodyLimit:
     """`metrics` and `energy` (async callables): what /metrics and /energy answer instead of this server's own
     (a Ray Serve replica answers for every replica)."""
-    app = FastAPI(title="greenlm serve", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.server = server
-    app.state.api_key = server.config.api_key
-    app.state.metrics_text, app.state.energy_account = metrics, energy
-    install_error_handlers(app)
-    app.include_router(status_router)
-    app.include_router(openai_router)
-    return BodyLimit(app, server.config.max_body_bytes)
+    return front_app("greenlm serve", server, [openai_router], metrics=metrics, energy=energy)

@@ -13,15 +13,54 @@ SERVE_ENGINE = "llamacpp"  # serve's default for a model saved without run setti
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 API_KEY_ENV = "GREENLM_API_KEY"
+MAX_BODY_BYTES = 1 << 20  # request bodies beyond this get 413
+DRAIN_TIMEOUT_S = 30.0  # SIGTERM: how long in-flight requests may take to finish
 
 
-def _whole(flag: str, value, low: int, high: int | None = None) -> None:
+def check_whole(flag: str, value, low: int, high: int | None = None) -> None:
+    """One line naming `flag` unless `value` is a whole number from `low` (to `high`)."""
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
     if ok and high is not None:
         ok = value <= high
     if not ok:
         bound = f"from {low} to {high}" if high is not None else f"of at least {low}"
         raise GreenlmError(f"{flag} must be a whole number {bound}, got {value!r}")
+
+
+def check_seconds(flag: str, value, low: float = 0.0, *, open_low: bool = True) -> None:
+    """One line naming `flag` unless `value` is a finite number of seconds above `low` (from `low`)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low)
+    if not ok:
+        raise GreenlmError(
+            f"{flag} must be a number of seconds {'above' if open_low else 'from'} {low:g}, got {value!r}"
+        )
+
+
+def check_front_end(config) -> None:
+    """The HTTP settings greenlm serve and greenlm gateway share (`config`: a ServeConfig or GatewayConfig):
+    where to bind, the key, the model id clients send, the body limit and the drain time-out."""
+    check_whole("--port", config.port, 0, 65535)
+    check_whole("--max-body-bytes", config.max_body_bytes, 1024)
+    if not isinstance(config.host, str) or not config.host.strip():
+        raise GreenlmError("--host must be an address to bind, e.g. 127.0.0.1 or 0.0.0.0")
+    if config.api_key is not None and not config.api_key.strip():
+        raise GreenlmError(f"--api-key (or ${API_KEY_ENV}) is empty: give a key or leave it unset")
+    if config.served_model_name is not None and not config.served_model_name.strip():
+        raise GreenlmError("--served-model-name is empty")
+    drain = config.drain_timeout_s
+    if (
+        not (isinstance(drain, (int, float)) and not isinstance(drain, bool) and math.isfinite(drain))
+        or drain < 0
+    ):
+        raise GreenlmError(f"--drain-timeout must be a number of seconds >= 0, got {drain!r}")
+
+
+def check_max_kld(max_kld) -> None:
+    if max_kld is not None and not (
+        isinstance(max_kld, (int, float)) and math.isfinite(max_kld) and 0 <= max_kld <= 10
+    ):
+        raise GreenlmError(f"--max-kld must be a KL divergence from 0 to 10 (e.g. 0.05), got {max_kld!r}")
 
 
 @dataclass
@@ -47,8 +86,8 @@ class ServeConfig:
     api_key: str | None = None
     served_model_name: str | None = None  # the id clients send as "model"; default the model's name
     energy: EnergySettings = field(default_factory=EnergySettings)  # meter, cpu-model constants, grid, PUE
-    max_body_bytes: int = 1 << 20  # request bodies beyond this get 413
-    drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
+    max_body_bytes: int = MAX_BODY_BYTES
+    drain_timeout_s: float = DRAIN_TIMEOUT_S
     # an adaptive server (serve/policy_file.py): a variant ladder and the policies that move along it
     policy: str | None = None  # a policy YAML file
     ladder_from_search: str | None = None  # "latest" or an optimize search id: its Pareto front is the ladder
@@ -60,41 +99,22 @@ class ServeConfig:
             check_engine_name(self.engine)
         check_device(self.device)
         if self.threads is not None:
-            _whole("--threads", self.threads, 1)
-        _whole("--port", self.port, 0, 65535)
-        _whole("--max-batch", self.max_batch, 1, 256)
-        _whole("--max-queue", self.max_queue, 0)
-        _whole("--max-tokens-default", self.max_tokens_default, 1)
-        _whole("--step-tokens", self.step_tokens, 1)
+            check_whole("--threads", self.threads, 1)
+        check_front_end(self)
+        check_whole("--max-batch", self.max_batch, 1, 256)
+        check_whole("--max-queue", self.max_queue, 0)
+        check_whole("--max-tokens-default", self.max_tokens_default, 1)
+        check_whole("--step-tokens", self.step_tokens, 1)
         if self.prefill_chunk_tokens is not None:
-            _whole("--prefill-chunk", self.prefill_chunk_tokens, 1)
-        _whole("--context", self.context_tokens, 16)
-        _whole("--max-body-bytes", self.max_body_bytes, 1024)
+            check_whole("--prefill-chunk", self.prefill_chunk_tokens, 1)
+        check_whole("--context", self.context_tokens, 16)
         if self.step_tokens < self.max_batch:
             raise GreenlmError(
                 f"--step-tokens ({self.step_tokens}) must be at least --max-batch ({self.max_batch}): every "
                 "running request decodes one token per step"
             )
-        if not isinstance(self.host, str) or not self.host.strip():
-            raise GreenlmError("--host must be an address to bind, e.g. 127.0.0.1 or 0.0.0.0")
-        if self.api_key is not None and not self.api_key.strip():
-            raise GreenlmError(f"--api-key (or ${API_KEY_ENV}) is empty: give a key or leave it unset")
-        if self.served_model_name is not None and not self.served_model_name.strip():
-            raise GreenlmError("--served-model-name is empty")
         self.energy = EnergySettings.coerce(self.energy)  # a dict too: Ray sends the config as one
-        if not (isinstance(self.drain_timeout_s, (int, float)) and math.isfinite(self.drain_timeout_s)) or (
-            self.drain_timeout_s < 0
-        ):
-            raise GreenlmError(
-                f"--drain-timeout must be a number of seconds >= 0, got {self.drain_timeout_s!r}"
-            )
-
-        if self.max_kld is not None and not (
-            isinstance(self.max_kld, (int, float)) and math.isfinite(self.max_kld) and 0 <= self.max_kld <= 10
-        ):
-            raise GreenlmError(
-                f"--max-kld must be a KL divergence from 0 to 10 (e.g. 0.05), got {self.max_kld!r}"
-            )
+        check_max_kld(self.max_kld)
         if self.max_kld is not None and self.policy is None and self.ladder_from_search is None:
             raise GreenlmError(
                 "--max-kld is the quality budget of a variant ladder: add --ladder-from-search latest or --policy FILE"

@@ -1,4 +1,5 @@
-"""Running the app over HTTP with uvicorn, started the way `greenlm serve` starts it.
+"""Running an app over HTTP with uvicorn, started the way `greenlm serve` starts it (the gateway starts the same
+way: `serve_asgi` takes any ASGI app and what stops it accepting).
 
 The socket is bound by the caller first (`bind_socket`), so a busy port fails in a moment, before a model
 loads. The first SIGTERM or Ctrl-C stops new requests (503) and lets in-flight ones finish, up to the drain
@@ -13,12 +14,14 @@ import signal
 import socket
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import uvicorn
 
 from greenlm.errors import GreenlmError
-from greenlm.serve.app import create_app
-from greenlm.serve.server import Server
+
+if TYPE_CHECKING:
+    from greenlm.serve.server import Server
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 
@@ -50,9 +53,11 @@ def socket_url(sock: socket.socket) -> str:
 
 
 class HttpServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, server: Server, on_ready: Callable[[], None]):
+    def __init__(
+        self, config: uvicorn.Config, stop_accepting: Callable[[], None], on_ready: Callable[[], None]
+    ):
         super().__init__(config)
-        self.greenlm = server
+        self.stop_accepting = stop_accepting
         self.on_ready = on_ready
         self.signals: list[int] = []
 
@@ -68,7 +73,7 @@ class HttpServer(uvicorn.Server):
         self.signals.append(sig)
         if self.should_exit and sig == signal.SIGINT:
             self.force_exit = True
-        self.greenlm.stop_accepting()  # requests arriving on open connections get 503 while we drain
+        self.stop_accepting()  # requests arriving on open connections get 503 while we drain
         self.should_exit = True
 
 
@@ -90,24 +95,46 @@ class _Signals:
             signal.signal(sig, handler)
 
 
-def run_http(
-    server: Server,
+def serve_asgi(
+    app,
     sock: socket.socket,
     *,
+    stop_accepting: Callable[[], None],
+    drain_timeout_s: float,
     on_ready: Callable[[], None] = lambda: None,
     log_level: str = "warning",
     access_log: bool = False,
 ) -> list[int]:
-    """Serve `server` on the bound `sock` until a signal; returns the signals received (empty: stopped
-    otherwise). In-flight requests get `server.config.drain_timeout_s` to finish."""
+    """Serve the ASGI `app` on the bound `sock` until a signal; returns the signals received (empty: stopped
+    otherwise). The first signal calls `stop_accepting`; in-flight requests get `drain_timeout_s` to finish."""
     sock.listen(2048)
     config = uvicorn.Config(
-        create_app(server),
+        app,
         log_level=log_level,
         access_log=access_log,
         lifespan="off",
-        timeout_graceful_shutdown=server.config.drain_timeout_s,
+        timeout_graceful_shutdown=drain_timeout_s,
     )
-    http = HttpServer(config, server, on_ready)
+    http = HttpServer(config, stop_accepting, on_ready)
     http.run(sockets=[sock])
     return http.signals
+
+
+def serve_front_end(app, front_end, sock: socket.socket, **options) -> list[int]:
+    """Serve the app of `front_end` (a Server or a Gateway: it has `stop_accepting()` and
+    `config.drain_timeout_s`) on the bound `sock` until a signal (`options`: serve_asgi's on_ready, log_level,
+    access_log); returns the signals received. In-flight requests get the drain time-out to finish."""
+    return serve_asgi(
+        app,
+        sock,
+        stop_accepting=front_end.stop_accepting,
+        drain_timeout_s=front_end.config.drain_timeout_s,
+        **options,
+    )
+
+
+def run_http(server: Server, sock: socket.socket, **options) -> list[int]:
+    """Serve `server` on the bound `sock` until a signal, as `greenlm serve` does (`serve_front_end`)."""
+    from greenlm.serve.app import create_app
+
+    return serve_front_end(create_app(server), server, sock, **options)

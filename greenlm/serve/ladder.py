@@ -148,10 +148,10 @@ def _candidate_rows(store, search_id: str) -> dict[str, dict]:
     return rows
 
 
-def ladder_from_search(store, search: str = "latest") -> Ladder:
+def ladder_from_search(store, search: str = "latest", *, check_files: bool = True) -> Ladder:
     """The Pareto front of optimize search `search` ('latest' or a search id) as a ladder: every member with
     its measured decode J/token and KLD and the store row they came from. Raises when the search has no
-    front to serve or a member's file is gone."""
+    front to serve or (with `check_files`, for a server that loads them) a member's file is gone."""
     summary = _search_row(store, search)
     search_id = summary.get("search_id", "?")
     candidates = _candidate_rows(store, search_id)
@@ -162,7 +162,7 @@ def ladder_from_search(store, search: str = "latest") -> Ladder:
         if row is None or row.get("role") == "baseline":
             continue  # the float32 reference itself
         path = row.get("model_path")
-        if path is not None and not Path(path).exists():
+        if check_files and path is not None and not Path(path).exists():
             raise GreenlmError(
                 f"search {search_id}'s front member {row.get('label')} was measured from {path}, which no longer "
                 "exists (the optimizer's work directory was cleared): re-run `greenlm optimize`, or list the "

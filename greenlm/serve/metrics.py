@@ -8,7 +8,8 @@ so /metrics and the ledger can never disagree.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -20,6 +21,50 @@ TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 1
 ITL_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
 E2E_BUCKETS_S = (0.1, 0.3, 0.5, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 240.0, 480.0)
 ENERGY_BUCKETS_J = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
+
+
+class RequestMetrics(NamedTuple):
+    """What every finished request adds to, under vLLM's names: tokens, the finish reason, latencies, energy
+    (greenlm serve's, and the gateway's with an upstream label)."""
+
+    prompt_tokens: Counter
+    generation_tokens: Counter
+    success: Counter  # its labels and finished_reason
+    ttft: Histogram
+    itl: Histogram
+    e2e: Histogram
+    energy: Histogram
+
+
+REQUEST_METRIC_DOCS = {
+    "prompt_tokens": "Prompt tokens of finished requests",
+    "generation_tokens": "Tokens generated",
+    "success": "Requests finished, by reason (stop, length, abort: cancelled or disconnected, error)",
+    "ttft": "Arrival to first token",
+    "itl": "Between consecutive tokens",
+    "e2e": "Arrival to last token",
+    "energy": "Energy attributed to each finished request",
+}
+
+
+def request_metrics(
+    registry: CollectorRegistry, labels: list[str], docs: Mapping[str, str] | None = None
+) -> RequestMetrics:
+    """The request metrics in `registry` with `labels` (`docs`: help texts that differ from serve's)."""
+    doc = {**REQUEST_METRIC_DOCS, **(docs or {})}
+
+    def histogram(name: str, key: str, buckets) -> Histogram:
+        return Histogram(name, doc[key], labels, buckets=buckets, registry=registry)
+
+    return RequestMetrics(
+        Counter("greenlm:prompt_tokens", doc["prompt_tokens"], labels, registry=registry),
+        Counter("greenlm:generation_tokens", doc["generation_tokens"], labels, registry=registry),
+        Counter("greenlm:request_success", doc["success"], [*labels, "finished_reason"], registry=registry),
+        histogram("greenlm:time_to_first_token_seconds", "ttft", TTFT_BUCKETS_S),
+        histogram("greenlm:inter_token_latency_seconds", "itl", ITL_BUCKETS_S),
+        histogram("greenlm:e2e_request_latency_seconds", "e2e", E2E_BUCKETS_S),
+        histogram("greenlm:request_energy_joules", "energy", ENERGY_BUCKETS_J),
+    )
 
 
 class _LedgerCollector:
@@ -84,9 +129,15 @@ class ServeMetrics:
         self._waiting = Gauge(
             "greenlm:num_requests_waiting", "Requests queued for a slot", labels, registry=registry
         )
-        self.prompt_tokens = counter(
-            "greenlm:prompt_tokens",
-            "Prompt tokens of finished requests (computed or taken from the prefix cache)",
+        r = request_metrics(
+            registry,
+            labels,
+            {"prompt_tokens": "Prompt tokens of finished requests (computed or taken from the prefix cache)"},
+        )
+        self._success = r.success
+        self.prompt_tokens, self.generation_tokens = (c.labels(model_name) for c in r[:2])
+        self.ttft, self.itl, self.e2e, self.energy = (
+            h.labels(model_name) for h in (r.ttft, r.itl, r.e2e, r.energy)
         )
         # prefix reuse, as vLLM counts it (prefix_cache_queries / prefix_cache_hits), in tokens
         self.prefix_queries = counter(
@@ -101,23 +152,8 @@ class ServeMetrics:
             "ESTIMATED prefill energy the reused tokens did not spend: hit tokens x the server's measured prefill "
             "J/token at the time (the split rule's moving average)",
         )
-        self.generation_tokens = counter("greenlm:generation_tokens", "Tokens generated")
-        self._success = Counter(
-            "greenlm:request_success",
-            "Requests finished, by reason (stop, length, abort: cancelled or disconnected, error)",
-            [*labels, "finished_reason"],
-            registry=registry,
-        )
-        self.ttft = histogram("greenlm:time_to_first_token_seconds", "Arrival to first token", TTFT_BUCKETS_S)
-        self.itl = histogram(
-            "greenlm:inter_token_latency_seconds", "Between consecutive tokens", ITL_BUCKETS_S
-        )
-        self.e2e = histogram("greenlm:e2e_request_latency_seconds", "Arrival to last token", E2E_BUCKETS_S)
         self.queue = histogram(
             "greenlm:request_queue_time_seconds", "Arrival to admission into a slot", E2E_BUCKETS_S
-        )
-        self.energy = histogram(
-            "greenlm:request_energy_joules", "Energy attributed to each finished request", ENERGY_BUCKETS_J
         )
         phases = ("prefill", "decode", "idle", "load") if adaptive else ("prefill", "decode", "idle")
         registry.register(_LedgerCollector(ledger, model_name, phases))

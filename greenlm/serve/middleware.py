@@ -1,9 +1,10 @@
 """What every greenlm HTTP app shares below its routes: errors in OpenAI's shape,
 {"error": {"message", "type", "param", "code"}}, for every failure (a request's, a validation's, an unknown
-route, a crash), and a body-size limit that answers 413 before any parsing."""
+route, a crash), a body-size limit that answers 413 before any parsing, and a body read as a JSON object."""
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,17 @@ def error_response(
     status: int, message: str, type: str, param: str | None = None, code: str | None = None, headers=None
 ) -> JSONResponse:
     return JSONResponse(ErrorResponse.of(message, type, param, code), status_code=status, headers=headers)
+
+
+def json_object(raw: bytes) -> dict:
+    """A request body as a JSON object, or the RequestError (400) saying what it is instead."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RequestError(f"the request body is not valid JSON ({exc})", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise RequestError("the request body must be a JSON object")
+    return data
 
 
 def install_error_handlers(app: FastAPI) -> None:

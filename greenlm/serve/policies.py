@@ -30,6 +30,15 @@ from greenlm.serve.ladder import Ladder, Variant
 from greenlm.serve.policy_file import PolicyConfig
 
 
+def p90(values: list[float]) -> float | None:
+    """The 90th percentile the load policy compares with its SLOs (None for no values): what the server's
+    scheduler and the gateway report."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+
+
 @dataclass(frozen=True)
 class State:
     variant: str  # the active variant (the one a reload would load when unloaded)

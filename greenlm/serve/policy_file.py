@@ -235,21 +235,35 @@ class IdlePolicy(_Section):
     low_load_cores: Whole = Field(1, ge=1, le=4096, examples=[1], description="Cores kept under low load.")
 
 
+# A ladder rung's name and measured figures: the same in serve's ladder of variants and in the gateway's ladder
+# of upstreams (greenlm.gateway.policy).
+RungName = Annotated[
+    Text,
+    Says(
+        "'{value}' has characters a name cannot",
+        "letters, digits, '.', '_', '-' (up to 64)",
+        on=("string_pattern_mismatch",),
+    ),
+    Says(write="e.g. 'name: q4_1' (letters, digits, . _ -)", on=("missing",)),
+    Field(
+        pattern=NAME_RE.pattern, examples=["q4_1"], description="Letters, digits, '.', '_', '-' (up to 64)."
+    ),
+]
+Kld = Annotated[
+    Number | None,
+    Field(ge=0, examples=[0.004], description="Mean KLD vs the reference (nats/token), from a measurement."),
+]
+DecodeJPerToken = Annotated[
+    Number | None, Field(ge=0, examples=[0.11], description="Measured decode energy per token (J).")
+]
+DecodeTokensPerS = Annotated[Number | None, Field(ge=0, examples=[70], description="Measured decode speed.")]
+
+
 class VariantEntry(_Section):
     """One rung of the ladder: a model and how it runs, with its measured figures."""
 
     example = {"name": "q4_1", "model": "out/q4_1.gguf"}
-    name: Annotated[
-        Text,
-        Says(
-            "'{value}' has characters a name cannot",
-            "letters, digits, '.', '_', '-' (up to 64)",
-            on=("string_pattern_mismatch",),
-        ),
-        Says(write="e.g. 'name: q4_1' (letters, digits, . _ -)", on=("missing",)),
-    ] = Field(
-        pattern=NAME_RE.pattern, examples=["q4_1"], description="Letters, digits, '.', '_', '-' (up to 64)."
-    )
+    name: RungName
     model: Annotated[
         Text | None,
         Says(write="e.g. 'model: out/q4_1.gguf' (a .gguf, a model directory, or builtin)", on=("missing",)),
@@ -263,18 +277,9 @@ class VariantEntry(_Section):
     threads: Whole | None = Field(
         None, ge=1, examples=[1], description="CPU threads; null: the engine's default."
     )
-    kld: Number | None = Field(
-        None,
-        ge=0,
-        examples=[0.004],
-        description="Mean KLD vs the reference (nats/token), from a measurement.",
-    )
-    decode_j_per_token: Number | None = Field(
-        None, ge=0, examples=[0.11], description="Measured decode energy per token (J)."
-    )
-    decode_tokens_per_s: Number | None = Field(
-        None, ge=0, examples=[70], description="Measured decode speed."
-    )
+    kld: Kld = None
+    decode_j_per_token: DecodeJPerToken = None
+    decode_tokens_per_s: DecodeTokensPerS = None
 
     @field_validator("model", mode="before")
     @classmethod
@@ -379,6 +384,23 @@ def parse_policy(data, source: str = "<policy>", base: Path | None = None) -> Po
     context = {"base": base or Path.cwd(), "file": True}
     parsed = parse(PolicyFile, data, f"policy {source}", context)
     return PolicyConfig.model_construct(**dict(parsed), source=source)
+
+
+DEFAULT_LADDER_MAX_KLD = 0.05  # the budget a ladder of several rungs serves under when none is given
+
+
+def with_budget(policy: PolicyConfig, max_kld: float | None, rungs: int) -> PolicyConfig:
+    """`policy` under the quality budget a flag gives (`max_kld`), else its file's, else, for a ladder of
+    several `rungs`, the default budget."""
+    if max_kld is not None:
+        policy = policy.model_copy(
+            update={"quality": policy.quality.model_copy(update={"max_kld": float(max_kld)})}
+        )
+    if policy.quality.max_kld is None and rungs > 1:
+        policy = policy.model_copy(
+            update={"quality": policy.quality.model_copy(update={"max_kld": DEFAULT_LADDER_MAX_KLD})}
+        )
+    return policy
 
 
 def load_policy(path: str | Path) -> PolicyConfig:

@@ -12,16 +12,15 @@ from greenlm.energy.carbon import GridIntensity
 from greenlm.engines.available import check_engine_ready
 from greenlm.engines.saved import apply_saved_run
 from greenlm.errors import GreenlmError
-from greenlm.grid.electricitymaps import ElectricityMaps
-from greenlm.grid.reading import FixedIntensity, GridSignal
-from greenlm.grid.replay import CsvIntensity
+from greenlm.grid.reading import GridSignal
+from greenlm.grid.signal import grid_signal
 from greenlm.io import noop
 from greenlm.models.run import RunSettings, saved_run_settings
 from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.serve.config import SERVE_ENGINE, ServeConfig
 from greenlm.serve.ladder import Ladder, Variant, ladder_from_search
 from greenlm.serve.policies import start_variant
-from greenlm.serve.policy_file import GridConfig, PolicyConfig, load_policy
+from greenlm.serve.policy_file import GridConfig, PolicyConfig, load_policy, with_budget
 from greenlm.store import Store
 
 
@@ -43,14 +42,7 @@ class Preflight:
 
 def make_grid(grid: GridConfig | None, intensity: GridIntensity) -> GridSignal:
     """The grid signal: a replayed CSV, a live provider, or the fixed figure the flags resolved."""
-    if grid is None:
-        return FixedIntensity(intensity)
-    if grid.csv is not None:
-        return CsvIntensity(grid.csv, speed=grid.speed, loop=grid.loop)
-    kwargs = {"url": grid.url} if grid.url else {}
-    return ElectricityMaps(
-        grid.zone, fallback=intensity, token_env=grid.token_env, poll_s=grid.poll_s, **kwargs
-    )
+    return grid_signal(grid, intensity)
 
 
 def _policy(config: ServeConfig) -> PolicyConfig:
@@ -59,13 +51,8 @@ def _policy(config: ServeConfig) -> PolicyConfig:
         policy = policy.model_copy(
             update={"ladder": (), "ladder_from_search": config.ladder_from_search.strip()}
         )
-    if config.max_kld is not None:
-        policy = policy.model_copy(
-            update={"quality": policy.quality.model_copy(update={"max_kld": float(config.max_kld)})}
-        )
-    if policy.quality.max_kld is None and (policy.ladder_from_search or len(policy.ladder) > 1):
-        policy = policy.model_copy(update={"quality": policy.quality.model_copy(update={"max_kld": 0.05})})
-    return policy
+    rungs = 2 if policy.ladder_from_search else len(policy.ladder)  # a search's front: a ladder of several
+    return with_budget(policy, config.max_kld, rungs)
 
 
 def _ladder(policy: PolicyConfig, config: ServeConfig) -> Ladder:

@@ -1,29 +1,23 @@
 """The HTTP routes over the library object (`Server`), which the app keeps in `app.state.server`.
 
-    status_router   GET /health, /metrics (open); GET /energy, /dashboard, /dashboard/data (the API key)
     openai_router   POST /v1/chat/completions, POST /v1/completions, GET /v1/models (the API key)
 
-/metrics and /energy answer `app.state.metrics_text()` / `app.state.energy_account()` when the app sets them
-(a Ray Serve replica answers for every replica), else the server's own.
+/health, /metrics, /energy and the dashboard are the routes serve shares with the gateway (`status`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ValidationError
 
-from greenlm.serve.auth import require_key, require_key_or_sign_in
-from greenlm.serve.dashboard import dashboard_html, dashboard_view
+from greenlm.serve.auth import require_key
 from greenlm.serve.errors import RequestError
-from greenlm.serve.metrics import CONTENT_TYPE
-from greenlm.serve.middleware import error_response
+from greenlm.serve.middleware import json_object
 from greenlm.serve.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from greenlm.serve.server import Server
 from greenlm.serve.streaming import (
@@ -43,39 +37,7 @@ def served(request: Request) -> Server:
 
 Served = Annotated[Server, Depends(served)]
 
-status_router = APIRouter()
 openai_router = APIRouter(prefix="/v1", dependencies=[Depends(require_key)])
-
-
-# ---- status ---------------------------------------------------------------------------------------------
-@status_router.get("/health")
-async def health(server: Served):
-    if not server.healthy():
-        return error_response(503, "the serving loop has stopped", "server_error")
-    return {"status": "ok", "model": server.model_id}
-
-
-@status_router.get("/metrics")
-async def metrics(request: Request, server: Served):
-    source = request.app.state.metrics_text
-    body = await (source() if source else asyncio.to_thread(server.metrics.render))
-    return Response(body, media_type=CONTENT_TYPE)
-
-
-@status_router.get("/energy", dependencies=[Depends(require_key)])
-async def energy(request: Request, server: Served):
-    source = request.app.state.energy_account
-    return await (source() if source else asyncio.to_thread(server.energy))
-
-
-@status_router.get("/dashboard", dependencies=[Depends(require_key_or_sign_in)])
-async def dashboard():
-    return HTMLResponse(dashboard_html(), headers={"Cache-Control": "no-cache"})
-
-
-@status_router.get("/dashboard/data", dependencies=[Depends(require_key_or_sign_in)])
-async def dashboard_data(server: Served, since: int = 0):
-    return await asyncio.to_thread(dashboard_view, server, server.controller, since)
 
 
 # ---- OpenAI's API ---------------------------------------------------------------------------------------
@@ -152,13 +114,7 @@ async def _answer(request: Request, server: Server, body, ids: list[int], max_to
 
 async def _parse(request: Request, model: type[BaseModel]):
     """The JSON body as `model`, whatever Content-Type the client sent (curl -d sends a form type)."""
-    raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RequestError(f"the request body is not valid JSON ({exc})", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise RequestError("the request body must be a JSON object")
+    data = json_object(await request.body())
     try:
         return model.model_validate(data)
     except ValidationError as exc:

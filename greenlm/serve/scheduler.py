@@ -37,6 +37,7 @@ from greenlm.serve.attribution import StepWork
 from greenlm.serve.errors import NotAccepting, QueueFull, RequestError
 from greenlm.serve.ledger import EnergyLedger
 from greenlm.serve.metrics import ServeMetrics
+from greenlm.serve.policies import p90 as _p90
 from greenlm.serve.sampling import SamplingParams, sample
 from greenlm.serve.text import TextStream
 
@@ -653,13 +654,6 @@ class Scheduler:
                     self._outbox.put(r.handle, _DONE)
             self._outbox.flush()
             self._cond.notify_all()
-
-
-def _p90(values: list[float]) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
 
 
 def _remember(records: deque, now: float, value: float) -> None:

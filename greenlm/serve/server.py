@@ -219,6 +219,12 @@ class Server:
     def healthy(self) -> bool:
         return self.scheduler is not None and self.scheduler.fatal is None
 
+    def health(self) -> dict:
+        """What /health answers (a status other than ok: 503 with the reason)."""
+        if not self.healthy():
+            return {"status": "down", "reason": "the serving loop has stopped"}
+        return {"status": "ok", "model": self.model_id}
+
     def energy(self) -> dict:
         """The energy account so far (see EnergyLedger.snapshot), with the grid it is converted at."""
         if self._final_energy is not None:

@@ -1,9 +1,10 @@
 """OpenAI's response shapes for a chat or a text completion, streamed as server-sent events or collected
 into one response, with the client's disconnect cancelling the work.
 
-Reusable by any front end that frames chunks: `sse` frames one payload, `event_stream` sends chunks then
-`data: [DONE]` and calls `cancel` when the client goes away, and `CHAT` / `COMPLETION` build each kind's
-chunks and choices.
+Reusable by any front end that frames chunks: `event_stream` sends chunks then `data: [DONE]` and calls
+`cancel` when the client goes away, `CHAT` / `COMPLETION` build each kind's chunks and choices, and
+`text_chunk_framer` frames a streamed text delta without pydantic per token. The framing of one event (`sse`,
+`SSE_DONE`, `watch_disconnect`) is in `sse`, light enough for the gateway, which re-frames an upstream's events.
 """
 
 from __future__ import annotations
@@ -30,8 +31,7 @@ from greenlm.serve.protocol import (
     Usage,
 )
 from greenlm.serve.scheduler import FinishEvent, RequestHandle, RequestResult, TokenEvent
-
-SSE_DONE = "data: [DONE]\n\n"
+from greenlm.serve.sse import SSE_DONE, sse, watch_disconnect
 
 
 class ChunkKind(NamedTuple):
@@ -65,12 +65,6 @@ COMPLETION = ChunkKind(
 )
 
 
-def sse(payload) -> str:
-    """One server-sent event: a pydantic model or a JSON-able value."""
-    body = payload.model_dump_json() if hasattr(payload, "model_dump_json") else json.dumps(payload)
-    return f"data: {body}\n\n"
-
-
 _SLOT = "\u0000greenlm-text\u0000"  # no generated text holds NUL: a safe placeholder to split at
 
 
@@ -100,15 +94,6 @@ def failed(result: RequestResult) -> RequestError | None:
             f"the request was not completed: {result.error or 'cancelled'}", status=503, code="aborted"
         )
     return None
-
-
-async def watch_disconnect(request: Request, cancel: Callable[[], None]) -> None:
-    """Call `cancel` when the client goes away (a request's slot frees at the next step)."""
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            cancel()
-            return
 
 
 async def collect(handle: RequestHandle, request: Request) -> RequestResult:

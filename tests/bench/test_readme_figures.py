@@ -52,6 +52,8 @@ ALLOWED = {
     "At most about 10 minutes": "the GPU check's time limit",
     "about 8 minutes on 2 cores": "how long pip's first compile of llama.cpp takes, for planning an install",
     "about 200 MB": "the size of PyTorch's CPU wheel (192 MB), what the install downloads",
+    "DCGM's collects every 30 s": "the DCGM exporter's default collection interval (its documentation)",
+    "the share of requests within 10%": "the gateway benchmark's target (issue 21), a definition",
 }
 
 

@@ -38,13 +38,14 @@ def chat_model_dir(tmp_path_factory):
 
 
 class ServerProcess:
-    """`greenlm serve --json --port 0 ...` in a subprocess; `url` once its ready record is printed."""
+    """`greenlm serve --json --port 0 ...` (or another serving verb: the gateway, the meter agent) in a
+    subprocess; `url` once its ready record is printed."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log_path: Path):
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path, verb: str = "serve"):
         self.log_path = log_path
         self._log = log_path.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "greenlm", "serve", "--port", "0", "--json", *args],
+            [sys.executable, "-m", "greenlm", verb, "--port", "0", "--json", *args],
             stdout=subprocess.PIPE,
             stderr=self._log,
             text=True,

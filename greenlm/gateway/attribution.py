@@ -1,0 +1,168 @@
+"""How the gateway divides an upstream's metered energy among requests it only watches from outside: pure
+functions over numbers (no meter, no clock), beside serve's own split (`greenlm.serve.attribution`), whose
+weights and learned J/token they reuse.
+
+The meter is read at window edges (a fixed interval; a local meter also at each request's end). Each window's
+energy E goes to the requests in flight in it, by the tokens they processed there, as greenlm serve splits a
+step:
+
+    w_r = P_r * c_prefill + D_r * c_decode        share_r = E * w_r / sum(w)
+
+What the gateway sees of a request in a window (a `Part`):
+* a streamed request: its prompt's P tokens in the window where its first output chunk arrived (prefill ends
+  there), and its later output chunks as they arrive (decode), each chunk worth (N - 1) / (K - 1) tokens once
+  the request ends with N output tokens in K chunks;
+* a non-streaming request: its P prompt tokens in the window where it started, its N - 1 decode tokens spread
+  uniformly over its lifetime (its tokens are only seen at its end).
+
+A request's energy is fixed when it ends (its usage carries it): in each of its windows it takes its part of
+what is still unassigned, R_w * w_r / (w_r + sum of the others' weights), the others' weights as known then
+(a request still running is estimated: `estimate_work`); the last request of a window takes what remains. So
+each window's shares sum to the window exactly, whatever the estimates were, and a request's figure never
+changes after it was reported. With exact weights the sequential shares equal the proportional split
+(`share_of` telescopes). A window in which requests were in flight but none processed a token (a long
+prefill) is carried into the next window; a window with no request in flight is idle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from greenlm.serve.attribution import PhaseCosts
+
+CHARS_PER_TOKEN_PRIOR = 4.0  # OpenAI's rule of thumb for English text, until a request's usage says otherwise
+
+
+@dataclass
+class Part:
+    """What one request was seen doing in one window."""
+
+    request_id: str
+    streaming: bool
+    prefill: bool = (
+        False  # its prompt was processed here (first output chunk here; non-streaming: it started here)
+    )
+    chunks: int = 0  # output chunks after the first that arrived here (streamed requests)
+    overlap_s: float = 0.0  # seconds of the window it was in flight
+    final: Work | None = None  # its tokens here, once it ended and was charged
+
+    @property
+    def seen_work(self) -> bool:
+        """Whether the gateway saw (or, for a non-streaming request, will spread) any token here."""
+        return self.prefill or self.chunks > 0 or (not self.streaming and self.overlap_s > 0)
+
+
+@dataclass(frozen=True)
+class Work:
+    """Tokens processed in one window (fractions: a non-streaming request's decode is spread over time)."""
+
+    prefill_tokens: float = 0.0
+    decode_tokens: float = 0.0
+
+    def weight(self, costs: PhaseCosts) -> float:
+        c_prefill, c_decode = costs.weights()
+        return self.prefill_tokens * c_prefill + self.decode_tokens * c_decode
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A request's final counts: prompt and output tokens, output chunks seen, lifetime, and the prompt tokens
+    the upstream took from its prefix cache (`prompt_tokens_details.cached_tokens`: not computed, not charged)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    content_chunks: int
+    life_s: float
+    cached_tokens: int = 0
+
+    @property
+    def computed_prompt_tokens(self) -> int:
+        return max(0, self.prompt_tokens - self.cached_tokens)
+
+
+def final_work(part: Part, outcome: Outcome) -> Work:
+    """The tokens a request that ended with `outcome` processed in the window of `part`."""
+    prompt = outcome.computed_prompt_tokens if part.prefill else 0
+    decode_total = max(0, outcome.completion_tokens - 1)  # the first output token comes out of the prefill
+    if part.streaming:
+        if outcome.content_chunks <= 1:  # all its output in one chunk: decoded where that chunk came
+            return Work(prompt, decode_total if part.prefill else 0.0)
+        return Work(prompt, part.chunks * decode_total / (outcome.content_chunks - 1))
+    if outcome.life_s <= 0:
+        return Work(prompt, decode_total if part.prefill else 0.0)
+    return Work(prompt, decode_total * min(part.overlap_s, outcome.life_s) / outcome.life_s)
+
+
+def estimate_work(part: Part, prompt_tokens: float, decode_rate: float | None) -> Work:
+    """A running request's tokens in a closed window, as far as they are known: a streamed request's chunks
+    count one token each and its prompt `prompt_tokens` (known, or estimated from its characters); a
+    non-streaming request is assumed to decode at `decode_rate` tokens/s (the mean of the requests whose tokens
+    in this window are known: a batching server gives each running request one token per step)."""
+    prompt = prompt_tokens if part.prefill else 0.0
+    if part.streaming:
+        return Work(prompt, float(part.chunks))
+    return Work(prompt, (decode_rate or 0.0) * part.overlap_s)
+
+
+def decode_rate(known: list[tuple[Part, Work]]) -> float | None:
+    """Mean decode tokens per second of in-flight time over the requests of a window whose work is known."""
+    rates = [w.decode_tokens / p.overlap_s for p, w in known if w.decode_tokens > 0 and p.overlap_s > 0]
+    return sum(rates) / len(rates) if rates else None
+
+
+def share_of(remaining_j: float, mine: Work, others: list[Work], costs: PhaseCosts) -> tuple[float, float]:
+    """(prefill J, decode J) of a request whose work in a window is `mine`, from the `remaining_j` not yet
+    assigned there, beside `others` (the work of the window's requests not yet charged). The last request of a
+    window (no others) takes all that remains when it processed anything there."""
+    if not (math.isfinite(remaining_j) and remaining_j >= 0):
+        raise ValueError(f"remaining energy must be finite and >= 0 J, got {remaining_j!r}")
+    weight = mine.weight(costs)
+    if weight <= 0:
+        return 0.0, 0.0
+    total = weight + sum(w.weight(costs) for w in others)
+    part = remaining_j if not others else remaining_j * weight / total
+    part = min(max(0.0, part), remaining_j)
+    c_prefill, _ = costs.weights()
+    prefill = min(part, part * mine.prefill_tokens * c_prefill / weight)
+    return prefill, part - prefill
+
+
+def prompt_estimate(prompt_chars: int, chars_per_token: float) -> float:
+    """Prompt tokens of a request whose count is not known yet, from its characters."""
+    return prompt_chars / chars_per_token if chars_per_token > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class CostFit:
+    """J per prefill and per decode token fitted to settled windows: least squares of each window's energy on
+    its prefill and decode tokens, E_w ~ c_prefill * P_w + c_decode * D_w, older windows fading (each new one
+    multiplies the old sums by `decay`). Under load every window mixes both kinds of work, so windows with one
+    kind only (what `PhaseCosts` learns from) are rare; the fit uses them all."""
+
+    spp: float = 0.0
+    spd: float = 0.0
+    sdd: float = 0.0
+    sep: float = 0.0
+    sed: float = 0.0
+    windows: int = 0
+    decay: float = 0.98
+
+    def add(self, energy_j: float, prefill_tokens: float, decode_tokens: float) -> CostFit:
+        d, p, t = self.decay, prefill_tokens, decode_tokens
+        return CostFit(
+            d * self.spp + p * p, d * self.spd + p * t, d * self.sdd + t * t,
+            d * self.sep + energy_j * p, d * self.sed + energy_j * t, self.windows + 1, d,
+        )  # fmt: skip
+
+    def costs(self, min_windows: int = 8) -> PhaseCosts | None:
+        """The fitted costs, or None while the fit is not determined (too few windows, one kind of work only,
+        or a solution that is not positive)."""
+        det = self.spp * self.sdd - self.spd * self.spd
+        if self.windows < min_windows or self.spp <= 0 or self.sdd <= 0 or det <= 1e-6 * self.spp * self.sdd:
+            return None
+        c_prefill = (self.sep * self.sdd - self.sed * self.spd) / det
+        c_decode = (self.sed * self.spp - self.sep * self.spd) / det
+        if not (c_prefill > 0 and c_decode > 0 and math.isfinite(c_prefill) and math.isfinite(c_decode)):
+            return None
+        return PhaseCosts(c_prefill, c_decode)

@@ -1,0 +1,412 @@
+"""One upstream meter's account, seen from outside: the windows its readings cut, the requests in flight in
+each, and where every joule went (see `attribution` for the rule).
+
+The caller reads the meter (outside this object's lock: a remote counter is an HTTP scrape) and hands each
+reading to `close_window`; the request side reports what it sees (`begin`, `output_chunk`, `end`) and asks
+for a request's energy with `charge` once a window has closed at or after its end (`ready`). Thread-safe: the
+event loop reports chunks, a clock thread closes windows.
+
+Invariant, at every moment: requests + idle + pending = the sum of the closed windows = the meter's own
+reading over the same span (pending: energy of windows whose requests are still running, and of windows carried
+forward). Once nothing is in flight, pending is 0: requests + idle = meter total, exactly.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from greenlm.energy import Meter, Reading
+from greenlm.energy.carbon import carbon_g
+from greenlm.gateway.attribution import (
+    CHARS_PER_TOKEN_PRIOR,
+    CostFit,
+    Outcome,
+    Part,
+    Work,
+    decode_rate,
+    estimate_work,
+    final_work,
+    prompt_estimate,
+    share_of,
+)
+from greenlm.serve.attribution import PhaseCosts, StepWork, update_costs
+
+RECENT_S = 60.0  # what power_w and tokens_per_j average over
+RATIO_DECAY = 0.8  # weight of the older requests in the characters-per-token ratio, at each request that ends
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A request's energy, final when reported."""
+
+    prefill_j: float
+    decode_j: float
+    carbon_g: float
+    windows: int
+
+    @property
+    def energy_j(self) -> float:
+        return self.prefill_j + self.decode_j
+
+
+@dataclass
+class _Window:
+    start_s: float
+    end_s: float
+    energy_j: float
+    carbon_per_j: float
+    parts: dict[str, Part]
+    remaining_j: float
+    unsettled: set[str]
+
+
+@dataclass
+class _Request:
+    request_id: str
+    start_s: float
+    streaming: bool
+    prompt_chars: int
+    prompt_tokens: int | None  # known at the start (a tokenizer, token ids), else from its end
+    chunk_times: list[float] = field(default_factory=list)  # output chunks after the first
+    first_s: float | None = None  # its first output chunk (its prefill ends there)
+    prefill_placed: bool = False
+    cursor: int = 0  # chunk_times already assigned to a window
+    end_s: float | None = None
+    outcome: Outcome | None = None
+    windows: list[_Window] = field(default_factory=list)
+    covered: bool = False  # a window closed at or after its end
+
+
+@dataclass
+class _Totals:
+    prefill_j: float = 0.0
+    decode_j: float = 0.0
+    idle_j: float = 0.0
+    unattributed_j: float = (
+        0.0  # part of idle: estimates left a window's remainder to a request with no token
+    )
+    windows_j: float = 0.0
+    carry_j: float = 0.0
+    carry_carbon_g: float = 0.0
+    carbon_g: float = 0.0
+    windows: int = 0
+    idle_windows: int = 0
+    carried_windows: int = 0
+    requests: int = 0
+    output_tokens: int = 0
+
+
+class OutsideLedger:
+    def __init__(
+        self,
+        meter: Meter,
+        first: Reading,
+        *,
+        intensity_g_per_kwh: float,
+        pue: float,
+        costs: PhaseCosts | None = None,
+    ):
+        """`first`: the meter's first reading, where the account starts."""
+        self.meter = meter
+        self.intensity_g_per_kwh = float(intensity_g_per_kwh)
+        self.pue = float(pue)
+        self.costs = costs or PhaseCosts()  # the split's weights now: the fit's, else the one-kind windows'
+        self.costs_source = "given" if costs else "equal weights until measured"
+        self._pure = self.costs  # J/token of windows with one kind of work only (serve's PhaseCosts rule)
+        self._fit = CostFit()
+        self._start = first
+        self._last = first
+        self._lock = threading.Lock()
+        self._live: dict[str, _Request] = {}  # begun and not yet charged
+        self._open: dict[str, _Request] = {}  # not yet covered by a closed window
+        self._windows: deque[_Window] = deque()  # closed, not fully settled
+        self.totals = _Totals()
+        # prompt characters and tokens of the recent requests whose count came back, older ones fading (the
+        # ratio estimates the prompts of requests still running; it follows a change of workload in a few)
+        self._chars, self._tokens = 0.0, 0.0
+        self._recent: deque[tuple[float, float, float]] = deque()  # (end_s, duration_s, energy_j)
+        self._recent_tokens: deque[tuple[float, int]] = deque()
+
+    # ---- what the gateway sees ----------------------------------------------------------------------------
+    def begin(
+        self, request_id: str, start_s: float, *, streaming: bool, prompt_chars: int = 0,
+        prompt_tokens: int | None = None,
+    ) -> None:  # fmt: skip
+        req = _Request(request_id, start_s, streaming, max(0, int(prompt_chars)), prompt_tokens)
+        with self._lock:
+            if start_s < self._last.time_s:  # begun while a window was closing: it starts in the next one
+                req.start_s = self._last.time_s
+            if not streaming:  # its prompt is processed as it starts; its output is seen only at its end
+                req.first_s = req.start_s
+            self._live[request_id] = req
+            self._open[request_id] = req
+
+    def output_chunk(self, request_id: str, t_s: float) -> None:
+        """A streamed chunk carrying output (text, reasoning or a tool call) arrived at `t_s`."""
+        with self._lock:
+            req = self._live.get(request_id)
+            if req is None or req.end_s is not None:
+                return
+            if req.first_s is None:
+                req.first_s = t_s
+            else:
+                req.chunk_times.append(t_s)
+
+    def end(
+        self,
+        request_id: str,
+        end_s: float,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        content_chunks: int,
+        cached_tokens: int = 0,
+    ) -> None:
+        """The request's last byte came at `end_s` with these counts (0 and 0 for one that failed);
+        `cached_tokens` of the prompt came from the upstream's prefix cache."""
+        with self._lock:
+            req = self._live.get(request_id)
+            if req is None or req.end_s is not None:
+                return
+            req.end_s = max(end_s, req.start_s)
+            if req.first_s is None:  # streamed with no output chunk: its prompt was processed by its end
+                req.first_s = req.end_s
+            req.outcome = Outcome(
+                int(prompt_tokens),
+                int(completion_tokens),
+                int(content_chunks),
+                req.end_s - req.start_s,
+                int(cached_tokens),
+            )
+            if req.prompt_tokens is None and prompt_tokens > 0 and req.prompt_chars > 0:
+                self._chars = RATIO_DECAY * self._chars + req.prompt_chars
+                self._tokens = RATIO_DECAY * self._tokens + prompt_tokens
+            if req.end_s <= self._last.time_s:  # a window closed meanwhile, seeing it in flight to its edge
+                req.covered = True
+                self._open.pop(request_id, None)
+                self._late(req)
+
+    def _late(self, req: _Request) -> None:
+        """Output noted after the window it belongs to had closed, for a request no later window will see:
+        it goes to the request's last window."""
+        left = len(req.chunk_times) - req.cursor
+        if not req.windows or (left <= 0 and req.prefill_placed):
+            return
+        part = req.windows[-1].parts[req.request_id]
+        if not req.prefill_placed:
+            part.prefill = req.prefill_placed = True
+        if req.streaming:
+            part.chunks += left
+        req.cursor = len(req.chunk_times)
+
+    def ready(self, request_id: str) -> bool:
+        """Whether every window of the request has closed (it can be charged)."""
+        with self._lock:
+            req = self._live.get(request_id)
+            return req is not None and req.covered
+
+    @property
+    def in_flight(self) -> int:
+        """Requests begun and not yet charged."""
+        return len(self._live)
+
+    @property
+    def last_edge_s(self) -> float:
+        return self._last.time_s
+
+    @property
+    def chars_per_token(self) -> float:
+        return self._chars / self._tokens if self._tokens else CHARS_PER_TOKEN_PRIOR
+
+    # ---- windows ------------------------------------------------------------------------------------------
+    def set_intensity(self, intensity_g_per_kwh: float) -> None:
+        with self._lock:
+            self.intensity_g_per_kwh = float(intensity_g_per_kwh)
+
+    def close_window(self, reading: Reading) -> float:
+        """End the window that began at the last reading: book it as idle, carry it, or hand it to the
+        requests in flight. Returns its energy."""
+        with self._lock:
+            if reading.time_s < self._last.time_s:
+                raise ValueError("meter readings must be handed over in the order they were taken")
+            energy_j = self.meter.measure(self._last, reading).total_j
+            t0, t1 = self._last.time_s, reading.time_s
+            self._last = reading
+            t = self.totals
+            t.windows += 1
+            t.windows_j += energy_j
+            window_carbon = carbon_g(energy_j, self.intensity_g_per_kwh, self.pue)
+            t.carbon_g += window_carbon
+            self._recent.append((t1, t1 - t0, energy_j))
+            while self._recent and self._recent[0][0] < t1 - RECENT_S:
+                self._recent.popleft()
+            parts = self._parts(t0, t1)
+            energy_j += t.carry_j
+            window_carbon += t.carry_carbon_g
+            t.carry_j = t.carry_carbon_g = 0.0
+            still_running = any(rid in self._open for rid in parts)
+            if not parts or (not still_running and not any(p.seen_work for p in parts.values())):
+                t.idle_j += energy_j  # nobody in flight, or only requests that ended here with no token here
+                t.idle_windows += 1
+                return energy_j
+            if not any(p.seen_work for p in parts.values()):  # running, no token seen yet: the next window's
+                t.carry_j, t.carry_carbon_g = energy_j, window_carbon
+                t.carried_windows += 1
+                return energy_j
+            window = _Window(
+                t0,
+                t1,
+                energy_j,
+                window_carbon / energy_j if energy_j > 0 else 0.0,
+                parts,
+                energy_j,
+                set(parts),
+            )
+            self._windows.append(window)
+            for rid in parts:
+                self._live[rid].windows.append(window)
+            return energy_j
+
+    def _parts(self, t0: float, t1: float) -> dict[str, Part]:
+        parts: dict[str, Part] = {}
+        for rid, req in list(self._open.items()):
+            if req.start_s >= t1:
+                continue
+            end = req.end_s if req.end_s is not None else t1
+            part = Part(rid, req.streaming, overlap_s=max(0.0, min(t1, end) - max(t0, req.start_s)))
+            if not req.prefill_placed and req.first_s is not None and req.first_s < t1:
+                part.prefill = req.prefill_placed = True
+            if req.streaming:
+                upto = bisect.bisect_left(req.chunk_times, t1, lo=req.cursor)
+                part.chunks, req.cursor = upto - req.cursor, upto
+            parts[rid] = part
+            if req.end_s is not None and req.end_s <= t1:
+                if req.streaming and req.cursor < len(req.chunk_times):  # chunks noted late: this window's
+                    part.chunks += len(req.chunk_times) - req.cursor
+                    req.cursor = len(req.chunk_times)
+                req.covered = True
+                del self._open[rid]
+        return parts
+
+    # ---- charging -----------------------------------------------------------------------------------------
+    def charge(self, request_id: str) -> Charge:
+        """The request's energy: its part of every window it was in (see `attribution`). Call once it is
+        `ready`; the figure is final."""
+        with self._lock:
+            req = self._live.get(request_id)
+            if req is None or not req.covered or req.outcome is None:
+                raise ValueError(
+                    f"request {request_id} has not ended, or a window has not closed after its end"
+                )
+            prefill_j = decode_j = carbon = 0.0
+            for window in req.windows:
+                p, d = self._take(window, req)
+                prefill_j += p
+                decode_j += d
+                carbon += (p + d) * window.carbon_per_j
+            del self._live[request_id]
+            t = self.totals
+            t.prefill_j += prefill_j
+            t.decode_j += decode_j
+            t.requests += 1
+            t.output_tokens += req.outcome.completion_tokens
+            self._recent_tokens.append((req.end_s, req.outcome.completion_tokens))
+            while self._recent_tokens and self._recent_tokens[0][0] < req.end_s - RECENT_S:
+                self._recent_tokens.popleft()
+            self._settle()
+            return Charge(prefill_j, decode_j, carbon, len(req.windows))
+
+    def _take(self, window: _Window, req: _Request) -> tuple[float, float]:
+        mine_part = window.parts[req.request_id]
+        mine = final_work(mine_part, req.outcome)
+        mine_part.final = mine
+        window.unsettled.discard(req.request_id)
+        known: list[tuple[Part, Work]] = [(mine_part, mine)]
+        pending: list[tuple[Part, _Request]] = []
+        for rid in window.unsettled:
+            other = self._live[rid]
+            part = window.parts[rid]
+            if other.outcome is not None:
+                known.append((part, final_work(part, other.outcome)))
+            else:
+                pending.append((part, other))
+        rate = decode_rate(known)
+        others = [w for p, w in known[1:]]
+        for part, other in pending:
+            prompt = other.prompt_tokens
+            if prompt is None:
+                prompt = prompt_estimate(other.prompt_chars, self.chars_per_token)
+            others.append(estimate_work(part, prompt, rate))
+        prefill, decode = share_of(window.remaining_j, mine, others, self.costs)
+        window.remaining_j = max(0.0, window.remaining_j - prefill - decode)
+        if not window.unsettled and window.remaining_j > 0:  # the last one had no token here: nobody's
+            self.totals.idle_j += window.remaining_j
+            self.totals.unattributed_j += window.remaining_j
+            window.remaining_j = 0.0
+        return prefill, decode
+
+    def _settle(self) -> None:
+        """Drop fully charged windows from the front, learning J/token from those with one kind of work."""
+        while self._windows and not self._windows[0].unsettled:
+            window = self._windows.popleft()
+            work = [
+                StepWork(p.request_id, p.final.prefill_tokens, p.final.decode_tokens)
+                for p in window.parts.values()
+                if p.final is not None
+            ]
+            if not work or not any(w.tokens > 0 for w in work):
+                continue
+            self._pure = update_costs(self._pure, window.energy_j, work)
+            self._fit = self._fit.add(
+                window.energy_j, sum(w.prefill_tokens for w in work), sum(w.decode_tokens for w in work)
+            )
+            fitted = self._fit.costs()
+            if fitted is not None:
+                self.costs, self.costs_source = fitted, f"least-squares fit over {self._fit.windows} windows"
+            elif self._pure.prefill_j_per_token is not None and self._pure.decode_j_per_token is not None:
+                self.costs, self.costs_source = self._pure, "windows with one kind of work"
+
+    # ---- reading the account ------------------------------------------------------------------------------
+    def snapshot(self) -> dict:
+        with self._lock:
+            t = self.totals
+            life = self.meter.measure(self._start, self._last)
+            pending_j = sum(w.remaining_j for w in self._windows) + t.carry_j
+            requests_j = t.prefill_j + t.decode_j
+            seconds = sum(d for _, d, _ in self._recent)
+            joules = sum(e for _, _, e in self._recent)
+            tokens = sum(n for _, n in self._recent_tokens)
+            in_flight = len(self._live)
+            snap = {
+                "meter": life.meter,
+                "energy_source": life.energy_source,
+                "duration_s": life.duration_s,
+                "requests_j": requests_j,
+                "prefill_j": t.prefill_j,
+                "decode_j": t.decode_j,
+                "idle_j": t.idle_j,
+                "unattributed_j": t.unattributed_j,
+                "pending_j": pending_j,
+                "windows_j": t.windows_j,
+                "meter_total_j": life.total_j,
+                "windows": t.windows,
+                "idle_windows": t.idle_windows,
+                "carried_windows": t.carried_windows,
+                "requests": t.requests,
+                "in_flight": in_flight,
+                "carbon_g": t.carbon_g,
+                "intensity_g_per_kwh": self.intensity_g_per_kwh,
+                "output_tokens": t.output_tokens,
+                "phase_costs": {**self.costs.to_dict(), "source": self.costs_source},
+                "chars_per_token": self.chars_per_token,
+                "recent_s": seconds,
+                "power_w": joules / seconds if seconds > 0 else 0.0,
+                "tokens_per_j": tokens / joules if joules > 0 else 0.0,
+            }
+        gap = requests_j + t.idle_j + pending_j - life.total_j
+        snap["invariant_gap_j"] = gap
+        snap["invariant_gap_rel"] = abs(gap) / life.total_j if life.total_j > 0 else 0.0
+        return snap

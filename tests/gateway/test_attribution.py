@@ -1,0 +1,237 @@
+"""The gateway's split of an upstream's metered energy among the requests it watched: pure numbers, a scripted
+meter, every window's shares summing to the window, and requests + idle = the meter's total."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from greenlm.gateway.attribution import CostFit, Outcome, Part, Work, final_work, share_of
+from greenlm.gateway.ledger import OutsideLedger
+from greenlm.serve.attribution import PhaseCosts, StepWork, split_step
+from tests.gateway.fakes import ScriptedMeter
+
+
+def ledger(costs: PhaseCosts | None = None) -> tuple[OutsideLedger, ScriptedMeter]:
+    meter = ScriptedMeter()
+    return OutsideLedger(meter, meter.at(0.0), intensity_g_per_kwh=360.0, pue=1.0, costs=costs), meter
+
+
+def stream(
+    book: OutsideLedger, rid: str, start: float, chunk_times: list[float], end: float, prompt: int
+) -> None:
+    book.begin(rid, start, streaming=True, prompt_chars=prompt * 4)
+    for t in chunk_times:
+        book.output_chunk(rid, t)
+    book.end(
+        rid, end, prompt_tokens=prompt, completion_tokens=len(chunk_times), content_chunks=len(chunk_times)
+    )
+
+
+def test_one_request_takes_its_windows_and_idle_keeps_the_rest():
+    book, meter = ledger()
+    book.close_window(meter.at(1.0, 5.0))  # nobody in flight: idle
+    book.begin("a", 1.2, streaming=True)
+    book.output_chunk("a", 1.5)
+    book.output_chunk("a", 1.7)
+    book.close_window(meter.at(2.0, 10.0))
+    book.output_chunk("a", 2.2)
+    book.end("a", 2.5, prompt_tokens=10, completion_tokens=3, content_chunks=3)
+    assert not book.ready("a")
+    book.close_window(meter.at(3.0, 7.0))
+    assert book.ready("a")
+    charge = book.charge("a")
+    assert charge.energy_j == pytest.approx(17.0)
+    assert charge.carbon_g == pytest.approx(17.0 / 3.6e6 * 360.0)
+    snap = book.snapshot()
+    assert snap["idle_j"] == pytest.approx(5.0) and snap["pending_j"] == 0
+    assert snap["requests_j"] + snap["idle_j"] == pytest.approx(snap["meter_total_j"], rel=1e-12)
+
+
+def test_sequential_charges_equal_the_proportional_split_when_everything_is_known():
+    costs = PhaseCosts(prefill_j_per_token=0.5, decode_j_per_token=2.0)
+    book, meter = ledger(costs)
+    # three streams in one window, ending one after the other, each with exact counts by its end
+    stream(book, "a", 0.1, [0.2, 0.3, 0.4], 0.5, prompt=20)
+    stream(book, "b", 0.1, [0.25, 0.35, 0.45, 0.55, 0.65], 0.7, prompt=8)
+    stream(book, "c", 0.15, [0.3, 0.6], 0.8, prompt=50)
+    book.close_window(meter.at(1.0, 12.0))
+    charges = {rid: book.charge(rid) for rid in ("a", "b", "c")}
+    expected = split_step(
+        12.0,
+        [StepWork("a", 20, 2), StepWork("b", 8, 4), StepWork("c", 50, 1)],
+        costs,
+    )
+    for share in expected:
+        got = charges[share.request_id]
+        assert got.energy_j == pytest.approx(share.energy_j)
+        assert got.prefill_j == pytest.approx(share.prefill_j)
+
+
+def test_a_window_with_requests_but_no_token_is_carried_to_the_next():
+    book, meter = ledger()
+    book.begin("long-prefill", 0.5, streaming=True)
+    book.close_window(meter.at(1.0, 4.0))
+    book.close_window(meter.at(2.0, 4.0))  # still no token: carried
+    book.output_chunk("long-prefill", 2.5)
+    book.end("long-prefill", 2.6, prompt_tokens=900, completion_tokens=1, content_chunks=1)
+    book.close_window(meter.at(3.0, 4.0))
+    assert book.charge("long-prefill").energy_j == pytest.approx(12.0)
+    assert book.snapshot()["carried_windows"] == 2
+
+
+def test_non_streaming_decode_is_spread_over_its_lifetime():
+    costs = PhaseCosts(prefill_j_per_token=1.0, decode_j_per_token=1.0)
+    book, meter = ledger(costs)
+    book.begin("batch", 0.0, streaming=False)
+    book.begin("chat", 1.0, streaming=True)
+    book.close_window(meter.at(1.0, 10.0))
+    for t in (1.2, 1.4, 1.6, 1.8):
+        book.output_chunk("chat", t)
+    book.end("chat", 1.9, prompt_tokens=0, completion_tokens=4, content_chunks=4)
+    book.close_window(meter.at(2.0, 10.0))
+    # chat is charged while batch still runs: batch's part of window 2 is estimated at chat's decode rate
+    # (3 tokens after its first chunk, in flight 0.9 s there), over batch's 1 s there
+    chat = book.charge("chat")
+    assert chat.energy_j == pytest.approx(10.0 * 3 / (3 + 3 / 0.9))
+    book.end("batch", 2.5, prompt_tokens=0, completion_tokens=11, content_chunks=0)
+    book.close_window(meter.at(3.0, 10.0))
+    batch = book.charge("batch")  # the rest of window 2, all of windows 1 and 3
+    assert batch.energy_j == pytest.approx(30.0 - chat.energy_j)
+    assert book.snapshot()["idle_j"] == pytest.approx(0.0)
+
+
+def test_non_streaming_alongside_a_finished_stream_is_exact():
+    costs = PhaseCosts(prefill_j_per_token=1.0, decode_j_per_token=1.0)
+    book, meter = ledger(costs)
+    book.begin("batch", 0.0, streaming=False)
+    book.begin("chat", 1.0, streaming=True)
+    book.close_window(meter.at(1.0, 10.0))
+    for t in (1.2, 1.4, 1.6, 1.8):
+        book.output_chunk("chat", t)
+    book.end("chat", 1.9, prompt_tokens=0, completion_tokens=4, content_chunks=4)
+    book.end("batch", 2.0, prompt_tokens=0, completion_tokens=7, content_chunks=0)
+    book.close_window(meter.at(2.0, 10.0))
+    chat, batch = book.charge("chat"), book.charge("batch")
+    # batch: 6 decode tokens spread over 2 s, 3 in window 2 beside chat's 3
+    assert chat.energy_j == pytest.approx(5.0) and batch.energy_j == pytest.approx(15.0)
+
+
+def test_final_work_scales_chunks_to_the_reported_tokens():
+    outcome = Outcome(prompt_tokens=12, completion_tokens=21, content_chunks=11, life_s=2.0)
+    first = final_work(Part("r", True, prefill=True, chunks=4), outcome)
+    rest = final_work(Part("r", True, chunks=6), outcome)
+    assert first == Work(12, 8.0) and rest == Work(0, 12.0)
+    spread = final_work(Part("r", False, prefill=False, overlap_s=0.5), outcome)
+    assert spread == Work(0, 5.0)
+
+
+def test_share_of_never_gives_more_than_remains():
+    costs = PhaseCosts()
+    assert share_of(3.0, Work(0, 5), [], costs) == (0.0, 3.0)
+    assert share_of(3.0, Work(0, 0), [Work(0, 1)], costs) == (0.0, 0.0)
+    p, d = share_of(4.0, Work(1, 1), [Work(0, 2)], costs)
+    assert p + d == pytest.approx(2.0) and p == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        share_of(-1.0, Work(0, 1), [], costs)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_requests_plus_idle_equal_the_meter_under_random_concurrent_load(seed):
+    rng = random.Random(seed)
+    book, meter = ledger()
+    now, edge = 0.0, 0.0
+    live: dict[str, dict] = {}
+    ended: list[str] = []
+    charged = {}
+    for step in range(4000):
+        now += rng.uniform(0.001, 0.02)
+        if rng.random() < 0.02 and len(live) < 64:
+            rid = f"r{step}"
+            streaming = rng.random() < 0.7
+            book.begin(rid, now, streaming=streaming, prompt_chars=rng.randint(0, 4000))
+            live[rid] = {"streaming": streaming, "chunks": 0, "left": rng.randint(0, 60)}
+        for rid, r in list(live.items()):
+            if r["left"] > 0 and rng.random() < 0.3:
+                r["left"] -= 1
+                r["chunks"] += 1
+                if r["streaming"]:
+                    book.output_chunk(rid, now)
+            elif r["left"] == 0 and rng.random() < 0.2:
+                failed = rng.random() < 0.05
+                book.end(
+                    rid, now,
+                    prompt_tokens=0 if failed else rng.randint(1, 1000),
+                    completion_tokens=0 if failed else r["chunks"] + rng.randint(0, 3),
+                    content_chunks=r["chunks"],
+                )  # fmt: skip
+                del live[rid]
+                ended.append(rid)
+        if now - edge > rng.choice((0.05, 0.3, 1.0)):
+            book.close_window(meter.at(now, rng.uniform(0.0, 20.0)))
+            edge = now
+        for rid in [r for r in ended if book.ready(r)]:
+            charged[rid] = book.charge(rid)
+            ended.remove(rid)
+    for rid in list(live):
+        book.end(
+            rid,
+            now,
+            prompt_tokens=5,
+            completion_tokens=live[rid]["chunks"],
+            content_chunks=live[rid]["chunks"],
+        )
+        ended.append(rid)
+    book.close_window(meter.at(now + 0.5, 3.0))
+    for rid in ended:
+        charged[rid] = book.charge(rid)
+    snap = book.snapshot()
+    assert all(c.prefill_j >= 0 and c.decode_j >= 0 for c in charged.values())
+    assert sum(c.energy_j for c in charged.values()) == pytest.approx(snap["requests_j"], rel=1e-9)
+    assert snap["pending_j"] == 0 and snap["in_flight"] == 0
+    assert snap["requests_j"] + snap["idle_j"] == pytest.approx(snap["meter_total_j"], rel=1e-9)
+    assert snap["requests_j"] > 0 and snap["idle_j"] >= 0
+
+
+def test_cost_fit_recovers_prefill_and_decode_costs_from_mixed_windows():
+    rng = random.Random(3)
+    fit = CostFit()
+    for _ in range(200):
+        prefill, decode = rng.choice((0, 128, 256)), rng.randint(20, 60)
+        fit = fit.add(0.05 * prefill + 0.4 * decode + rng.uniform(-0.2, 0.2), prefill, decode)
+    costs = fit.costs()
+    assert costs.prefill_j_per_token == pytest.approx(0.05, rel=0.1)
+    assert costs.decode_j_per_token == pytest.approx(0.4, rel=0.05)
+    only_decode = CostFit()
+    for _ in range(20):
+        only_decode = only_decode.add(10.0, 0, 25)
+    assert only_decode.costs() is None  # one kind of work: the prefill cost is not determined
+
+
+def test_prompt_tokens_from_the_upstreams_prefix_cache_are_not_charged_as_prefill():
+    outcome = Outcome(prompt_tokens=120, completion_tokens=3, content_chunks=3, life_s=1.0, cached_tokens=100)
+    assert final_work(Part("r", True, prefill=True, chunks=1), outcome) == Work(20, 1.0)
+    costs = PhaseCosts(prefill_j_per_token=1.0, decode_j_per_token=1.0)
+    book, meter = ledger(costs)
+    for rid, cached in (("cached", 100), ("cold", 0)):
+        book.begin(rid, 0.1, streaming=True)
+        book.output_chunk(rid, 0.2)
+        book.end(rid, 0.3, prompt_tokens=120, completion_tokens=1, content_chunks=1, cached_tokens=cached)
+    book.close_window(meter.at(1.0, 14.0))
+    # 20 computed prompt tokens against 120: 20/140 and 120/140 of the window
+    assert book.charge("cached").prefill_j == pytest.approx(2.0)
+    assert book.charge("cold").prefill_j == pytest.approx(12.0)
+
+
+def test_usage_passes_the_upstreams_cached_tokens_through():
+    from greenlm.gateway.ledger import Charge
+    from greenlm.gateway.usage import Counts, cached_tokens, gateway_usage
+
+    upstream = {"prompt_tokens": 50, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 32}}
+    assert cached_tokens(upstream) == 32 and cached_tokens({"prompt_tokens_details": None}) == 0
+    usage = gateway_usage(
+        upstream, Counts(50, 4, cached_tokens=32), Charge(0.5, 1.0, 0.1, 1), meter="m", energy_source="measured",
+        upstream="u",
+    )  # fmt: skip
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 32} and usage["energy_j"] == pytest.approx(1.5)
