@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from greenlm.energy import Meter
 from greenlm.engines.base import Engine
+from greenlm.engines.compute_thread import run_in_own_thread
 from greenlm.engines.stepper import Stepper
 from greenlm.errors import GreenlmError
 from greenlm.grid.reading import GridReading
@@ -93,7 +94,8 @@ class Server:
 
     def _start(self, plan: Preflight, announce: Callable[[str], None]) -> None:
         """Load the start variant, then open the energy account and start the scheduler and control loop."""
-        first = self.pool.load_first(plan.start)
+        # in a thread that exits: the scheduler's thread must be the only one that ever computes (compute_thread)
+        first = run_in_own_thread(self.pool.load_first, plan.start)
         self.engine_name = first.engine.name
         self.load_s, self.warmup = first.load_s, first.warmup
         stepper = first.stepper
