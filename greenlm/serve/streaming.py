@@ -95,6 +95,29 @@ async def watch_disconnect(request: Request, cancel: Callable[[], None]) -> None
             return
 
 
+async def flex_wait(deferral, tokens: int, request: Request) -> dict:
+    """Wait for the deferral's go for a flex request of at most `tokens` (how long it waited, and why it runs
+    now); a client that goes away meanwhile withdraws it."""
+    gate = asyncio.wrap_future(deferral.flex(tokens))
+    gone = asyncio.Event()
+
+    def withdraw() -> None:
+        gone.set()
+        gate.cancel()
+
+    watcher = asyncio.create_task(watch_disconnect(request, withdraw))
+    try:
+        return await gate
+    except asyncio.CancelledError:
+        if gone.is_set():  # the client left, not this handler being cancelled
+            raise EngineFailed(
+                "the client went away while its flex request waited", status=503, code="aborted"
+            ) from None
+        raise
+    finally:
+        watcher.cancel()
+
+
 async def collect(handle: RequestHandle, request: Request) -> RequestResult:
     """The request's result once it finished; its error (a RequestError) when it did not complete."""
     watcher = asyncio.create_task(watch_disconnect(request, handle.cancel))
@@ -138,12 +161,16 @@ async def completion_chunks(
     include_usage: bool,
     replica: str | None,
     kind: ChunkKind,
+    *,
+    service_tier: str | None = None,
 ) -> AsyncIterator[str]:
     """The server-sent events of a streamed chat or text completion: each token's text, then the finish
     reason, then (when asked) the usage with its energy; an error event instead when it did not complete."""
 
     def chunk(choice) -> str:
-        return sse(kind.chunk(id=rid, created=created, model=model, choices=[choice]))
+        return sse(
+            kind.chunk(id=rid, created=created, model=model, choices=[choice], service_tier=service_tier)
+        )
 
     if kind.opening is not None:
         yield chunk(kind.opening())
@@ -160,5 +187,8 @@ async def completion_chunks(
         yield chunk(kind.stream_choice(None, result.finish_reason))
         if include_usage:
             yield sse(
-                kind.chunk(id=rid, created=created, model=model, choices=[], usage=usage_of(result, replica))
-            )
+                kind.chunk(
+                    id=rid, created=created, model=model, choices=[], usage=usage_of(result, replica),
+                    service_tier=service_tier,
+                )
+            )  # fmt: skip
