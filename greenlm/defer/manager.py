@@ -78,6 +78,7 @@ class _Active:
     plan_deadline_s: float  # with the margin
     inflight: dict[int, asyncio.Task] = field(default_factory=dict)
     closing: str | None = None  # "expired" | "cancelled" once it is being wound up
+    unfinished: list[BatchLine] = field(default_factory=list)  # every line without a result when loaded
 
     def tokens_left(self) -> float:
         return float(
@@ -473,9 +474,10 @@ class Deferral:
             )
 
     def _say(self, note: str) -> None:
-        log.warning(note)
         if self.announce:
             self.announce(note)
+        else:
+            log.warning(note)
 
     async def _tick(self) -> None:
         now_mono = time.monotonic()
@@ -547,7 +549,7 @@ class Deferral:
         deadline = record["_deadline_s"]
         active = _Active(
             record["id"], record, deque(pending), tokens, deadline,
-            deadline - max(DEADLINE_MARGIN * window, 4 * self.tick_s * self.clock.speed),
+            deadline - max(DEADLINE_MARGIN * window, 4 * self.tick_s * self.clock.speed), unfinished=pending,
         )  # fmt: skip
         self._active[record["id"]] = active
         if record["status"] == "validating":
@@ -725,7 +727,7 @@ class Deferral:
                 else ("batch_cancelled", CANCELLED_MESSAGE)
             )
             done = self.state.finished_lines(active.id)
-            for line in active.pending:
+            for line in active.unfinished:  # waiting, or cancelled in flight just now
                 if line.line not in done:
                     self.state.add_result(
                         active.id,

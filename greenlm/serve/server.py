@@ -203,10 +203,17 @@ class Server:
         return self.intake.sampling(**fields)
 
     def submit(
-        self, prompt_ids: list[int], params: SamplingParams, *, loop: asyncio.AbstractEventLoop | None = None
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        tier: str = "default",
+        preemptible: bool = False,
     ) -> RequestHandle:
-        """Queue a request; events arrive on the handle (iterate it, or `async for` when `loop` is given)."""
-        return self._route().submit(prompt_ids, params, loop=loop)
+        """Queue a request; events arrive on the handle (iterate it, or `async for` when `loop` is given).
+        `tier` "batch" or "flex": it takes only slots the default tier leaves free (see `Scheduler.submit`)."""
+        return self._route().submit(prompt_ids, params, loop=loop, tier=tier, preemptible=preemptible)
 
     def _route(self) -> Scheduler:
         """The scheduler a request runs on. With a ladder, it starts on the variant active when it is admitted
