@@ -112,10 +112,13 @@ class Deferral:
         max_lines: int = MAX_LINES,
         store_path=None,
         owns_signal: bool = False,
+        follow_grid: Callable | None = None,
     ):
         """`headroom_slots`: slots deferred work leaves free for interactive arrivals (0 offline). `registry`:
         the Prometheus registry its counters join. `store_path`: the results store that gets one row per
-        finished batch. `owns_signal`: start and close the grid signal too (nobody else follows it)."""
+        finished batch. `owns_signal`: start and close the grid signal too (nobody else follows it). `follow_grid`:
+        called with the grid reading every tick (the energy account converts at it: a fast replay's intervals
+        are shorter than a control loop's)."""
         self.runner, self.grid, self.state, self.pue = runner, grid, state, float(pue)
         self.clock = grid.clock
         self.flex_max_wait_s = float(flex_max_wait_s)
@@ -125,6 +128,7 @@ class Deferral:
         self.max_file_bytes, self.max_lines = int(max_file_bytes), int(max_lines)
         self.store_path = store_path
         self.owns_signal = owns_signal
+        self.follow_grid = follow_grid
         self.model_id = runner.model_id
         self.rates = Rates(state.get_meta(self._rates_key()))
         self._active: dict[str, _Active] = {}
@@ -485,6 +489,8 @@ class Deferral:
         self._last_tick = now_mono
         self.rates.tick(busy_s, self._tick_tokens, self._tick_requests)
         self._tick_tokens = self._tick_requests = 0
+        if self.follow_grid is not None:
+            self.follow_grid(self.grid.signal.now())
         await self._pick_up()
         now_s = self.clock.now_s()
         for active in list(self._active.values()):
@@ -580,11 +586,18 @@ class Deferral:
         horizon = max([j.deadline_s for j in jobs] + [now_s + 3600.0]) - now_s
         forecast = self.grid.forecaster.forecast(now_s, horizon)
         the_plan: Plan | None = None
-        if jobs and capacity:
-            slots = forecast.slots(now_s, max(j.deadline_s for j in jobs) + 1.0)
+        planned = jobs if capacity else [j for j in jobs if j.kind == "flex"]
+        if planned:
+            # Until the throughput is measured, batches run at once to measure it; flex requests (each one
+            # request, short beside a slot) are still planned, as if any slot could hold them all.
+            if capacity:
+                rate = CAPACITY_SAFETY * capacity / self.clock.speed
+            else:
+                rate = sum(j.tokens for j in planned) / (self.tick_s * self.clock.speed)
+            slots = forecast.slots(now_s, max(j.deadline_s for j in planned) + 1.0)
             the_plan = plan(
-                jobs, slots, now_s=now_s, capacity_tokens_per_s=CAPACITY_SAFETY * capacity / self.clock.speed,
-                j_per_token=j_per_token or 0.0, pue=self.pue,
+                planned, slots, now_s=now_s, capacity_tokens_per_s=max(rate, 1e-9), j_per_token=j_per_token or 0.0,
+                pue=self.pue,
             )  # fmt: skip
         self._last_plan = the_plan
         reading = self.grid.signal.now()
@@ -605,7 +618,7 @@ class Deferral:
     def _decide(
         self, job: Job, the_plan: Plan | None, capacity, now_s: float, now_g: float
     ) -> tuple[str, str, str]:
-        if not capacity:
+        if not capacity and job.kind != "flex":
             return "run", "probing", "measuring the server's throughput and J/token on a full batch first"
         if the_plan.runs_now(job.id):
             if job.id in the_plan.late_jobs:

@@ -84,7 +84,7 @@ class Server:
             self.ladder, self.specs, LoadSettings.of(config), self.meter, moves_cores=moves_cores
         )
         self.cores = self.pool.cores
-        self.state = DeferState(config.state_dir)
+        self.defer_state = DeferState(config.state_dir)
         self.grid_setup: GridSetup | None = None
         self.grid = (
             None  # the grid signal, opened once the model is loaded (a replay starts when it is ready)
@@ -110,7 +110,7 @@ class Server:
         self.context_tokens, self.vocab_size = stepper.context_tokens, stepper.vocab_size
         self.chat_template, self.special_tokens = stepper.chat_template, stepper.special_tokens
         announce(self.meter.selection_note)
-        self.grid_setup = open_kept_grid(plan.grid, self.intensity, self.state)
+        self.grid_setup = open_kept_grid(plan.grid, self.intensity, self.defer_state)
         self.grid = self.grid_setup.signal
         # the server's energy account starts here: everything after this is a request's, idle or a load's
         self.ledger = EnergyLedger(
@@ -150,10 +150,10 @@ class Server:
         self.intake = RequestIntake(served, self.pool.tokenize)
         controller.start()
         self.deferral = Deferral(
-            ServeRunner(self), self.grid_setup, self.state, pue=self.pue, flex_max_wait_s=self.config.flex_max_wait_s,
+            ServeRunner(self), self.grid_setup, self.defer_state, pue=self.pue, flex_max_wait_s=self.config.flex_max_wait_s,
             headroom_slots=1 if self.config.max_batch >= 4 else 0, registry=self.metrics.registry,
             announce=self.announce, store_path=self.config.db or default_db_path(),
-            max_file_bytes=self.config.batch_max_file_bytes,
+            max_file_bytes=self.config.batch_max_file_bytes, follow_grid=self.follow_grid,
         )  # fmt: skip
         self.deferral.start()
 
@@ -304,7 +304,7 @@ class Server:
             "defer": {
                 "grid": self.grid_setup.describe(),
                 "flex_max_wait_s": self.config.flex_max_wait_s,
-                "state_dir": str(self.state.root),
+                "state_dir": str(self.defer_state.root),
             },
         }
         if self.adaptive:
@@ -338,4 +338,4 @@ class Server:
     def _release(self) -> None:
         self.pool.close()
         self.meter.close()
-        self.state.close()
+        self.defer_state.close()
