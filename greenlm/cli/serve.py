@@ -92,7 +92,9 @@ def serve(
     forecast: str = options.ForecastOpt,
     grid_url: str | None = options.GridUrlOpt,
     flex_max_wait: str = typer.Option(
-        "10m", "--flex-max-wait", help="How long (grid clock) a service_tier=flex request may wait: 10m, 1h, 0."
+        "10m",
+        "--flex-max-wait",
+        help="How long (grid clock) a service_tier=flex request may wait: 10m, 1h, 0.",
     ),
     state_dir: str | None = options.StateDirOpt,
     batch_max_file_bytes: int = typer.Option(
@@ -161,7 +163,9 @@ def serve(
         grid_provider=grid,
         forecast=forecast,
         grid_url=grid_url,
-        flex_max_wait_s=0.0 if flex_max_wait.strip() in ("0", "0s") else parse_duration_s(flex_max_wait, "--flex-max-wait"),
+        flex_max_wait_s=0.0
+        if flex_max_wait.strip() in ("0", "0s")
+        else parse_duration_s(flex_max_wait, "--flex-max-wait"),
         state_dir=state_dir,
         batch_max_file_bytes=batch_max_file_bytes,
     )

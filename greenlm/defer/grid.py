@@ -5,6 +5,7 @@ same way."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from greenlm.defer.clock import GridClock, ReplayClock, iso
@@ -23,6 +24,15 @@ from greenlm.errors import GreenlmError
 from greenlm.grid.electricitymaps import ElectricityMaps
 from greenlm.grid.reading import FixedIntensity, GridSignal
 from greenlm.grid.replay import CsvIntensity, read_intensity_csv
+
+
+class ReplaySignal(CsvIntensity):
+    """A CSV replay whose origin is set when it is opened: a control loop's later `start()` keeps it (the
+    deferral's clock, and a restarted server, read the same replay)."""
+
+    def start(self, at: float | None = None) -> None:
+        if self._origin is None or at is not None:
+            super().start(at)
 
 
 @dataclass
@@ -57,10 +67,15 @@ def replay_key(settings: GridSettings) -> dict:
 
 
 def open_grid(
-    settings: GridSettings, fallback: GridIntensity, *, origin_unix: float | None = None
+    settings: GridSettings,
+    fallback: GridIntensity,
+    *,
+    origin_unix: float | None = None,
+    wall: Callable[[], float] = time.time,
 ) -> GridSetup:
     """The clock, signal and forecaster of `settings` (nothing started). A replay starts at `origin_unix`
-    (a restarted server's kept origin) or now. A provider's missing token fails here."""
+    (a restarted server's kept origin) or now. A provider's missing token fails here. `wall`: the Unix clock
+    (a test's)."""
     if settings.csv is not None:
         times, values = read_intensity_csv(settings.csv)
         start = settings.replay_from_s()
@@ -70,9 +85,9 @@ def open_grid(
             raise GreenlmError(
                 f"--replay-from {settings.replay_from} is outside {settings.csv} ({iso(times[0])} to {iso(times[-1])})"
             )
-        origin = time.time() if origin_unix is None else float(origin_unix)
-        clock = ReplayClock(origin, start, settings.speed)
-        signal = CsvIntensity(settings.csv, speed=settings.speed, loop=settings.loop, clock=time.time)
+        origin = wall() if origin_unix is None else float(origin_unix)
+        clock = ReplayClock(origin, start, settings.speed, wall=wall)
+        signal = ReplaySignal(settings.csv, speed=settings.speed, loop=settings.loop, clock=wall)
         signal.start(at=origin - (start - times[0]) / settings.speed)
         forecaster = TraceForecaster(
             times, values, settings.trace_forecast, name=settings.csv, loop=settings.loop

@@ -10,8 +10,9 @@ finished request is committed to the state before the next is counted; a batch w
 is finalized into its output and error files.
 
 The planner needs the server's throughput and J/token: both are measured from the deferred work itself
-(`rates`). Until a full batch of requests has finished, deferred work runs at once to measure them ("probing",
-said as a decision), unless the state kept them from an earlier run of the same model.
+(`rates`). Until a full batch of requests has finished, a batch's first full batch is its probe: planned, like a
+flex request, into the cleanest slot of the first half of its window ("probing", said as a decision), the rest
+waiting for the measured figures; unless the state kept them from an earlier run of the same model.
 
 Thread-safety: the API methods (the routes' threads) touch only the state (SQLite, locked) and hand work to
 the loop with `call_soon_threadsafe`; everything in memory belongs to the loop's thread.
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 MAX_WINDOW_S = 24 * 3600.0  # OpenAI's completion window; shorter ones are greenlm's extension
 CAPACITY_SAFETY = 0.8  # plan with this share of the measured throughput
 DEADLINE_MARGIN = 0.1  # plan to finish this share of a batch's window before it expires
+PROBE_SHARE = 0.5  # an unmeasured server probes in the cleanest slot of this first share of a window
 KEEP_DECISIONS = 500
 KEEP_DONE = 5000
 
@@ -201,7 +203,10 @@ class Deferral:
         asyncio.set_event_loop(loop)
         self._loop = loop
         self._wake = asyncio.Event()
-        self._ready.set()
+        try:
+            loop.run_until_complete(self._resume())  # before any new batch can arrive
+        finally:
+            self._ready.set()
         try:
             loop.run_until_complete(self._main())
         finally:
@@ -237,7 +242,6 @@ class Deferral:
                 pass
 
     async def _main(self) -> None:
-        await self._resume()
         while not self._stopping:
             try:
                 await self._tick()
@@ -338,12 +342,20 @@ class Deferral:
 
     # ---- batches (any thread) -----------------------------------------------------------------------------
     def create_batch(
-        self, input_file_id: str, endpoint: str, completion_window: str, metadata: dict | None = None
+        self,
+        input_file_id: str,
+        endpoint: str,
+        completion_window: str,
+        metadata: dict | None = None,
+        *,
+        window_s: float | None = None,
     ) -> dict:
+        """A new batch (status validating). `window_s`: the window in seconds, beyond the API's 24 hours
+        (`greenlm batch run`); else `completion_window` is checked as the API takes it."""
         self._own()
         if endpoint not in ENDPOINTS:
             raise ApiError(unknown_endpoint(endpoint), param="endpoint", code="unknown_endpoint")
-        window_s = self._window(completion_window)
+        window_s = self._window(completion_window) if window_s is None else float(window_s)
         _check_metadata(metadata)
         source = self.state.get_file(input_file_id)
         if source is None:
@@ -566,37 +578,45 @@ class Deferral:
             )
         return active
 
-    def _jobs(self, now_s: float) -> list[Job]:
-        jobs = [
-            Job(a.id, a.tokens_left(), a.plan_deadline_s, "batch")
-            for a in self._active.values()
-            if a.closing is None and (a.pending or a.inflight)
-        ]
+    def _jobs(self, now_s: float, measured: bool) -> list[Job]:
+        """Every job waiting. Until the server is measured, a batch's job is its probe: one full batch of its
+        requests, due by the middle of its window (so the rest still has half the window)."""
+        jobs = []
+        for a in self._active.values():
+            if a.closing is not None or not (a.pending or a.inflight):
+                continue
+            if measured:
+                jobs.append(Job(a.id, a.tokens_left(), a.plan_deadline_s, "batch"))
+                continue
+            probe = (
+                list(a.inflight) + [b.line for b in a.pending][: max(0, self._full_batch() - len(a.inflight))]
+            )
+            due = a.plan_deadline_s  # a batch no larger than its probe has its whole window
+            if len(probe) < len(a.inflight) + len(a.pending):
+                due = min(due, a.record["_submitted_s"] + PROBE_SHARE * a.record["_window_s"])
+            jobs.append(Job(a.id, float(sum(a.tokens[n] for n in probe)), due, "batch"))
         jobs += [Job(f.id, float(f.tokens), f.deadline_s, "flex") for f in self._flex.values()]
-        return jobs
+        return sorted(jobs, key=lambda j: (j.deadline_s, j.id))
 
     def _plan_and_run(self, now_s: float) -> None:
-        jobs = sorted(self._jobs(now_s), key=lambda j: (j.deadline_s, j.id))
+        capacity = self.rates.capacity_tokens_per_s(self._full_batch())
+        j_per_token = self.rates.j_per_token()
+        jobs = self._jobs(now_s, measured=bool(capacity))
         version = self.grid.forecaster.version
         if version != self._forecast_version:
             self._forecast_version = version
             self.replans += 1
-        capacity = self.rates.capacity_tokens_per_s(self._full_batch())
-        j_per_token = self.rates.j_per_token()
         horizon = max([j.deadline_s for j in jobs] + [now_s + 3600.0]) - now_s
         forecast = self.grid.forecaster.forecast(now_s, horizon)
         the_plan: Plan | None = None
-        planned = jobs if capacity else [j for j in jobs if j.kind == "flex"]
-        if planned:
-            # Until the throughput is measured, batches run at once to measure it; flex requests (each one
-            # request, short beside a slot) are still planned, as if any slot could hold them all.
+        if jobs:
             if capacity:
                 rate = CAPACITY_SAFETY * capacity / self.clock.speed
-            else:
-                rate = sum(j.tokens for j in planned) / (self.tick_s * self.clock.speed)
-            slots = forecast.slots(now_s, max(j.deadline_s for j in planned) + 1.0)
+            else:  # probes and flex requests are short beside a slot: plan as if any slot could hold them all
+                rate = sum(j.tokens for j in jobs) / (self.tick_s * self.clock.speed)
+            slots = forecast.slots(now_s, max(j.deadline_s for j in jobs) + 1.0)
             the_plan = plan(
-                planned, slots, now_s=now_s, capacity_tokens_per_s=max(rate, 1e-9), j_per_token=j_per_token or 0.0,
+                jobs, slots, now_s=now_s, capacity_tokens_per_s=max(rate, 1e-9), j_per_token=j_per_token or 0.0,
                 pue=self.pue,
             )  # fmt: skip
         self._last_plan = the_plan
@@ -618,8 +638,12 @@ class Deferral:
     def _decide(
         self, job: Job, the_plan: Plan | None, capacity, now_s: float, now_g: float
     ) -> tuple[str, str, str]:
-        if not capacity and job.kind != "flex":
-            return "run", "probing", "measuring the server's throughput and J/token on a full batch first"
+        if not capacity and job.kind != "flex" and the_plan.runs_now(job.id):
+            return (
+                "run",
+                "probing",
+                "measures the server's throughput and J/token on one full batch, in the cleanest slot of the first half of its window",
+            )
         if the_plan.runs_now(job.id):
             if job.id in the_plan.late_jobs:
                 return (

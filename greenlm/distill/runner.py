@@ -103,6 +103,7 @@ class DistillResult:
             "payback": "measure the teacher and this variant (greenlm measure --model ...), then "
             "`greenlm eval --model DIR` reports the payback in served tokens",
             "checkpoint_dir": self.checkpoint_dir,
+            "deferral": self.training.get("deferral"),
             "wall_s": self.wall_s,
             "notes": self.notes,
             "run_id": self.run_id,
@@ -273,6 +274,22 @@ def _student_from_recipe(
     }
 
 
+def _gate(config: DistillConfig, intensity, pue: float, meter, say):
+    """With --deadline: the gate that pauses training in the grid's dirty hours (None without)."""
+    if config.deadline is None:
+        return None
+    from greenlm.defer.gate import RunGate
+    from greenlm.defer.grid import open_grid
+
+    gate = RunGate(
+        open_grid(config.grid_settings(), intensity), config.deadline_s, pue=pue, meter=meter, announce=say
+    )
+    say(
+        f"deferred training: done by {gate.summary()['deadline']} (grid clock), in the cleanest hours of {config.grid_settings().csv or config.grid_provider}"
+    )
+    return gate
+
+
 def distill(
     config: DistillConfig,
     *,
@@ -306,6 +323,7 @@ def distill(
     meter = get_meter(
         config.meter, watts_per_core=config.watts_per_core, idle_watts_per_core=config.idle_watts_per_core
     )
+    gate = _gate(config, intensity, pue, meter, say)  # the deadline counts from the start of the command
 
     # --- teacher and data ---------------------------------------------------------------------------------------
     progress({"phase": "loading teacher", "done": 0, "total": 1})
@@ -376,12 +394,15 @@ def distill(
             checkpoint_steps=config.checkpoint_steps,
             progress=progress,
             announce=say,
+            gate=gate,
         )
     except BaseException:
         if run.latest() is None:  # nothing to resume from: leave nothing behind
             run.remove()
         raise
     finally:
+        if gate is not None:
+            gate.close()
         meter.close()  # RAPL's sampling thread, NVML's handle
     student.eval()
     for n in outcome.notes:
@@ -392,6 +413,8 @@ def distill(
 
     # --- the variant ----------------------------------------------------------------------------------------------
     training = outcome.to_dict()
+    if gate is not None:
+        training["deferral"] = gate.summary()
     step = distill_step(config)
     distill_report = StepReport(
         "distill",
@@ -434,6 +457,7 @@ def distill(
             },
             "quality_before": quality_before,
             "quality_after": quality_after,
+            "deferral": training.get("deferral"),
         },
         "notes": notes,
     }

@@ -195,10 +195,13 @@ def train(
     checkpoint_steps: int | None = None,
     progress: Progress | None = None,
     announce: Callable[[str], None] | None = None,
+    gate=None,
 ) -> TrainOutcome:
     """Distill `teacher` into `student` (in place) on `data` within `settings`' budget.
 
     With `run`, checkpoints go to that directory; with `resume`, training continues from its newest one.
+    `gate` (greenlm.defer.gate.RunGate): consulted after every step; it may checkpoint and pause the run until
+    a cleaner slot of the grid (a wall-clock budget counts the training, not the pauses).
     """
     progress = progress or _noop
     announce = announce or _noop
@@ -413,6 +416,16 @@ def train(
             due = (checkpoint_steps and step % checkpoint_steps == 0) or (
                 checkpoint_every_s is not None and time.perf_counter() - last_checkpoint >= checkpoint_every_s
             )
+            if gate is not None:
+                paused_s = gate.between_steps(
+                    step=step,
+                    total_steps=plan.total_steps,
+                    step_s=record.duration_s,
+                    step_j=record.energy_j,
+                    checkpoint=lambda: checkpoint(step),  # noqa: B023 (called now, inside this iteration)
+                )
+                if deadline is not None:
+                    deadline += paused_s
             if due and step < plan.total_steps:
                 checkpoint(step)
         if stopped_by == "time limit":

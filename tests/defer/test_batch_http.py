@@ -20,8 +20,16 @@ MODEL = "tiny"
 CHAT = "/v1/chat/completions"
 
 
-def line(custom_id: str, content: str, max_tokens: int = 8, model: str = MODEL, url: str = CHAT, **extra) -> dict:
-    body = {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, "temperature": 0, **extra}
+def line(
+    custom_id: str, content: str, max_tokens: int = 8, model: str = MODEL, url: str = CHAT, **extra
+) -> dict:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        **extra,
+    }
     return {"custom_id": custom_id, "method": "POST", "url": url, "body": body}
 
 
@@ -57,11 +65,15 @@ def test_the_official_client_runs_a_batch(client):
     requests = [line(f"req-{i}", f"Tell me about item {i}.", max_tokens=6 + i) for i in range(6)]
     requests.append(line("bad-model", "hello", model="gpt-4"))  # runs, and fails like the same request live
     uploaded = client.files.create(file=("requests.jsonl", jsonl(requests)), purpose="batch")
-    assert uploaded.object == "file" and uploaded.purpose == "batch" and uploaded.bytes == len(jsonl(requests))
+    assert (
+        uploaded.object == "file" and uploaded.purpose == "batch" and uploaded.bytes == len(jsonl(requests))
+    )
     assert client.files.retrieve(uploaded.id).filename == "requests.jsonl"
     assert client.files.content(uploaded.id).content == jsonl(requests)
 
-    created = client.batches.create(input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h", metadata={"job": "t"})
+    created = client.batches.create(
+        input_file_id=uploaded.id, endpoint=CHAT, completion_window="24h", metadata={"job": "t"}
+    )
     assert created.status in ("validating", "in_progress") and created.request_counts.total == 7
     assert created.expires_at - created.created_at == pytest.approx(24 * 3600, abs=2)
     done = wait_done(client, created.id)
@@ -73,7 +85,10 @@ def test_the_official_client_runs_a_batch(client):
     errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
     assert sorted(r["custom_id"] for r in out) == [f"req-{i}" for i in range(6)]  # each once, none lost
     assert [e["custom_id"] for e in errors] == ["bad-model"]
-    assert errors[0]["response"]["status_code"] == 404 and errors[0]["response"]["body"]["error"]["code"] == "model_not_found"
+    assert (
+        errors[0]["response"]["status_code"] == 404
+        and errors[0]["response"]["body"]["error"]["code"] == "model_not_found"
+    )
     for r in out:
         body = r["response"]["body"]
         assert r["response"]["status_code"] == 200 and r["error"] is None and r["id"].startswith("batch_req_")
@@ -96,7 +111,10 @@ def test_the_official_client_runs_a_batch(client):
 
 def test_batches_list_pages_newest_first(server, client):
     file_id = client.files.create(file=("one.jsonl", jsonl([line("a", "hi", 2)])), purpose="batch").id
-    ids = [client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="1h").id for _ in range(3)]
+    ids = [
+        client.batches.create(input_file_id=file_id, endpoint=CHAT, completion_window="1h").id
+        for _ in range(3)
+    ]
     first = client.batches.list(limit=2)
     assert [b.id for b in first.data] == ids[::-1][:2] and first.has_more
     raw = httpx.get(server.url + "/v1/batches", params={"limit": 2}).json()
@@ -126,14 +144,21 @@ def test_cancel_a_running_batch_lists_what_did_not_run(client):
     done = wait_done(client, batch.id)
     assert done.status == "cancelled" and done.cancelled_at and done.cancelling_at
     errors = [json.loads(x) for x in client.files.content(done.error_file_id).text.splitlines()]
-    finished = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()] if done.output_file_id else []
+    finished = (
+        [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
+        if done.output_file_id
+        else []
+    )
     assert sorted(r["custom_id"] for r in errors + finished) == sorted(r["custom_id"] for r in requests)
     assert all(e["error"]["code"] == "batch_cancelled" and e["response"] is None for e in errors)
     assert finished and errors and done.request_counts.failed == len(errors)
 
 
 BAD_FILES = [
-    (b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n{"custom_id": "b", "method"\n', "line 2: not valid JSON"),
+    (
+        b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n{"custom_id": "b", "method"\n',
+        "line 2: not valid JSON",
+    ),
     (jsonl([line("a", "x", url="/v1/embeddings")]), "line 1: unknown endpoint '/v1/embeddings'"),
     (jsonl([line("a", "x"), line("b", "y"), line("a", "z")]), "line 3: custom_id 'a' repeats line 1"),
     (jsonl([{"custom_id": "a", "method": "GET", "url": CHAT, "body": {}}]), 'line 1: method must be "POST"'),
@@ -155,12 +180,43 @@ def test_bad_batch_files_get_a_clear_400(client, content, message):
 
 def test_bad_requests_and_unknown_ids(server, client):
     good = client.files.create(file=("g.jsonl", jsonl([line("a", "x")])), purpose="batch").id
-    completions = client.files.create(file=("c.jsonl", jsonl([{"custom_id": "c", "method": "POST", "url": "/v1/completions", "body": {"model": MODEL, "prompt": "x"}}])), purpose="batch").id
+    completions = client.files.create(
+        file=(
+            "c.jsonl",
+            jsonl(
+                [
+                    {
+                        "custom_id": "c",
+                        "method": "POST",
+                        "url": "/v1/completions",
+                        "body": {"model": MODEL, "prompt": "x"},
+                    }
+                ]
+            ),
+        ),
+        purpose="batch",
+    ).id
     cases = [
-        (dict(input_file_id=good, endpoint="/v1/embeddings", completion_window="24h"), 400, "unknown endpoint"),
-        (dict(input_file_id=good, endpoint=CHAT, completion_window="48h"), 400, "completion_window must be '24h'"),
-        (dict(input_file_id="file-nope", endpoint=CHAT, completion_window="24h"), 404, "No such File object: file-nope"),
-        (dict(input_file_id=completions, endpoint=CHAT, completion_window="24h"), 400, "not the batch's endpoint"),
+        (
+            dict(input_file_id=good, endpoint="/v1/embeddings", completion_window="24h"),
+            400,
+            "unknown endpoint",
+        ),
+        (
+            dict(input_file_id=good, endpoint=CHAT, completion_window="48h"),
+            400,
+            "completion_window must be '24h'",
+        ),
+        (
+            dict(input_file_id="file-nope", endpoint=CHAT, completion_window="24h"),
+            404,
+            "No such File object: file-nope",
+        ),
+        (
+            dict(input_file_id=completions, endpoint=CHAT, completion_window="24h"),
+            400,
+            "not the batch's endpoint",
+        ),
     ]
     for kwargs, status, message in cases:
         with pytest.raises(openai.APIStatusError) as info:
@@ -176,7 +232,9 @@ def test_bad_requests_and_unknown_ids(server, client):
         client.files.create(file=("f.jsonl", jsonl([line("a", "x")])), purpose="fine-tune")
     form = httpx.post(server.url + "/v1/files", data={"purpose": "batch"}, files={"other": ("x", b"y")})
     assert form.status_code == 400 and "no 'file' part" in form.json()["error"]["message"]
-    huge = httpx.post(server.url + "/v1/files", data={"purpose": "batch"}, files={"file": ("x", b"x" * 2_000_000)})
+    huge = httpx.post(
+        server.url + "/v1/files", data={"purpose": "batch"}, files={"file": ("x", b"x" * 2_000_000)}
+    )
     assert huge.status_code == 413 and huge.json()["error"]["code"] == "request_too_large"
     paged = httpx.get(server.url + "/v1/batches", params={"limit": "many"})
     assert paged.status_code == 400 and paged.json()["error"]["param"] == "limit"
@@ -190,6 +248,10 @@ def test_flex_requests_say_so(client):
     plain = client.completions.create(model=MODEL, prompt="hi", max_tokens=4)
     assert plain.model_extra.get("service_tier") == "default"
     stream = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4, service_tier="flex", stream=True
+        model=MODEL,
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=4,
+        service_tier="flex",
+        stream=True,
     )
     assert {c.service_tier for c in stream} == {"flex"}

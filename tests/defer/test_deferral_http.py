@@ -79,7 +79,9 @@ def test_flex_waits_for_the_clean_minutes(server, client):
     assert chat.service_tier == "flex"
     assert intensity_of(chat.usage.model_dump()) == pytest.approx(80, rel=0.02)
     assert 4.0 < waited_s < 12.0  # six to eight rows of a second each, not the whole wait
-    plain = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    plain = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
     assert plain.service_tier == "default"  # the default tier never waits: it ran at once
 
 
@@ -93,14 +95,20 @@ def test_flex_runs_at_once_when_nothing_cleaner_comes_within_its_wait(start_serv
         timeout=60,
     ).json()
     waited_s = time.monotonic() - start
-    assert response["service_tier"] == "flex" and intensity_of(response["usage"]) == pytest.approx(400, rel=0.02)
+    assert response["service_tier"] == "flex" and intensity_of(response["usage"]) == pytest.approx(
+        400, rel=0.02
+    )
     assert waited_s < 1.5  # two dirty minutes ahead: waiting would gain nothing
     short.stop()
 
 
 def test_batches_wait_for_the_clean_minutes_once_the_server_is_measured(server, client):
-    warm = client.files.create(file=("warm.jsonl", jsonl([line(f"w{i}", "warm up", 16) for i in range(6)])), purpose="batch")
-    probe = wait_done(client, client.batches.create(input_file_id=warm.id, endpoint=CHAT, completion_window="24h").id)
+    warm = client.files.create(
+        file=("warm.jsonl", jsonl([line(f"w{i}", "warm up", 16) for i in range(6)])), purpose="batch"
+    )
+    probe = wait_done(
+        client, client.batches.create(input_file_id=warm.id, endpoint=CHAT, completion_window="24h").id
+    )
     assert probe.status == "completed" and probe.request_counts.completed == 6  # ran at once: measuring
     wait_for_minute(server, {1, 2})
     requests = [line(f"r{i}", f"item {i}", 24) for i in range(8)]
@@ -112,25 +120,36 @@ def test_batches_wait_for_the_clean_minutes_once_the_server_is_measured(server, 
     assert {round(intensity_of(r["response"]["body"]["usage"])) for r in out} == {80}
     extra = done.model_extra
     assert extra["greenlm_intensity_at_submission_g_per_kwh"] == 400
-    assert extra["greenlm_carbon_g"] == pytest.approx(extra["greenlm_carbon_if_run_at_submission_g"] * 80 / 400, rel=0.02)
+    assert extra["greenlm_carbon_g"] == pytest.approx(
+        extra["greenlm_carbon_if_run_at_submission_g"] * 80 / 400, rel=0.02
+    )
 
 
 def test_a_short_window_runs_dirty_rather_than_late_and_an_impossible_one_expires(server, client):
     wait_for_minute(server, {0, 1})
-    small = client.files.create(file=("s.jsonl", jsonl([line(f"s{i}", "x", 8) for i in range(3)])), purpose="batch")
+    small = client.files.create(
+        file=("s.jsonl", jsonl([line(f"s{i}", "x", 8) for i in range(3)])), purpose="batch"
+    )
     soon = client.batches.create(input_file_id=small.id, endpoint=CHAT, completion_window="3m")
     huge = client.files.create(
-        file=("h.jsonl", jsonl([line(f"h{i}", "write", 1500, ignore_eos=True) for i in range(400)])), purpose="batch"
+        file=("h.jsonl", jsonl([line(f"h{i}", "write", 1500, ignore_eos=True) for i in range(400)])),
+        purpose="batch",
     )
     doomed = client.batches.create(input_file_id=huge.id, endpoint=CHAT, completion_window="1m")
     done = wait_done(client, soon.id, timeout_s=30)
     assert done.status == "completed" and done.completed_at <= done.expires_at
     out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
-    assert {round(intensity_of(r["response"]["body"]["usage"])) for r in out} == {400}  # no clean minute in reach
+    assert {round(intensity_of(r["response"]["body"]["usage"])) for r in out} == {
+        400
+    }  # no clean minute in reach
     expired = wait_done(client, doomed.id, timeout_s=30)
     assert expired.status == "expired" and expired.expired_at
     errors = [json.loads(x) for x in client.files.content(expired.error_file_id).text.splitlines()]
-    ran = [json.loads(x) for x in client.files.content(expired.output_file_id).text.splitlines()] if expired.output_file_id else []
+    ran = (
+        [json.loads(x) for x in client.files.content(expired.output_file_id).text.splitlines()]
+        if expired.output_file_id
+        else []
+    )
     assert sorted(r["custom_id"] for r in errors + ran) == sorted(f"h{i}" for i in range(400))
     assert errors and all(e["error"]["code"] == "batch_expired" and e["response"] is None for e in errors)
     assert expired.request_counts.failed == len(errors) and expired.request_counts.completed == len(ran)
@@ -148,19 +167,27 @@ def test_default_requests_never_queue_behind_deferred_work(server, client):
 
     def queue_seconds() -> tuple[float, float]:
         text = httpx.get(server.url + "/metrics").text
-        family = {f.name: f for f in text_string_to_metric_families(text)}["greenlm:request_queue_time_seconds"]
+        family = {f.name: f for f in text_string_to_metric_families(text)}[
+            "greenlm:request_queue_time_seconds"
+        ]
         values = {s.name: s.value for s in family.samples if s.name.endswith(("_sum", "_count"))}
-        return values["greenlm:request_queue_time_seconds_sum"], values["greenlm:request_queue_time_seconds_count"]
+        return values["greenlm:request_queue_time_seconds_sum"], values[
+            "greenlm:request_queue_time_seconds_count"
+        ]
 
     before = queue_seconds()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:  # 4 slots: one free, three held by the batch
-        answers = list(pool.map(lambda i: client.completions.create(model=MODEL, prompt=f"q{i}", max_tokens=8), range(4)))
+        answers = list(
+            pool.map(lambda i: client.completions.create(model=MODEL, prompt=f"q{i}", max_tokens=8), range(4))
+        )
     after = queue_seconds()
     assert all(a.choices[0].finish_reason in ("stop", "length") for a in answers)
     assert after[1] - before[1] == 4 and (after[0] - before[0]) / 4 < 0.25  # admitted at the next step
     done = wait_done(client, batch.id, timeout_s=120)
     out = [json.loads(x) for x in client.files.content(done.output_file_id).text.splitlines()]
-    assert done.status == "completed" and sorted(r["custom_id"] for r in out) == sorted(r["custom_id"] for r in requests)
+    assert done.status == "completed" and sorted(r["custom_id"] for r in out) == sorted(
+        r["custom_id"] for r in requests
+    )
 
 
 def test_decisions_are_counted_and_the_dashboard_draws_the_plan(server, tmp_path):
@@ -185,7 +212,10 @@ def test_decisions_are_counted_and_the_dashboard_draws_the_plan(server, tmp_path
         "--virtual-time-budget=6000", "--window-size=1300,1600",
     ]  # fmt: skip
     dom = subprocess.run(
-        [browser, *flags, "--dump-dom", server.url + "/dashboard"], capture_output=True, text=True, timeout=120
+        [browser, *flags, "--dump-dom", server.url + "/dashboard"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     tag = dom[dom.index('id="chart-defer"') - 200 : dom.index('id="chart-defer"') + 200]
     assert int(tag.split('data-points="')[1].split('"')[0]) > 5, tag

@@ -47,9 +47,13 @@ def test_a_default_request_takes_a_preemptible_slot_and_the_deferred_one_restart
     assert first.finish_reason == "length" and first.tier == "default"
     assert first.queue_s < min(r.e2e_s for r in results)  # it did not wait for a batch request to finish
     assert sorted(r.preempted for r in results) == [0, 1]  # the newest gave its slot back, once
-    assert all(r.token_ids == alone.token_ids and r.finish_reason == "length" for r in results)  # restarted whole
+    assert all(
+        r.token_ids == alone.token_ids and r.finish_reason == "length" for r in results
+    )  # restarted whole
     preempted = next(r for r in results if r.preempted)
-    assert preempted.energy_j > max(r.energy_j for r in results if not r.preempted)  # its lost work is its own
+    assert preempted.energy_j > max(
+        r.energy_j for r in results if not r.preempted
+    )  # its lost work is its own
     snap = ledger.snapshot()
     assert abs(snap["accounting_gap_j"]) < 1e-9
 
