@@ -1,5 +1,6 @@
 """Deferral tests share serve's servers: `greenlm serve` in a subprocess on 127.0.0.1, the tiny chat model."""
 
+from tests.distill.conftest import small_text, student_dir  # noqa: F401
 from tests.serve.conftest import ServerProcess, chat_model_dir, start_server  # noqa: F401
 
 

@@ -14,7 +14,6 @@ from greenlm.defer.settings import GridSettings
 from greenlm.energy.carbon import GridIntensity
 from greenlm.models.manifest import read_manifest
 from tests.defer.conftest import grid_csv
-from tests.distill.conftest import small_text, student_dir  # noqa: F401
 from tests.distill.test_cli import FLAGS, one_line_error, run_cli
 
 FALLBACK = GridIntensity(300.0, "override", "test")
