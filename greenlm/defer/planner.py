@@ -14,6 +14,8 @@ late: deferred work never starves. `plan_asap` is the baseline it is judged agai
 capacity allows, in deadline order (what running on arrival does).
 
 Times are seconds on one clock (the grid's: a replayed trace's own time, or Unix time for a live provider).
+A job may have a release time (planning a day of arrivals at once, as a benchmark's reference does): it then
+uses only slots after it, and the plan is a good one, no longer provably the least.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Job:
     tokens: float  # work left, in tokens (prompt + at most max_tokens of output for each request left)
     deadline_s: float
     kind: str = "batch"  # batch | flex | training (only labels)
+    release_s: float = -math.inf  # not before this (a job not yet arrived: for planning a whole day at once)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.tokens) and self.tokens >= 0):
@@ -179,10 +182,14 @@ def _place(
     late: list[str] = []
     for job in sorted(jobs, key=lambda j: (j.deadline_s, j.id)):
         left = job.tokens
+        start_s = max(now_s, job.release_s)
         for i in order_for(job):
             if left <= TOKEN_EPS:
                 break
-            room_s = _usable_s(slots[i], now_s, job.deadline_s) - used_s[i]
+            room_s = min(
+                _usable_s(slots[i], start_s, job.deadline_s),
+                _usable_s(slots[i], now_s, job.deadline_s) - used_s[i],
+            )
             take = min(left, free[i], max(0.0, room_s) * capacity_tokens_per_s)
             if take > TOKEN_EPS:
                 allocations.append(Allocation(job.id, i, take))
@@ -194,6 +201,8 @@ def _place(
             for i in range(len(slots)):  # the earliest capacity left, deadline or not: never starve
                 if left <= TOKEN_EPS:
                     break
+                if slots[i].end_s <= start_s:
+                    continue
                 take = min(left, free[i])
                 if take > TOKEN_EPS:
                     allocations.append(Allocation(job.id, i, take))
@@ -218,7 +227,9 @@ def plan(
     _check(slots, capacity_tokens_per_s, j_per_token)
 
     def cleanest_first(job: Job) -> list[int]:
-        usable = [i for i, s in enumerate(slots) if _usable_s(s, now_s, job.deadline_s) > 0]
+        usable = [
+            i for i, s in enumerate(slots) if _usable_s(s, max(now_s, job.release_s), job.deadline_s) > 0
+        ]
         return sorted(usable, key=lambda i: (slots[i].intensity_g_per_kwh, slots[i].start_s))
 
     allocations, late = _place(jobs, slots, now_s, capacity_tokens_per_s, cleanest_first)
@@ -238,7 +249,7 @@ def plan_asap(
     _check(slots, capacity_tokens_per_s, j_per_token)
 
     def earliest_first(job: Job) -> list[int]:
-        return [i for i, s in enumerate(slots) if _usable_s(s, now_s, job.deadline_s) > 0]
+        return [i for i, s in enumerate(slots) if _usable_s(s, max(now_s, job.release_s), job.deadline_s) > 0]
 
     allocations, late = _place(jobs, slots, now_s, capacity_tokens_per_s, earliest_first)
     return Plan(now_s, list(slots), allocations, capacity_tokens_per_s, j_per_token, pue, late, "asap")

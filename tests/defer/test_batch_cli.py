@@ -24,7 +24,18 @@ from tests.serve.conftest import ROOT
 pytestmark = needs_llamacpp
 
 GRID = [400] * 20 + [60] * 10 + [400] * 60  # one row a minute of trace time
-FLAGS = ["--max-batch", "4", "--meter", "cpu-model", "--threads", "1", "--replay-speed", "600", "--forecast", "perfect"]
+FLAGS = [
+    "--max-batch",
+    "4",
+    "--meter",
+    "cpu-model",
+    "--threads",
+    "1",
+    "--replay-speed",
+    "600",
+    "--forecast",
+    "perfect",
+]
 
 
 @pytest.fixture
@@ -70,7 +81,12 @@ def test_a_killed_run_continues_when_run_again(chat_model_dir, tmp_path, shared_
     requests = [line(f"r{i:02d}", "Write at length.", 1200, ignore_eos=True) for i in range(24)]
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     source.write_bytes(jsonl(requests))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), GREENLM_CACHE_DIR=str(shared_cache_dir), GREENLM_DB=str(tmp_path / "db" / "g.db"))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(ROOT),
+        GREENLM_CACHE_DIR=str(shared_cache_dir),
+        GREENLM_DB=str(tmp_path / "db" / "g.db"),
+    )
     command = [sys.executable, "-m", "greenlm", "batch", "run", str(source), "--out", str(out), "--model", str(chat_model_dir),
                "--max-batch", "4", "--meter", "cpu-model", "--threads", "1"]  # fmt: skip
     first = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -110,9 +126,18 @@ def test_mistakes_are_one_line(monkeypatch, capsys, chat_model_dir, files, tmp_p
         (["batch", "run", bad, "--out", tmp_path / "o.jsonl", *model], "line 2: not valid JSON"),
         (["batch", "run", mixed, "--out", tmp_path / "o.jsonl", *model], "mixes endpoints"),
         (["batch", "run", source, "--out", taken, *model], "already exists"),
-        (["batch", "run", source, "--out", tmp_path / "o.jsonl", "--deadline", "eventually", *model], "not a duration"),
-        (["batch", "run", source, "--out", tmp_path / "o.jsonl", "--replay-speed", "60", *model], "--replay-speed replays a CSV"),
-        (["batch", "run", source, "--out", tmp_path / "o.jsonl", "--grid", "sunshine:GB", *model], "PROVIDER:ZONE"),
+        (
+            ["batch", "run", source, "--out", tmp_path / "o.jsonl", "--deadline", "eventually", *model],
+            "not a duration",
+        ),
+        (
+            ["batch", "run", source, "--out", tmp_path / "o.jsonl", "--replay-speed", "60", *model],
+            "--replay-speed replays a CSV",
+        ),
+        (
+            ["batch", "run", source, "--out", tmp_path / "o.jsonl", "--grid", "sunshine:GB", *model],
+            "PROVIDER:ZONE",
+        ),
         (["batch", "run", source, *model], "--out is required"),
     ]
     for args, needle in cases:

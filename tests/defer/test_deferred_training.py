@@ -70,7 +70,9 @@ def test_the_gate_runs_on_when_waiting_would_miss_the_deadline(tmp_path):
 def test_distill_with_a_deadline_pauses_and_records_the_saving(
     monkeypatch, capsys, tiny_model_dir, student_dir, tmp_path
 ):
-    csv = grid_csv(tmp_path / "g.csv", [400] * 30 + [60] * 10 + [400] * 40, step_s=60)  # dirty for 6 s at 300x
+    csv = grid_csv(
+        tmp_path / "g.csv", [400] * 30 + [60] * 10 + [400] * 40, step_s=60
+    )  # dirty for 6 s at 300x
     out = tmp_path / "healed"
     code, stdout, err = run_cli(
         monkeypatch, capsys, "distill", "--teacher", tiny_model_dir, "--student", student_dir, "--steps", "6",

@@ -112,3 +112,13 @@ def test_bad_inputs_are_refused():
         Slot(5, 5, 100)
     with pytest.raises(ValueError, match="tokens"):
         Job("a", -1, 10)
+
+
+def test_a_job_not_yet_arrived_uses_only_the_slots_after_it():
+    s = slots([50, 300, 100, 200])
+    p = plan([Job("a", 5, deadline_s=40, release_s=12)], s, now_s=0, capacity_tokens_per_s=1, j_per_token=1)
+    assert [(a.slot, a.tokens) for a in p.allocations] == [(2, 5)]  # slot 0 is cleaner but before it arrives
+    p = plan_asap(
+        [Job("a", 5, deadline_s=40, release_s=12)], s, now_s=0, capacity_tokens_per_s=1, j_per_token=1
+    )
+    assert [(a.slot, a.tokens) for a in p.allocations] == [(1, 5)]
