@@ -61,8 +61,8 @@ from greenlm.errors import GreenlmError
 log = logging.getLogger(__name__)
 
 MAX_WINDOW_S = 24 * 3600.0  # OpenAI's completion window; shorter ones are greenlm's extension
-CAPACITY_SAFETY = 0.8  # plan with this share of the measured throughput
-DEADLINE_MARGIN = 0.1  # plan to finish this share of a batch's window before it expires
+CAPACITY_SAFETY = 0.75  # plan with this share of the measured throughput (it varies with the load beside it)
+DEADLINE_MARGIN = 0.15  # plan to finish this share of a batch's window before it expires
 PROBE_SHARE = 0.5  # an unmeasured server probes in the cleanest slot of this first share of a window
 KEEP_DECISIONS = 500
 KEEP_DONE = 5000
@@ -139,6 +139,7 @@ class Deferral:
         self.decisions: deque[dict] = deque(maxlen=KEEP_DECISIONS)
         self.decision_count = 0
         self.replans = 0
+        self.preemptions = 0  # batch requests whose slot the default tier took back (their work restarted)
         self._done: deque[tuple[float, int, float, str]] = deque(
             maxlen=KEEP_DONE
         )  # (grid s, tokens, g, kind)
@@ -497,9 +498,10 @@ class Deferral:
 
     async def _tick(self) -> None:
         now_mono = time.monotonic()
-        busy_s = now_mono - self._last_tick if any(a.inflight for a in self._active.values()) else 0.0
+        inflight = sum(len(a.inflight) for a in self._active.values())
+        busy_s = now_mono - self._last_tick if inflight else 0.0
         self._last_tick = now_mono
-        self.rates.tick(busy_s, self._tick_tokens, self._tick_requests)
+        self.rates.tick(busy_s, self._tick_tokens, self._tick_requests, inflight / self._full_batch())
         self._tick_tokens = self._tick_requests = 0
         if self.follow_grid is not None:
             self.follow_grid(self.grid.signal.now())
@@ -586,17 +588,25 @@ class Deferral:
             if a.closing is not None or not (a.pending or a.inflight):
                 continue
             if measured:
-                jobs.append(Job(a.id, a.tokens_left(), a.plan_deadline_s, "batch"))
+                jobs.append(Job(a.id, a.tokens_left(), self._due(a), "batch"))
                 continue
             probe = (
                 list(a.inflight) + [b.line for b in a.pending][: max(0, self._full_batch() - len(a.inflight))]
             )
-            due = a.plan_deadline_s  # a batch no larger than its probe has its whole window
-            if len(probe) < len(a.inflight) + len(a.pending):
-                due = min(due, a.record["_submitted_s"] + PROBE_SHARE * a.record["_window_s"])
+            # unmeasured, its length is unknown: it is due by the middle of the window, leaving the other half
+            due = min(a.plan_deadline_s, a.record["_submitted_s"] + PROBE_SHARE * a.record["_window_s"])
             jobs.append(Job(a.id, float(sum(a.tokens[n] for n in probe)), due, "batch"))
         jobs += [Job(f.id, float(f.tokens), f.deadline_s, "flex") for f in self._flex.values()]
         return sorted(jobs, key=lambda j: (j.deadline_s, j.id))
+
+    def _due(self, a: _Active) -> float:
+        """When a measured batch's work must be done by: its deadline less the margin, and less the time its
+        longest request left takes by itself (a fluid capacity says nothing of one request's own pace)."""
+        speed = self.rates.request_tokens_per_s()
+        left = [a.tokens[b.line] for b in a.pending] + [a.tokens[n] for n in a.inflight]
+        if not speed or not left:
+            return a.plan_deadline_s
+        return min(a.plan_deadline_s, a.deadline_s - max(left) / speed * self.clock.speed)
 
     def _plan_and_run(self, now_s: float) -> None:
         capacity = self.rates.capacity_tokens_per_s(self._full_batch())
@@ -693,6 +703,7 @@ class Deferral:
 
     async def _run_line(self, active: _Active, line: BatchLine) -> None:
         try:
+            started = time.monotonic()
             try:
                 result = await self.runner.run(line.url, line.body, tier="batch")
             except (asyncio.CancelledError, GeneratorExit):
@@ -714,14 +725,15 @@ class Deferral:
                 if active.closing is None:
                     active.pending.appendleft(line)  # not answered: it runs again
                 return
-            self._keep(active, line, result)
+            self._keep(active, line, result, time.monotonic() - started)
         finally:
             active.inflight.pop(line.line, None)
             if self._wake is not None:
                 self._wake.set()
 
-    def _keep(self, active: _Active, line: BatchLine, result: RunResult) -> None:
+    def _keep(self, active: _Active, line: BatchLine, result: RunResult, seconds: float) -> None:
         usage = result.usage
+        self.preemptions += result.preempted
         tokens = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
         stored = self.state.add_result(
             active.id, line.custom_id, line.line, result.ok, result_line(line.custom_id, result.status_code, result.body),
@@ -737,7 +749,7 @@ class Deferral:
         if result.ok:
             self._tick_tokens += tokens
             self._tick_requests += 1
-            self.rates.line(tokens, float(usage.get("energy_j") or 0.0))
+            self.rates.line(tokens, float(usage.get("energy_j") or 0.0), seconds)
             self._done.append((self.clock.now_s(), tokens, float(usage.get("carbon_g") or 0.0), "batch"))
         if self._lines_counter is not None:
             self._lines_counter.labels(self.model_id, "batch", "completed" if result.ok else "failed").inc()
@@ -862,6 +874,7 @@ class Deferral:
             ],
             "tokens_waiting": sum(j.tokens for j in jobs),
             "replans": self.replans,
+            "preemptions": self.preemptions,
         }
 
     def view(self, since: int = 0) -> dict:

@@ -22,6 +22,7 @@ RETRY_CODES = ("shutting_down", "aborted", "queue_full")  # not the request's fa
 class RunResult:
     status_code: int
     body: dict  # the OpenAI response (with usage), or {"error": {...}}
+    preempted: int = 0  # times the default tier took its slot back (its work restarted)
 
     @property
     def ok(self) -> bool:

@@ -99,4 +99,4 @@ class ServeRunner:
             usage=usage_of(result, server.replica),
             service_tier="flex" if tier == "flex" else "default",
         )
-        return RunResult(200, response.model_dump())
+        return RunResult(200, response.model_dump(), preempted=result.preempted)
