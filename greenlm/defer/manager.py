@@ -31,6 +31,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter, Gauge
+
 from greenlm.defer.batchfile import (
     ENDPOINTS,
     MAX_FILE_BYTES,
@@ -57,6 +59,7 @@ from greenlm.defer.runner import RequestRunner, RunResult
 from greenlm.defer.settings import DEFAULT_FLEX_MAX_WAIT_S, parse_duration_s
 from greenlm.defer.state import DeferState
 from greenlm.errors import GreenlmError
+from greenlm.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +167,6 @@ class Deferral:
         self._decision_counter = self._lines_counter = None
         if registry is None:
             return
-        from prometheus_client import Counter, Gauge
-
         self._decision_counter = Counter(
             "greenlm:defer_decisions",
             "Deferred-work decisions: a job (batch or flex request) set to run or wait, and why",
@@ -826,8 +827,6 @@ class Deferral:
     def _store(self, public: dict) -> None:
         if self.store_path is None:
             return
-        from greenlm.store import Store
-
         try:
             with Store(self.store_path) as store:
                 store.add(

@@ -28,6 +28,8 @@ from greenlm.compress.pipeline import architecture
 from greenlm.compress.recipe import Recipe, as_recipe
 from greenlm.data.sources import load_text
 from greenlm.data.split import split_text
+from greenlm.defer.gate import RunGate
+from greenlm.defer.grid import open_grid
 from greenlm.distill.config import DistillConfig
 from greenlm.energy.carbon import resolve_intensity, validate_pue
 from greenlm.energy.detect import get_meter
@@ -278,9 +280,6 @@ def _gate(config: DistillConfig, intensity, pue: float, meter, say):
     """With --deadline: the gate that pauses training in the grid's dirty hours (None without)."""
     if config.deadline is None:
         return None
-    from greenlm.defer.gate import RunGate
-    from greenlm.defer.grid import open_grid
-
     gate = RunGate(
         open_grid(config.grid_settings(), intensity), config.deadline_s, pue=pue, meter=meter, announce=say
     )

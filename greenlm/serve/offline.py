@@ -19,78 +19,21 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from greenlm.defer.batchfile import parse_batch_file
 from greenlm.defer.clock import iso
 from greenlm.defer.planner import Job, plan, plan_asap
-from greenlm.defer.settings import GridSettings, duration_text, parse_duration_s
+from greenlm.defer.settings import duration_text
 from greenlm.errors import GreenlmError
 from greenlm.io import check_file_target, noop, write_text_atomic
-from greenlm.serve.config import ServeConfig
+from greenlm.serve.batch_config import BatchRunConfig
+from greenlm.serve.deferred import ServeRunner
+from greenlm.serve.preflight import preflight
+from greenlm.serve.server import Server
 
 Progress = Callable[[int, int], None]
-MAX_OFFLINE_WINDOW_S = 30 * 86400.0  # offline, a deadline may be longer than the API's 24 hours
 POLL_S = 0.2
-
-
-@dataclass
-class BatchRunConfig:
-    input: str
-    out: str
-    deadline: str = "24h"  # the whole file must be done within this (grid clock: a replay's time)
-    model: str | None = None
-    engine: str | None = None
-    threads: int | None = None
-    device: str = "auto"
-    max_batch: int = 8
-    context_tokens: int = 2048
-    max_tokens_default: int = 256
-    served_model_name: str | None = None  # None: the model the file's requests name (when they name one)
-    dry_run: bool = False
-    force: bool = False  # replace OUT
-    grid_csv: str | None = None
-    replay_speed: float = 1.0
-    replay_from: str | None = None
-    grid_provider: str | None = None
-    forecast: str = "auto"
-    grid_url: str | None = None
-    # energy and carbon (one group, as every metered verb has)
-    meter: str = "auto"
-    watts_per_core: float | None = None
-    idle_watts_per_core: float | None = None
-    country: str | None = None
-    region: str | None = None
-    carbon_intensity: float | None = None
-    pue: float = 1.0
-
-    def __post_init__(self) -> None:
-        self.deadline_s = parse_duration_s(self.deadline, "--deadline")
-        if self.deadline_s > MAX_OFFLINE_WINDOW_S:
-            raise GreenlmError(f"--deadline {self.deadline} is over 30 days: give a shorter one")
-        self.grid = GridSettings(
-            csv=self.grid_csv, speed=self.replay_speed, replay_from=self.replay_from, provider=self.grid_provider,
-            forecast=self.forecast, url=self.grid_url,
-        )  # fmt: skip
-        if not self.dry_run and not str(self.out or "").strip():
-            raise GreenlmError("--out is required: the JSONL file of results to write")
-
-    @property
-    def state_dir(self) -> Path:
-        out = Path(self.out).expanduser()
-        return out.with_name(out.name + ".state")
-
-    def serve_config(self, state_dir: str, served_model_name: str | None = None) -> ServeConfig:
-        return ServeConfig(
-            model=self.model, engine=self.engine, threads=self.threads, device=self.device,
-            max_batch=self.max_batch, step_tokens=max(256, self.max_batch), context_tokens=self.context_tokens,
-            max_tokens_default=self.max_tokens_default, served_model_name=served_model_name, meter=self.meter, watts_per_core=self.watts_per_core,
-            idle_watts_per_core=self.idle_watts_per_core, country=self.country, region=self.region,
-            carbon_intensity=self.carbon_intensity, pue=self.pue, grid_csv=self.grid_csv,
-            replay_speed=self.replay_speed, replay_from=self.replay_from, grid_provider=self.grid_provider,
-            forecast=self.forecast, grid_url=self.grid_url, state_dir=state_dir,
-        )  # fmt: skip
 
 
 def _read_input(path: str) -> bytes:
@@ -107,9 +50,6 @@ def run_batch(
     config: BatchRunConfig, *, progress: Progress | None = None, announce: Callable[[str], None] | None = None
 ) -> dict:
     """Run `config.input` into `config.out` within `config.deadline` (or, with `dry_run`, print its plan)."""
-    from greenlm.serve.preflight import preflight
-    from greenlm.serve.server import Server
-
     progress, announce = progress or noop, announce or noop
     content = _read_input(config.input)
     try:
@@ -210,8 +150,6 @@ def _resumable(deferral, fingerprint: str, config) -> str | None:
 
 def _dry_run(config, server, lines) -> dict:
     """Measure a full batch, then plan the file against the forecast (nothing answered)."""
-    from greenlm.serve.deferred import ServeRunner
-
     runner = ServeRunner(server)
     probe = lines[: server.config.max_batch]
 
