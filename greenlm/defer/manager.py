@@ -448,11 +448,14 @@ class Deferral:
             batch_id, {"status": "cancelling", "cancelling_at": int(time.time())}, unless=finished
         )
         if changed is None:
-            status = (self.state.get_batch(batch_id) or record)["status"]
-            if status != "cancelling":  # cancelling twice is not an error
-                raise ApiError(f"Cannot cancel a batch with status '{status}'.", param="batch_id")
+            changed = self.state.get_batch(batch_id) or record
+            if changed["status"] != "cancelling":  # cancelling twice is not an error
+                raise ApiError(f"Cannot cancel a batch with status '{changed['status']}'.", param="batch_id")
+        answer = batch_object(
+            changed, self.state.totals(batch_id), self.pue
+        )  # as cancelled, before the loop moves on
         self._notify()
-        return self.batch(batch_id)
+        return answer
 
     # ---- flex (any thread) --------------------------------------------------------------------------------
     def flex(self, tokens: int) -> concurrent.futures.Future:
