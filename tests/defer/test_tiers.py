@@ -35,9 +35,16 @@ def greedy(max_tokens: int) -> SamplingParams:
 def test_a_default_request_takes_a_preemptible_slot_and_the_deferred_one_restarts_unchanged(rig):
     stepper, scheduler, ledger = rig
     alone = scheduler.submit([5], greedy(12), tier="batch").wait(10)
+    # hold the loop in a task while both batch requests queue, so it admits them together
+    hold, holding = threading.Event(), threading.Event()
+    threading.Thread(
+        target=scheduler.call, args=(lambda: holding.set() or hold.wait(10),), daemon=True
+    ).start()
+    assert holding.wait(5)
+    deferred = [scheduler.submit([5], greedy(12), tier="batch", preemptible=True) for _ in range(2)]
     stepper.gate = threading.Event()
     stepper.entered.clear()
-    deferred = [scheduler.submit([5], greedy(12), tier="batch", preemptible=True) for _ in range(2)]
+    hold.set()
     assert stepper.entered.wait(5)  # both slots held by batch requests, a step in flight
     # --max-queue 0: a queued default request is refused only beyond the free slots; deferred ones never count
     interactive = scheduler.submit([9], greedy(3))
@@ -62,8 +69,8 @@ def test_deferred_requests_wait_for_slots_the_default_tier_leaves(rig):
     stepper, scheduler, ledger = rig
     stepper.gate = threading.Event()
     first = [scheduler.submit([1], greedy(6))]
-    first.append(scheduler.submit([2], greedy(6)))  # default: both slots
-    assert stepper.entered.wait(5)
+    assert stepper.entered.wait(5)  # its prompt is in a step, held at the gate
+    first.append(scheduler.submit([2], greedy(6)))  # queued until the step ends, then the second slot
     batch = scheduler.submit([40], greedy(2), tier="batch", preemptible=True)
     stats = scheduler.load_stats(10.0, reset_peak=False)
     assert (stats["deferred_waiting"], stats["waiting"]) == (1, 1) and scheduler.tier_counts() == (2, 1)
