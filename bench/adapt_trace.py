@@ -17,6 +17,9 @@
    hours cost what they cost), carbon (g, each window at the grid intensity of its time), SLO attainment
    (share of requests whose TTFT and TPOT are both under the SLO, measured by the client), token-weighted
    mean KLD served, errors, and the adaptive server's decisions; a markdown table and an SVG plot of the day.
+   Energy is also split (cpu-model only), from outside the server's process, into static power of its allotted
+   cores, dynamic power of its busy core-seconds and memory, and the saving is stated as charged, without the
+   static charge of the cores the adaptive server released, and for the dynamic part alone.
 
     .venv/bin/python bench/adapt_trace.py --json                 # full: 12-minute day per server, ~35 min
     .venv/bin/python bench/adapt_trace.py --day-s 540            # a 9-minute day per server
@@ -38,15 +41,20 @@ import queue
 import random
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 from benchlib import Recorder, log
 from matplotlib.figure import Figure
-from serve_load import Proc
+from servers import Proc
+from tables import adapt_trace_markdown, energy_split_change
 
 from greenlm.data import load_text, split_text
+from greenlm.energy.cpu_model import DYNAMIC_DOMAIN, STATIC_DOMAIN, CpuModelMeter
+from greenlm.energy.settings import EnergySettings
 from greenlm.errors import GreenlmError
 from greenlm.io import write_text_atomic
 from greenlm.optimize import EvalSettings, OptimizeConfig, optimize
@@ -58,6 +66,7 @@ from greenlm.store import Store
 ROOT = Path(__file__).resolve().parents[1]
 RESULT = ROOT / "bench" / "results" / "adapt_trace.json"
 START_TIMEOUT_S = 600
+SPLIT_INTERVAL_S = 0.5  # tiles of the outside static/dynamic split (the adaptive server's control interval)
 DROP = [{"method": "drop_layers", "count": 2}]
 DROP_MORE = [{"method": "drop_layers", "count": 4}]
 SPACE = {
@@ -94,7 +103,7 @@ def build_ladder(args) -> tuple[str, str, dict]:
     """(store path, search id, search summary): the cached search when one exists for these settings."""
     space = QUICK_SPACE if args.quick else SPACE
     settings = EvalSettings(
-        meter=args.meter,
+        energy=EnergySettings(meter=args.meter),
         screen_margin=1e6,  # measure every candidate in full: the ladder wants members outside the budget
         budget=QualityBudget(max_ppl_increase_pct=1e6, max_kld=args.max_kld),
         eval_tokens=1024 if args.quick else 4096,
@@ -209,6 +218,61 @@ def stop_server(proc: Proc) -> dict | None:
                 return record
 
 
+class EnergySplit:
+    """The cpu-model formula applied to a server's process from outside, its parts kept apart: static (the
+    idle power of the cores in the process's CPU affinity, which the adaptive server shrinks), dynamic (its
+    busy core-seconds) and memory. The formula averages the affinity at a window's two edges, so the replay is
+    tiled into windows of `interval_s` rather than read as one."""
+
+    def __init__(self, pid: int, interval_s: float = SPLIT_INTERVAL_S):
+        self.meter = CpuModelMeter(pid=pid)
+        self.interval_s = interval_s
+        self.parts_j = {"static_j": 0.0, "dynamic_j": 0.0, "memory_j": 0.0}
+        self.core_s = 0.0
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="energy-split", daemon=True)
+
+    def start(self) -> None:
+        self.first = self.last = self.meter.read()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._tick()
+
+    def _tick(self) -> None:
+        if self.error:
+            return
+        try:
+            now = self.meter.read()
+        except psutil.Error as exc:  # the server went away: the split covers up to its last reading
+            self.error = f"{type(exc).__name__}: {exc}"
+            return
+        m = self.meter.measure(self.last, now)
+        self.parts_j["static_j"] += m.detail_j[STATIC_DOMAIN]
+        self.parts_j["dynamic_j"] += m.detail_j[DYNAMIC_DOMAIN]
+        self.parts_j["memory_j"] += m.energy_j["memory"]
+        cores = (self.last.values["core_equivalents"] + now.values["core_equivalents"]) / 2
+        self.core_s += cores * m.duration_s
+        self.last = now
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._tick()
+        return {
+            **self.parts_j,
+            "total_j": sum(self.parts_j.values()),
+            "core_s": self.core_s,
+            "duration_s": self.last.time_s - self.first.time_s,
+            "idle_watts_per_core": self.meter.idle_watts_per_core,
+            "dynamic_watts_per_core": self.meter.dynamic_watts_per_core,
+            "interval_s": self.interval_s,
+            "error": self.error,
+        }
+
+
 async def one(client: httpx.AsyncClient, req: dict) -> dict:
     payload = {
         "model": "smollm2", "prompt": req["prompt"], "max_tokens": req["max_tokens"], "temperature": 0,
@@ -273,12 +337,17 @@ def run_server(
 ) -> dict:
     log(f"{name}: starting")
     proc, url, ready = start_server(name, policy, args, workdir, db)
+    # the static and dynamic parts, from outside: only the cpu-model has them
+    split = EnergySplit(ready["pid"]) if ready["meter"] == "cpu-model" else None
     try:
+        if split:
+            split.start()
         before = httpx.get(url + "/energy", timeout=30).json()
         log(f"{name}: replaying {len(trace)} requests over {day_s:g} s")
         results, wall_s = asyncio.run(replay(url, trace))
         time.sleep(max(0.0, day_s - wall_s))  # the day's last quiet minutes cost what they cost
         after = httpx.get(url + "/energy", timeout=30).json()
+        parts = split.stop() if split else None
         view = httpx.get(url + "/dashboard/data", timeout=30).json()
     finally:
         stopped = stop_server(proc)
@@ -289,6 +358,7 @@ def run_server(
         "view": view,
         "results": results,
         "stopped": stopped,
+        "energy_split": parts,
     }
 
 
@@ -310,12 +380,16 @@ def summarize(name: str, run: dict, slo: dict, ladder: dict) -> dict:
     for r in ok:
         by_variant[r["variant"]] = by_variant.get(r["variant"], 0) + r["tokens"]
     decisions = [d for d in run["view"]["decisions"]]
+    split = run.get("energy_split")
+    if split:  # how far the outside split's total lies from the server's own meter over the replay
+        split = {**split, "gap_rel": split["total_j"] / energy_j - 1 if energy_j > 0 else None}
     return {
         "server": name,
         "requests": len(results),
         "errors": len(results) - len(ok),
         "error_samples": sorted({r["error"] for r in results if not r["ok"]})[:5],
         "energy_j": energy_j,
+        "energy_split": split,
         "requests_j": after["requests_j"] - before["requests_j"],
         "idle_j": after["idle_j"] - before["idle_j"],
         "load_j": (after.get("load_j") or 0) - (before.get("load_j") or 0),
@@ -362,42 +436,6 @@ def _by_hour(results: list[dict], samples: list[dict]) -> list[dict]:
         rs = [r for r in results if r["hour"] == h]
         hours.append({"hour": h, "requests": len(rs), "errors": sum(not r["ok"] for r in rs)})
     return hours
-
-
-def markdown(report: dict) -> str:
-    s, a = report["static"], report["adaptive"]
-    rows = [
-        ("energy (J)", "energy_j", "{:.1f}"),
-        ("carbon (g CO2e)", "carbon_g", "{:.4f}"),
-        ("SLO attainment", "slo_attainment", "{:.1%}"),
-        ("p90 TTFT (s)", "ttft_p90_s", "{:.2f}"),
-        ("p90 TPOT (s)", "tpot_p90_s", "{:.3f}"),
-        ("tokens per J", "tokens_per_j", "{:.2f}"),
-        ("mean KLD served", "mean_kld_served", "{:.4f}"),
-        ("requests / errors", None, None),
-        ("decisions", "decisions", "{}"),
-    ]
-    out = [
-        f"Compressed day: {report['day_s']:g} s, {s['requests']} requests, SLO TTFT <= {report['slo']['ttft_s']:g} s "
-        f"and TPOT <= {report['slo']['tpot_s']:g} s, quality budget mean KLD <= {report['max_kld']:g}; energy "
-        f"{s['meter']} ({s['energy_source']}).",
-        "",
-        "| | static (" + report["static_variant"] + ") | adaptive | change |",
-        "|---|---|---|---|",
-    ]
-    for label, key, form in rows:
-        if key is None:
-            out.append(f"| {label} | {s['requests']} / {s['errors']} | {a['requests']} / {a['errors']} | |")
-            continue
-        sv, av = s.get(key), a.get(key)
-        change = (
-            f"{(av / sv - 1):+.1%}"
-            if isinstance(sv, (int, float)) and isinstance(av, (int, float)) and sv
-            else ""
-        )
-        cells = [form.format(v) if v is not None else "n/a" for v in (sv, av)]
-        out.append(f"| {label} | {cells[0]} | {cells[1]} | {change} |")
-    return "\n".join(out) + "\n"
 
 
 def plot_day(report: dict, static_run: dict, adaptive_run: dict) -> str:
@@ -549,6 +587,9 @@ def main() -> None:
         "adaptive_decisions": adaptive_run["view"]["decisions"],
         "carbon_change": a["carbon_g"] / s["carbon_g"] - 1 if s["carbon_g"] else None,
         "energy_change": a["energy_j"] / s["energy_j"] - 1 if s["energy_j"] else None,
+        # the saving as charged, without the static charge of the cores the adaptive server released, and
+        # the dynamic part alone (None unless both servers ran the cpu-model meter)
+        "energy_split_change": energy_split_change(s, a),
         "targets": {
             "carbon_at_least_25pct_lower": bool(s["carbon_g"] and a["carbon_g"] <= 0.75 * s["carbon_g"]),
             "slo_no_lower": bool(
@@ -564,7 +605,11 @@ def main() -> None:
             "affinity every second, dynamic power per busy core-second, memory by RSS): estimated, not measured",
             "the adaptive server's saving in quiet hours comes partly from holding one core instead of two (its "
             "affinity mask); the cpu-model charges static power per allotted core, so that saving is real only "
-            "where the freed core idles deeper or serves other work",
+            "where the freed core idles deeper or serves other work: energy_split_change states the saving "
+            "without that charge too",
+            "energy_split: the same cpu-model formula applied to each server's process from outside in "
+            f"{SPLIT_INTERVAL_S:g} s windows, static (allotted cores), dynamic (busy core-seconds) and memory "
+            "kept apart; its total lies within gap_rel of the server's own meter",
             "static and adaptive ran one after the other on the same machine; other load on it changes both",
         ],
     }
@@ -574,7 +619,7 @@ def main() -> None:
     svg = plot_day(report, static_run, adaptive_run)
     write_text_atomic(target.with_suffix(".svg"), svg[svg.index("<svg") :])
     log(f"plot: {target.with_suffix('.svg')}")
-    table = markdown(report)
+    table = adapt_trace_markdown(report)
     log(table)
     if args.markdown:
         write_text_atomic(Path(args.markdown), table)

@@ -30,27 +30,25 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def git_commit() -> dict:
+# The code a figure depends on: the package, the benchmark scripts (not their results) and the dependencies.
+CODE_PATHS = ("greenlm", "bench", ":(exclude)bench/results", "pyproject.toml")
+
+
+def git_commit(root: Path = ROOT) -> dict:
+    """The commit, and whether the code that ran differs from it: a tracked file changed, or a file git does
+    not track yet under greenlm/ or bench/ (a new module imports the same as a committed one). README or notes
+    edited meanwhile do not count, nor do benchmark results."""
+
     def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
-        ).stdout.strip()
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10).stdout
 
     try:
+        # porcelain lines are "XY path": the status in two columns, then the path
+        changed = git("status", "--porcelain", "--untracked-files=all", "--", *CODE_PATHS).splitlines()
         return {
-            "commit": git("rev-parse", "HEAD"),
-            # the code that ran differs from the commit (README or notes edited meanwhile do not count)
-            "dirty": bool(
-                git(
-                    "status",
-                    "--porcelain",
-                    "--untracked-files=no",
-                    "--",
-                    "greenlm",
-                    "bench/*.py",
-                    "pyproject.toml",
-                )
-            ),
+            "commit": git("rev-parse", "HEAD").strip() or None,
+            "dirty": bool(changed),
+            "uncommitted_files": [line[3:] for line in changed[:20]],  # the first few, to say which
         }
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}

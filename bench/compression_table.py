@@ -6,27 +6,40 @@ For the reference and each variant: PPL, KLD and top-1 agreement against the ref
 and `real` vs `simulated`. A simulated variant runs as a dense float model: its speed is shown but is not a
 saving. Prints JSON on stdout (progress on stderr); `--markdown FILE` also writes the table.
     .venv/bin/python bench/compression_table.py [--markdown table.md] [--only drop2,drop4] [--keep DIR]
+
+Speed and energy. Every variant is compressed first; then all rows, the reference included, are measured in
+`--repeats` interleaved rounds, each in a process of its own, loaded once and idle while the others measure
+(greenlm.workload.interleave): rows measured one after another, minutes apart, differ by the machine's load in
+those minutes (two dense float32 rows read 4-24% apart that way). Each row keeps its median, min-max range and
+every round; its J/token is called lower or higher than the reference's only when the gap exceeds both rows'
+range, and "within noise" otherwise (bench/spread.py). All rows' processes are alive at once (the float32 ones
+about 1 GB each, some 11 GB for the 13 rows) and every variant directory stays on disk until the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchlib import Recorder
+from spread import RULE, compare, summarize
+from tables import compression_markdown
 
 from greenlm.compress import method_names
 from greenlm.compress.pipeline import CompressConfig, compress
 from greenlm.data import load_text, split_text
+from greenlm.energy.settings import EnergySettings
 from greenlm.evaluate import DEFAULT_MAX_EVAL_TOKENS, reference_stats
 from greenlm.models import resolve_model
 from greenlm.models.loader import gguf_cache_path
 from greenlm.models.manifest import dir_size_bytes
-from greenlm.workload import MeasureConfig, run_measure
+from greenlm.workload import MeasureConfig
+from greenlm.workload.interleave import measure_interleaved
 
 # (name, label, recipe steps). The last entry is the best combination found while writing this benchmark.
 ENTRIES: list[tuple[str, str, list[dict]]] = [
@@ -55,50 +68,54 @@ def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def measure(model: str, args) -> dict:
-    result = run_measure(
-        MeasureConfig(
-            model=model,
-            num_prompts=args.prompts,
-            prompt_tokens=args.prompt_tokens,
-            max_new_tokens=args.decode_tokens + 1,
-            repeats=args.repeats,
-            meter=args.meter,
-            threads=args.threads,
-        )
-    ).to_dict()
+def measure_config(model: str, args) -> MeasureConfig:
+    return MeasureConfig(
+        model=model,
+        num_prompts=args.prompts,
+        prompt_tokens=args.prompt_tokens,
+        max_new_tokens=args.decode_tokens + 1,
+        repeats=1,
+        energy=EnergySettings(meter=args.meter),
+        threads=args.threads,
+    )
+
+
+def measure_rows(models: dict[str, str], args) -> dict[str, dict]:
+    """{row name: decode figures}: `args.repeats` interleaved rounds over every row (the reference too), each
+    in a process of its own; per row the median, the min-max range and every round of decode J/token."""
+    rounds = measure_interleaved(
+        {name: measure_config(model, args) for name, model in models.items()},
+        args.repeats,
+        announce=lambda m: say(f"measuring {m}"),
+    )
+    out = {}
+    for name, results in rounds.items():
+        per_round = [r.to_dict() for r in results]
+        cost = summarize([r["decode_j_per_token"] for r in per_round])
+        first = per_round[0]
+        out[name] = {
+            "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in per_round),
+            "decode_j_per_token": cost["median"],
+            "spread_j": {"min": cost["min"], "max": cost["max"]},
+            "rel_spread_j": cost["rel_spread"],
+            "per_round_j": cost["per_round"],
+            "meter": first["meter"],
+            "energy_source": first["energy_source"],
+            "engine": first["engine"],
+            "threads": first["threads"],
+        }
+    return out
+
+
+def versus_reference(row: dict, ref: dict) -> dict:
+    """The row's decode J/token against the reference's: the change of the medians and whether it is clear of
+    both rows' range over the rounds."""
+    mine = {"median": row["decode_j_per_token"], **row["spread_j"]}
+    theirs = {"median": ref["decode_j_per_token"], **ref["spread_j"]}
     return {
-        "decode_tokens_per_s": result["decode_tokens_per_s"],
-        "decode_j_per_token": result["decode_j_per_token"],
-        "meter": result["meter"],
-        "energy_source": result["energy_source"],
-        "engine": result["engine"],
-        "threads": result["threads"],
+        "change": row["decode_j_per_token"] / ref["decode_j_per_token"] - 1,
+        "relation": compare(mine, theirs),
     }
-
-
-def row_markdown(r: dict) -> str:
-    def num(value, fmt):
-        return "—" if value is None else format(value, fmt)
-
-    speed = num(r["decode_tokens_per_s"], ".1f")
-    joules = num(r["decode_j_per_token"], ".3f")
-    if r["execution"] == "simulated":  # runs dense: not a saving, say so in the cell itself
-        speed, joules = f"({speed})", f"({joules})"
-    delta = "" if r["ppl_increase_pct"] is None else f" ({r['ppl_increase_pct']:+.1f}%)"
-    return (
-        f"| {r['label']} | {r['execution']} | {num(r['ppl'], '.2f')}{delta} | {num(r['kld'], '.4f')} | "
-        f"{num(r['top1_agreement'], '.3f')} | {r['size_mb']:.0f} | {speed} | {joules} |"
-    )
-
-
-def markdown(report: dict) -> str:
-    head = (
-        "| variant | execution | PPL (vs ref) | KLD | top-1 | size MB | decode tok/s | decode J/token |\n"
-        "|---|---|---|---|---|---|---|---|"
-    )
-    rows = [row_markdown(r) for r in report["rows"]]
-    return "\n".join([head, *rows])
 
 
 def main() -> None:
@@ -115,7 +132,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=2, help="decode workload: prompts")
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--decode-tokens", type=int, default=32, help="decode steps per prompt")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved measuring rounds")
     ap.add_argument("--meter", default="auto")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--keep", default=None, help="keep the variant directories under this folder")
@@ -157,10 +174,10 @@ def main() -> None:
                 "size_mb": dir_size_bytes(ref_files) / 1e6
                 if ref_files.is_dir()
                 else ref_files.stat().st_size / 1e6,
-                **measure(args.model or parent.name, args),
             }
         )
-        say(f"  PPL {ref_q.ppl:.3f}, decode {rows[-1]['decode_tokens_per_s']:.1f} tok/s")
+        models = {"reference": args.model or parent.name}
+        say(f"  PPL {ref_q.ppl:.3f}")
         for name, label, steps in entries:
             missing = sorted({s["method"] for s in steps} - set(method_names()))
             if missing:
@@ -184,16 +201,16 @@ def main() -> None:
                 )
             )
             compress_s = time.perf_counter() - t0
-            q = result.manifest["quality"]
+            q = result.manifest.quality
             row = {
                 "name": name,
                 "label": label,
-                "recipe": result.manifest["recipe"],
+                "recipe": result.manifest.recipe,
                 "execution": result.execution,
                 # the low-bit kernel each quantization step runs on ("dense": dequantized floats, simulated)
                 "kernels": [
                     s["details"]["kernel"]
-                    for s in result.manifest["steps"]
+                    for s in result.manifest.steps
                     if "kernel" in (s.get("details") or {})
                 ],
                 "ppl": q["ppl"],
@@ -202,17 +219,20 @@ def main() -> None:
                 "top1_agreement": q["top1_agreement"],
                 "size_mb": result.size_bytes / 1e6,
                 "compress_s": compress_s,
-                "step_notes": [n for s in result.manifest["steps"] for n in s.get("notes", [])],
-                "architecture": result.manifest["architecture"],
+                "step_notes": [n for s in result.manifest.steps for n in s.get("notes", [])],
+                "architecture": result.manifest.architecture,
             }
-            row.update(measure(str(out), args))
             rows.append(row)
+            models[name] = str(out)
             say(
                 f"  {row['execution']}: PPL {row['ppl']:.3f} ({row['ppl_increase_pct']:+.1f}%), KLD {row['kld']:.4f}, "
-                f"{row['size_mb']:.0f} MB, decode {row['decode_tokens_per_s']:.1f} tok/s, compress {compress_s:.0f} s"
+                f"{row['size_mb']:.0f} MB, compress {compress_s:.0f} s"
             )
-            if not args.keep:
-                shutil.rmtree(out, ignore_errors=True)
+        speed = measure_rows(models, args)
+        for row in rows:
+            row.update(speed[row["name"]])
+        for row in rows[1:]:
+            row["vs_reference"] = versus_reference(row, rows[0])
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -234,7 +254,9 @@ def main() -> None:
             "prompt_tokens": args.prompt_tokens,
             "decode_tokens": args.decode_tokens,
             "repeats": args.repeats,
-            "statistic": "median over repeats",
+            "statistic": "median over interleaved rounds, every row (the reference too) in a process of its "
+            "own; range: min-max over the rounds",
+            "difference_rule": RULE,
         },
         "meter": rows[0]["meter"],
         "energy_source": rows[0]["energy_source"],
@@ -242,7 +264,7 @@ def main() -> None:
         "skipped": skipped,
         "wall_s": time.perf_counter() - start,
     }
-    report["markdown"] = markdown(report)
+    report["markdown"] = compression_markdown(report)
     if args.markdown:
         Path(args.markdown).write_text(report["markdown"] + "\n")
     rec.finish(report, out=args.out)

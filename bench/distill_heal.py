@@ -33,8 +33,10 @@ from greenlm.compress.pipeline import compress
 from greenlm.distill.config import DistillConfig
 from greenlm.distill.runner import distill
 from greenlm.energy.payback import payback_tokens
+from greenlm.energy.settings import EnergySettings
 from greenlm.export import ExportConfig, export_model
 from greenlm.models import DEFAULT_MODEL
+from greenlm.train.settings import TrainSettings
 from greenlm.workload import MeasureConfig, run_measure
 
 
@@ -49,7 +51,7 @@ def decode_cost(model: str, args) -> dict:
             max_new_tokens=args.decode_tokens + 1,
             repeats=args.repeats,
             threads=args.threads,
-            meter=args.meter,
+            energy=EnergySettings(meter=args.meter),
         )
     ).to_dict()
     return {k: r[k] for k in ("decode_j_per_token", "decode_tokens_per_s", "meter", "energy_source")}
@@ -75,11 +77,10 @@ def heal(drop: int, parent_cost: dict, workdir: Path, args) -> dict:
         DistillConfig(
             out=str(healed_dir),
             student=str(cut_dir),
-            minutes=args.minutes,
+            train=TrainSettings(minutes=args.minutes, forecast_after=0.1),
             eval_tokens=args.eval_tokens,
-            forecast_after=0.1,
             threads=args.threads,
-            meter=args.meter,
+            energy=EnergySettings(meter=args.meter),
         ),
         announce=lambda m: log(f"  {m}"),
     ).to_dict()

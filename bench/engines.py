@@ -26,6 +26,7 @@ from pathlib import Path
 
 from benchlib import Recorder
 
+from greenlm.energy.settings import EnergySettings
 from greenlm.engines.llamacpp_engine import default_threads
 from greenlm.evaluate import DEFAULT_MAX_EVAL_TOKENS, EvalConfig, evaluate
 from greenlm.export import ExportConfig, export_model
@@ -98,7 +99,7 @@ def measure_rows(models: dict[str, dict], args) -> dict[str, dict]:
             max_new_tokens=args.max_new_tokens,
             repeats=1,
             threads=args.threads,
-            meter=args.meter,
+            energy=EnergySettings(meter=args.meter),
         )
         for name, m in models.items()
     }

@@ -8,15 +8,23 @@ Rows
   `export --mixed` at one or two KLD budgets (candidates: llama.cpp's uniform types and the GPTQ codes).
 - the packaged SmolLM2 Q4_1 file the built-in model comes from, for context.
 Per row: type, file bytes, bits per weight, KLD and PPL on held-out text (`greenlm eval`, evaluation split,
-against the float reference), decode tokens/s and J/token at 1 thread and at all threads (`greenlm measure`,
-rows interleaved within each repeat round), the (J/token, KLD) Pareto front, which greenlm files no uniform
-type dominates and by how much they win, and the two targets: the GPTQ-coded Q4_0 file's KLD below llama.cpp's
+against the float reference), decode tokens/s and J/token at 1 thread and at all threads (`greenlm measure`
+in interleaved rounds, each file in a process of its own: see below), the (J/token, KLD) Pareto front, which
+greenlm files no uniform type dominates and by how much they win, and the two targets: the GPTQ-coded Q4_0 file's KLD below llama.cpp's
 own Q4_0, without and with an importance matrix. It also checks the mixed chooser's cheap sensitivity (Fisher)
 against the measured per-matrix KLD (rank correlation).
 
 Reference. The built-in model is the SmolLM2-135M-Instruct Q4_1 GGUF dequantized to float32: every KLD here is
 against those float weights through transformers. Its weights lie on a Q4_1 grid already, so Q4_1 files (llama.cpp's
 and greenlm's) reproduce them almost exactly; read their KLD accordingly.
+
+Speed and energy. Each file runs in a process of its own, loaded once and idle while the others measure, the
+rows taking turns in `--repeats` rounds (greenlm.workload.interleave, as bench/engines.py and the optimizer's
+final round do): a user's `greenlm measure` runs one file alone, and a llama.cpp engine sharing a process with
+another engine ran 25-40% slower (commit 71550d4, the optimizer's final round). Each row keeps its median, its min-max range and every round's J/token; a row is
+called cheaper, dearer, on the front or undominated only when the J/token gap exceeds both rows' range, and is
+marked "within noise" otherwise (bench/spread.py). All rows' processes are alive at once: about 0.6 GB each,
+some 12 GB for the 19 rows.
 
 Run it on an otherwise idle machine (llama.cpp's threads wait for each other at every operation):
     .venv/bin/python bench/fastpath.py --markdown fastpath.md          # the full run, about 1-2 hours on 2 cores
@@ -28,11 +36,15 @@ written to bench/results/fastpath.json (--quick: fastpath-quick.json, so a quick
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
 from benchlib import Recorder, log
+from spread import HIGHER, LOWER, RULE, WITHIN_NOISE, compare, summarize
+from tables import fastpath_markdown
 
+from greenlm.energy.settings import EnergySettings
 from greenlm.engines.llamacpp_engine import default_threads
 from greenlm.evaluate import DEFAULT_MAX_EVAL_TOKENS, EvalConfig, evaluate
 from greenlm.export import ExportConfig, export_model
@@ -41,7 +53,8 @@ from greenlm.export.fastpath import variant_for
 from greenlm.llamacpp.inspect import tensor_type_report
 from greenlm.models import DEFAULT_MODEL, resolve_model
 from greenlm.paths import cache_dir
-from greenlm.workload import MeasureConfig, run_measure
+from greenlm.workload import MeasureConfig
+from greenlm.workload.interleave import measure_interleaved
 
 UNIFORM = ("q8_0", "q6_k", "q5_1", "q5_0", "q4_1", "q4_0", "q4_k_m")
 IMATRIX = ("q6_k", "q5_1", "q5_0", "q4_1", "q4_0", "q4_k_m")  # q8_0 ignores an importance matrix
@@ -186,90 +199,105 @@ def quality(rows: list[dict], args) -> None:
 
 
 def speed(rows: list[dict], threads: int, args) -> None:
-    """Decode speed and energy at `threads`, every file loaded once, rows taking turns in each round."""
-    from greenlm.engines import create_engine
-
-    engines = {r["name"]: create_engine("llamacpp", resolve_model(r["path"]), threads=threads) for r in rows}
-    results: dict = {}
-    try:
-        for round_index in range(args.repeats):
-            for row in rows:
-                log(f"measuring {threads} thread(s), round {round_index + 1}/{args.repeats}: {row['name']}")
-                config = MeasureConfig(
-                    model=row["path"],
-                    engine="llamacpp",
-                    num_prompts=args.num_prompts,
-                    prompt_tokens=args.prompt_tokens,
-                    max_new_tokens=args.max_new_tokens,
-                    repeats=1,
-                    threads=threads,
-                    meter=args.meter,
-                )
-                result = run_measure(config, engine=engines[row["name"]])
-                if row["name"] in results:
-                    results[row["name"]].repeats.extend(result.repeats)
-                else:
-                    results[row["name"]] = result
-    finally:
-        for engine in engines.values():
-            engine.close()
+    """Decode speed and energy at `threads`: `args.repeats` interleaved rounds, each file in a process of its
+    own, loaded once and idle while the others measure (greenlm.workload.interleave), as a user's
+    `greenlm measure` runs one file alone; per row the median, the min-max range and every round."""
+    configs = {
+        row["name"]: MeasureConfig(
+            model=row["path"],
+            engine="llamacpp",
+            num_prompts=args.num_prompts,
+            prompt_tokens=args.prompt_tokens,
+            max_new_tokens=args.max_new_tokens,
+            repeats=1,
+            threads=threads,
+            energy=EnergySettings(meter=args.meter),
+        )
+        for row in rows
+    }
+    rounds = measure_interleaved(
+        configs, args.repeats, announce=lambda m: log(f"measuring {threads} thread(s), {m}")
+    )
     for row in rows:
-        r = results[row["name"]].to_dict()
+        per_round = [r.to_dict() for r in rounds[row["name"]]]
+        cost = summarize([r["decode_j_per_token"] for r in per_round])
         row.setdefault("speed", {})[str(threads)] = {
-            "decode_tokens_per_s": r["decode_tokens_per_s"],
-            "decode_j_per_token": r["decode_j_per_token"],
-            "rel_spread_j": r["spread"]["decode_j_per_token"]["rel_spread"],
-            "meter": r["meter"],
-            "energy_source": r["energy_source"],
+            "decode_tokens_per_s": statistics.median(r["decode_tokens_per_s"] for r in per_round),
+            "decode_j_per_token": cost["median"],
+            "rel_spread_j": cost["rel_spread"],
+            "spread_j": {"min": cost["min"], "max": cost["max"]},
+            "per_round_j": cost["per_round"],
+            "meter": per_round[0]["meter"],
+            "energy_source": per_round[0]["energy_source"],
         }
 
 
 # --- analysis ----------------------------------------------------------------------------------------------
 
 
-def pareto(rows: list[dict], threads: str) -> list[str]:
-    """Names of the rows no other row beats on both decode J/token and KLD at `threads`."""
+def cost(row: dict, threads: str) -> dict:
+    """The row's decode J/token at `threads` as {median, min, max} (a JSON from before the rounds kept their
+    range has none: its range is then the median alone, and every gap looks clear)."""
+    s = row["speed"][threads]
+    spread = s.get("spread_j") or {"min": s["decode_j_per_token"], "max": s["decode_j_per_token"]}
+    return {"median": s["decode_j_per_token"], **spread}
 
-    def point(r):
-        return r["speed"][threads]["decode_j_per_token"], r["kld"]
 
-    front = []
-    for r in rows:
-        j, k = point(r)
-        if not any(
-            (point(o)[0] <= j and point(o)[1] <= k) and (point(o)[0] < j or point(o)[1] < k)
-            for o in rows
-            if o is not r
+def pareto(rows: list[dict], threads: str) -> dict[str, str]:
+    """{name: "clear" or WITHIN_NOISE} for the rows no other row beats on both median decode J/token and KLD
+    at `threads`, cheapest first. "clear": every row with no more KLD is dearer by more than both rows' range
+    over the rounds; WITHIN_NOISE: its place on the front rests on a J/token gap inside that noise."""
+    front = {}
+    for r in sorted(rows, key=lambda r: cost(r, threads)["median"]):
+        j, k = cost(r, threads)["median"], r["kld"]
+        rivals = [o for o in rows if o is not r and o["kld"] <= k]
+        if any(
+            cost(o, threads)["median"] <= j and (cost(o, threads)["median"] < j or o["kld"] < k)
+            for o in rivals
         ):
-            front.append(r["name"])
-    return sorted(front, key=lambda n: next(point(r)[0] for r in rows if r["name"] == n))
+            continue
+        clear = all(compare(cost(o, threads), cost(r, threads)) == HIGHER for o in rivals)
+        front[r["name"]] = "clear" if clear else WITHIN_NOISE
+    return front
 
 
 def wins(rows: list[dict], threads: str) -> list[dict]:
-    """For each greenlm file: whether a uniform llama.cpp type dominates it, and its margins."""
+    """For each greenlm file against llama.cpp's uniform types at `threads`: its status ("undominated": every
+    uniform type with no more KLD costs more J/token beyond both rows' noise; "dominated": one with no more
+    KLD costs less beyond it; WITHIN_NOISE otherwise), the types on each side, and its margins."""
     uniform = [r for r in rows if r["group"] == "uniform"]
     out = []
     for g in (r for r in rows if r["group"] == "greenlm"):
-        j, k = g["speed"][threads]["decode_j_per_token"], g["kld"]
-        dominated_by = [
-            u["name"] for u in uniform if u["speed"][threads]["decode_j_per_token"] <= j and u["kld"] <= k
-        ]
-        cheaper = [u for u in uniform if u["speed"][threads]["decode_j_per_token"] <= j]
-        better = [u for u in uniform if u["kld"] <= k]
-        best_cheaper = min(cheaper, key=lambda u: u["kld"], default=None)
-        cheapest_better = min(better, key=lambda u: u["speed"][threads]["decode_j_per_token"], default=None)
+        mine, k = cost(g, threads), g["kld"]
+        relation = {u["name"]: compare(cost(u, threads), mine) for u in uniform}  # the uniform row's J/token
+        no_worse = [u for u in uniform if u["kld"] <= k]
+        dominated_by = [u["name"] for u in no_worse if relation[u["name"]] == LOWER]
+        tied = [u["name"] for u in no_worse if relation[u["name"]] == WITHIN_NOISE]
+        status = "dominated" if dominated_by else WITHIN_NOISE if tied else "undominated"
+        # Margins over the uniform types that cost no more than this file (cheaper, or within noise of it)...
+        not_dearer = [u for u in uniform if relation[u["name"]] != HIGHER]
+        best_cheaper = min(not_dearer, key=lambda u: u["kld"], default=None)
+        # ...and over those with no more KLD.
+        cheapest_better = min(no_worse, key=lambda u: cost(u, threads)["median"], default=None)
         out.append(
             {
                 "name": g["name"],
+                "status": status,
                 "dominated_by": dominated_by,
+                "within_noise_of": tied,
+                "dominated_by_medians": [
+                    u["name"] for u in no_worse if cost(u, threads)["median"] <= mine["median"]
+                ],
                 # the lowest KLD any uniform type reaches at no more J/token, as a multiple of this file's KLD
                 "kld_margin": (best_cheaper["kld"] / k) if best_cheaper and k > 0 else None,
                 "kld_margin_vs": best_cheaper["name"] if best_cheaper else None,
+                "kld_margin_energy": relation[best_cheaper["name"]] if best_cheaper else None,
                 # the least J/token any uniform type needs for no more KLD, as a multiple of this file's
-                "energy_margin": (cheapest_better["speed"][threads]["decode_j_per_token"] / j)
+                "energy_margin": (cost(cheapest_better, threads)["median"] / mine["median"])
                 if cheapest_better
                 else None,
                 "energy_margin_vs": cheapest_better["name"] if cheapest_better else None,
+                "energy_margin_energy": relation[cheapest_better["name"]] if cheapest_better else None,
             }
         )
     return out
@@ -281,7 +309,7 @@ def fisher_check(args) -> dict:
 
     from greenlm.data.calibration import calibration_windows
     from greenlm.export.sensitivity import fisher_diagonal, fisher_kld, measured_kld, reference_logprobs
-    from greenlm.kernels.grid import GGUF_GRIDS, rtn
+    from greenlm.kernels.quant_grid import GGUF_GRIDS, rtn
     from greenlm.models import load_model
 
     log("sensitivity check: Fisher estimate vs measured KLD per matrix")
@@ -322,47 +350,6 @@ def fisher_check(args) -> dict:
     }
 
 
-def markdown(result: dict) -> str:
-    threads = result["threads"]
-    lines = [
-        f"| file | type | MB | bits/weight | KLD | PPL | decode tok/s (1 / {threads} threads) | "
-        f"J/token (1 / {threads} threads) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in result["rows"]:
-        s1, sn = r["speed"]["1"], r["speed"][str(threads)]
-        front = " *" if r["name"] in result["pareto"][str(threads)] else ""
-        lines.append(
-            f"| {r['name']}{front} | {r['type']} | {r['bytes'] / 1e6:.1f} | {r['bits_per_weight']:.2f} | {r['kld']:.4f} | "
-            f"{r['ppl']:.3f} | {s1['decode_tokens_per_s']:.1f} / {sn['decode_tokens_per_s']:.1f} | "
-            f"{s1['decode_j_per_token']:.3f} / {sn['decode_j_per_token']:.3f} |"
-        )
-    t = result["targets"]
-    lines += [
-        "",
-        f"* on the (J/token at {threads} threads, KLD) Pareto front. KLD and PPL on held-out text against {result['reference']}.",
-        f"Energy: {result['energy_source']} ({result['meter']}); medians of {result['workload']['repeats']} interleaved repeats.",
-        f"GPTQ-coded Q4_0 vs llama.cpp Q4_0: KLD {t['gptq_q4_0_kld']:.4f} vs {t['llamacpp_q4_0_kld']:.4f} "
-        f"({'met' if t['beats_q4_0'] else 'NOT met'}); vs Q4_0 + imatrix {t['llamacpp_q4_0_imatrix_kld']:.4f} "
-        f"({'met' if t['beats_q4_0_imatrix'] else 'NOT met'}).",
-        "Undominated greenlm files: "
-        + (
-            "; ".join(
-                f"{w['name']} (KLD {w['kld_margin']:.2f}x lower than {w['kld_margin_vs']} at no more J/token)"
-                if w["kld_margin"]
-                else w["name"]
-                for w in t["undominated_greenlm"]
-            )
-            or "none"
-        ),
-        f"Fisher vs measured per-matrix KLD: Spearman {result['sensitivity_check']['spearman_rank_correlation']:.2f} "
-        f"over {result['sensitivity_check']['matrices']} matrices.",
-    ]
-    if result.get("quick"):
-        lines.insert(0, "QUICK RUN (--quick): smallest settings, the figures say nothing about the files.\n")
-    return "\n".join(lines)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default=str(cache_dir() / "bench-fastpath"), help="where the files go")
@@ -399,7 +386,7 @@ def main() -> None:
             1,
             16,
             8,
-            1,
+            2,  # two rounds: the interleaving and the ranges run too
         )
         args.imatrix_samples, args.imatrix_tokens, args.calibration_samples, args.calibration_tokens = (
             2,
@@ -444,7 +431,9 @@ def main() -> None:
             "prompt_tokens": args.prompt_tokens,
             "max_new_tokens": args.max_new_tokens,
             "repeats": args.repeats,
-            "statistic": "median over repeats; rows take turns within each round (interleaved)",
+            "statistic": "median over rounds; each file in a process of its own, the rows taking turns within "
+            "each round (interleaved); range: min-max over the rounds",
+            "difference_rule": RULE,
         },
         "quality": {"max_eval_tokens": args.max_eval_tokens, "text": rows[0].get("eval_text")},
         "calibration": {
@@ -462,12 +451,13 @@ def main() -> None:
             "llamacpp_q4_0_imatrix_kld": q4i["kld"],
             "beats_q4_0": gptq["kld"] < q4["kld"],
             "beats_q4_0_imatrix": gptq["kld"] < q4i["kld"],
-            "undominated_greenlm": [w for w in win if not w["dominated_by"]],
-            "any_greenlm_undominated": any(not w["dominated_by"] for w in win),
+            "undominated_greenlm": [w for w in win if w["status"] == "undominated"],
+            "within_noise_greenlm": [w for w in win if w["status"] == WITHIN_NOISE],
+            "any_greenlm_undominated": any(w["status"] == "undominated" for w in win),
         },
         "wall_s": time.perf_counter() - start,
     }
-    result["markdown"] = markdown(result)
+    result["markdown"] = fastpath_markdown(result)
     if args.markdown:
         Path(args.markdown).write_text(result["markdown"] + "\n")
     recorder.finish(result, out=args.results)

@@ -23,7 +23,6 @@ from benchlib import Recorder, log
 
 from greenlm.optimize import EvalSettings, OptimizeConfig, optimize
 from greenlm.optimize.config import parse_duration_s
-from greenlm.optimize.search import OptimizeResult
 from greenlm.store import Store
 
 ROW_FIELDS = (
@@ -73,7 +72,7 @@ def main() -> None:
         with Store(Path(scratch) / "bench.db") as store:
             found = optimize(config, store=store, announce=log)
         result = found.to_dict()
-        result["candidates"] = [{k: r.get(k) for k in ROW_FIELDS} for r in found.rows]
+        result["candidates"] = [{k: r.to_dict().get(k) for k in ROW_FIELDS} for r in found.rows]
         chosen = found.chosen
         if chosen is not None:
             again = reproduce(
@@ -83,16 +82,16 @@ def main() -> None:
                 db=Path(scratch) / "repro.db",
             )
             if "error" not in again:
-                spread = (chosen.get("final") or {}).get("spread") or chosen["spread"]["decode_j_per_token"]
+                spread = (chosen.final or {}).get("spread") or chosen.energy.spread["decode_j_per_token"]
                 median = statistics.median(again["per_repeat"])
                 again["within_final_spread"] = spread["min"] <= median <= spread["max"]
-                again["relative_difference"] = median / OptimizeResult.cost(chosen) - 1
+                again["relative_difference"] = median / chosen.cost - 1
                 again["final_spread"] = spread
             result["reproduction"] = again
     ratio, natural = result["j_per_token_ratio"], result["j_per_token_ratio_natural"]
     result["targets"] = {
         "j_per_token_ratio_at_least_3x": bool(ratio and ratio >= 3.0),
-        "ppl_increase_at_most_3pct": bool(chosen and chosen["ppl_increase_pct"] <= 3.0),
+        "ppl_increase_at_most_3pct": bool(chosen and chosen.ppl_increase_pct <= 3.0),
         "ratio_to_model_as_given": natural,
         "reproduces_within_spread": bool(result.get("reproduction", {}).get("within_final_spread")),
     }

@@ -5,6 +5,8 @@ is between the marks with the table rendered from bench/results/NAME.json and a 
 CPUs, load average, commit). Run it after re-running a benchmark:
     .venv/bin/python bench/readme.py            # rewrite README.md in place
     .venv/bin/python bench/readme.py --check    # exit 1 if the README is not what the results say
+Under each table go the result's `notes` (its caveats), whatever the benchmark. Standard library only (with
+bench/tables.py and bench/spread.py): checking the README loads no torch.
 """
 
 from __future__ import annotations
@@ -16,9 +18,18 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from tables import adapt_trace_markdown  # bench/ is the script's directory, so first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 RESULTS = ROOT / "bench" / "results"
+# A section whose JSON is not there yet says what that means, rather than a generic line.
+PLACEHOLDERS = {
+    "gpu_check": (
+        "Not yet run on a GPU: the NVML meter and the CUDA paths of measure, eval, serve and distill are tested "
+        "with fakes only (patched NVML) until this check has run."
+    ),
+}
 MARK = re.compile(r"(<!-- bench:(?P<name>[a-z_]+) -->\n)(?P<body>.*?)(<!-- /bench:(?P=name) -->)", re.S)
 
 
@@ -92,8 +103,6 @@ def optimize_table(r: dict) -> str:
             f"{_f(rep['final_spread']['min'], '.4f')}-{_f(rep['final_spread']['max'], '.4f')} "
             f"({rep['relative_difference']:+.1%})."
         )
-    for note in r.get("notes") or []:
-        out += f"\n\nNote: {note}"
     return out
 
 
@@ -151,11 +160,9 @@ def quant_kernels_table(r: dict) -> str:
 
 def adapt_trace_table(r: dict) -> str:
     """The trace benchmark's own table, and its plot of the day (written beside the JSON)."""
-    from adapt_trace import markdown  # bench/ is the script's directory, so first on sys.path
-
     plot = RESULTS / "adapt_trace.svg"
     figure = f"\n\n![the day, static against adaptive](bench/results/{plot.name})" if plot.is_file() else ""
-    return markdown(r) + figure
+    return adapt_trace_markdown(r) + figure
 
 
 def distill_heal_table(r: dict) -> str:
@@ -196,15 +203,27 @@ RENDERERS: dict[str, Callable[[dict], str]] = {
 }
 
 
+def notes(result: dict) -> str:
+    """The result's caveats, one bullet each ("" when it has none)."""
+    items = result.get("notes") or []
+    items = [items] if isinstance(items, str) else items
+    return "".join(f"- {note}\n" for note in items)
+
+
 def render(name: str) -> str:
     path = RESULTS / f"{name}.json"
     if not path.is_file():
-        return f"(no result yet: run the benchmark to write `bench/results/{name}.json`)\n"
+        return (
+            PLACEHOLDERS.get(name, f"(no result yet: run the benchmark to write `bench/results/{name}.json`)")
+            + "\n"
+        )
     result = json.loads(path.read_text(encoding="utf-8"))
     table = RENDERERS[name](result) if name in RENDERERS else result.get("markdown")
     if not table:
         raise SystemExit(f"{path} has no markdown table and bench/readme.py has no renderer for it")
-    return f"{table.strip()}\n\n{provenance(result, name)}\n"
+    caveats = notes(result)
+    caveats = f"\nNotes:\n{caveats}" if caveats else ""
+    return f"{table.strip()}\n{caveats}\n{provenance(result, name)}\n"
 
 
 def main() -> None:

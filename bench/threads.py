@@ -24,6 +24,7 @@ from pathlib import Path
 
 from benchlib import Recorder, log
 
+from greenlm.energy.settings import EnergySettings
 from greenlm.engines import create_engine
 from greenlm.engines.llamacpp_engine import default_threads
 from greenlm.models import DEFAULT_MODEL, resolve_model
@@ -103,9 +104,11 @@ def main() -> None:
                     prompt_tokens=args.prompt_tokens,
                     max_new_tokens=args.new_tokens,
                     repeats=1,
-                    meter=args.meter,
-                    watts_per_core=args.watts_per_core,
-                    idle_watts_per_core=args.idle_watts_per_core,
+                    energy=EnergySettings(
+                        meter=args.meter,
+                        watts_per_core=args.watts_per_core,
+                        idle_watts_per_core=args.idle_watts_per_core,
+                    ),
                 )
                 record = run_measure(config, engine=engines[threads]).to_dict()
                 rounds[threads].append(figures(record))

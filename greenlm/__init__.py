@@ -22,6 +22,7 @@ __getattr__, __dir__, __all__ = lazy(
     {
         "CompressConfig": "greenlm.compress.config",
         "DistillConfig": "greenlm.distill.config",
+        "EnergySettings": "greenlm.energy.settings",
         "EvalConfig": "greenlm.evaluate.config",
         "ExportConfig": "greenlm.export.config",
         "GreenlmError": "greenlm.errors",

@@ -25,11 +25,6 @@ def noop(*_args, **_kwargs) -> None:
     """The progress and announce callback of a caller that wants none."""
 
 
-def phase_progress(progress: Callable[[dict], None], phase: str) -> Callable[[int, int], None]:
-    """A (done, total) progress callback that reports to a status-dict one (distillation's) as `phase`."""
-    return lambda done, total: progress({"phase": phase, "done": done, "total": total})
-
-
 def said_once(announce=None) -> tuple[list[str], Callable[[str], None]]:
     """What a long run told its user, each message once: the list of messages, and `say(message)`, which keeps
     a message and passes it to `announce` the first time only."""

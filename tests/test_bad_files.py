@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 BINARY = b"\x7fELF\x02\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x03\x00>\x00"
 LATIN1 = "caf\u00e9 na\u00efve prompt\n".encode("latin-1")  # not UTF-8

@@ -1,11 +1,10 @@
 """The CLI as a user meets it: exit codes, one-line errors, clean --json on stdout."""
 
 import json
-import sys
 
 import pytest
 
-from greenlm.cli import main
+from tests.helpers import run_cli
 
 SMALL = [
     "--num-prompts",
@@ -19,14 +18,6 @@ SMALL = [
     "--meter",
     "cpu-model",
 ]
-
-
-def run_cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["greenlm", *args])
-    with pytest.raises(SystemExit) as info:
-        main()
-    captured = capsys.readouterr()
-    return info.value.code, captured.out, captured.err
 
 
 def test_measure_json_then_runs(monkeypatch, capsys, tiny_model_dir):

@@ -1,4 +1,3 @@
-import shutil
 import subprocess
 
 import pytest
@@ -8,6 +7,7 @@ from greenlm.optimize.config import EvalSettings, OptimizeConfig
 from greenlm.optimize.search import optimize
 from greenlm.report import build_report, write_report
 from greenlm.store import Store
+from tests.helpers import headless_browser
 from tests.optimize.fake_work import fake_final, fake_work
 
 SPACE = "grids:\n  - engine: llamacpp\n    quant_types: [q8_0, q4_k_m, q4_0]\n"
@@ -50,8 +50,7 @@ def test_unknown_search_id(searched):
 
 
 def test_renders_in_headless_chromium(searched, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium is installed by `make test` (Debian package chromium)"
+    browser = headless_browser()
     store, _ = searched
     page = write_report(store, tmp_path / "report.html")
     flags = [
@@ -87,10 +86,9 @@ def test_trained_candidates_show_training_energy_and_payback(tmp_path, tiny_mode
     space.write_text(SPACE)
 
     def trained_work(candidate, front):
-        row = fake_work(candidate, front)
-        if candidate.quant_type == "q8_0":
-            row["training_energy_j"] = 3000.0  # saves 0.5 - 0.2 J/token: repaid after 10,000 tokens
-        return row
+        if candidate.quant_type == "q8_0":  # saves 0.5 - 0.2 J/token: repaid after 10,000 tokens
+            return fake_work(candidate, front, training_energy_j=3000.0)
+        return fake_work(candidate, front)
 
     with Store(tmp_path / "s.db") as store:
         settings = EvalSettings(model=str(tiny_model_dir), workdir=str(tmp_path / "work"))

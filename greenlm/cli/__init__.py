@@ -24,6 +24,7 @@ from greenlm.cli import (  # noqa: F401
     optimize,
     report,
     runs,
+    schema,
     serve,
     track,
 )

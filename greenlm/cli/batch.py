@@ -66,7 +66,7 @@ def run(
         device=device, max_batch=max_batch, context_tokens=context, served_model_name=served_model_name,
         dry_run=dry_run, force=force,
         grid_csv=grid_csv, replay_speed=replay_speed, replay_from=replay_from, grid_provider=grid,
-        forecast=forecast, grid_url=grid_url, **energy.kwargs(),
+        forecast=forecast, grid_url=grid_url, energy=energy,
     )  # fmt: skip
     with LazyProgress("requests") as bar:
         result = run_batch(config, progress=bar.update, announce=note)

@@ -8,6 +8,8 @@ import sys
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from greenlm.progress import ProgressEvent
+
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -34,25 +36,22 @@ def progress_bar(*extra_columns) -> Progress:
 
 
 class LazyProgress:
-    """A progress bar on stderr that appears with the first update, so an early error prints alone.
-    `update(done, total)` keeps the description; `labelled(label, done, total)` changes it with the phase
-    (calibrating, step 2/3: gptq, ...)."""
+    """A progress bar on stderr that appears with the first event, so an early error prints alone. Called with
+    each `greenlm.progress.ProgressEvent`; the bar reads `description` when one is given (one count per
+    command: candidates, windows), else each event's phase (calibrating, step 2/3: gptq, ...)."""
 
     def __init__(self, description: str = ""):
         self.description = description
         self._bar: Progress | None = None
         self._task = None
 
-    def labelled(self, label: str, done: int, total: int) -> None:
-        self.description = label
-        self.update(done, total)
-
-    def update(self, done: int, total: int) -> None:
+    def __call__(self, event: ProgressEvent) -> None:
+        label = self.description or event.what
         if self._bar is None:
             self._bar = progress_bar()
             self._bar.start()
-            self._task = self._bar.add_task(self.description, total=total)
-        self._bar.update(self._task, description=self.description, completed=done, total=total)
+            self._task = self._bar.add_task(label, total=event.total)
+        self._bar.update(self._task, description=label, completed=event.done, total=event.total)
 
     def __enter__(self) -> LazyProgress:
         return self

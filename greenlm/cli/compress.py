@@ -90,7 +90,7 @@ def compress(
     )
     try:
         with Store(db) as store, LazyProgress() as bar:
-            result = run_compress(config, store=store, progress=bar.labelled, announce=note)
+            result = run_compress(config, store=store, progress=bar, announce=note)
     except KeyboardInterrupt:
         # typer turns a bare KeyboardInterrupt into a silent exit 130; Abort reaches greenlm's main, which
         # says "interrupted" (the variant's temporary directory is already gone: see atomic_directory)

@@ -12,8 +12,11 @@ from greenlm.cli import options
 from greenlm.cli.app import app
 from greenlm.cli.common import emit_json, fmt, note, out, progress_bar
 from greenlm.distill.config import DistillConfig
+from greenlm.progress import ProgressEvent
+from greenlm.train.settings import TrainSettings
 
 _D = DistillConfig
+_T = TrainSettings
 
 
 class DistillProgress:
@@ -23,10 +26,11 @@ class DistillProgress:
         self._bar: Progress | None = None
         self._task = None
 
-    def __call__(self, status: dict) -> None:
-        if status.get("phase") == "training":
+    def __call__(self, event: ProgressEvent) -> None:
+        label, done, total, info = event.what, event.done, event.total, ""
+        if event.what == "training":
+            status = event.detail
             label = "distilling"
-            done, total = status["step"], status["total_steps"]
             info = f"loss {status['loss']:.4f}  {status['energy_j'] / 1000:.1f} kJ"
             forecast = status.get("forecast")
             if forecast:
@@ -40,15 +44,8 @@ class DistillProgress:
                     info += f", ETA {eta / 60:.1f} min"
             else:
                 info += "  forecast after the warm-up steps"
-        elif status.get("phase") == "checkpoint":
-            label, done, total, info = "checkpoint", status["step"], status["total_steps"], "saving"
-        else:
-            label, done, total, info = (
-                status.get("phase", ""),
-                status.get("done", 0),
-                status.get("total", 1),
-                "",
-            )
+        elif event.what == "checkpoint":
+            info = "saving"
         if self._bar is None:
             self._bar = progress_bar(TextColumn("{task.fields[info]}"))
             self._bar.start()
@@ -79,39 +76,39 @@ def distill(
     minutes: float | None = typer.Option(None, "--minutes", help="Budget: wall-clock minutes of training."),
     steps: int | None = typer.Option(None, "--steps", help="Budget: optimizer steps."),
     tokens: str | None = typer.Option(None, "--tokens", help="Budget: training tokens (e.g. 2M, 500k)."),
-    loss: str = typer.Option(_D.loss, "--loss", help="forward-kl, reverse-kl or jsd (generalized JSD)."),
-    beta: float = typer.Option(_D.beta, "--beta", help="jsd: weight of KL(teacher || mixture), in (0, 1)."),
+    loss: str = typer.Option(_T.loss, "--loss", help="forward-kl, reverse-kl or jsd (generalized JSD)."),
+    beta: float = typer.Option(_T.beta, "--beta", help="jsd: weight of KL(teacher || mixture), in (0, 1)."),
     temperature: float = typer.Option(
-        _D.temperature, "--temperature", help="Softmax temperature of the loss."
+        _T.temperature, "--temperature", help="Softmax temperature of the loss."
     ),
     ce_weight: float = typer.Option(
-        _D.ce_weight, "--ce-weight", help="Add this times the cross-entropy on the text itself."
+        _T.ce_weight, "--ce-weight", help="Add this times the cross-entropy on the text itself."
     ),
-    lr: float = typer.Option(_D.lr, "--lr", help="Peak AdamW learning rate."),
-    weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay", help="AdamW weight decay."),
+    lr: float = typer.Option(_T.lr, "--lr", help="Peak AdamW learning rate."),
+    weight_decay: float = typer.Option(_T.weight_decay, "--weight-decay", help="AdamW weight decay."),
     warmup_fraction: float = typer.Option(
-        _D.warmup_fraction, "--warmup-fraction", help="Linear warm-up, as a fraction of the steps."
+        _T.warmup_fraction, "--warmup-fraction", help="Linear warm-up, as a fraction of the steps."
     ),
-    seq_len: int = typer.Option(_D.seq_len, "--seq-len", help="Tokens per training window."),
-    batch_size: int = typer.Option(_D.batch_size, "--batch-size", help="Windows per micro-batch."),
-    grad_accum: int = typer.Option(_D.grad_accum, "--grad-accum", help="Micro-batches per optimizer step."),
+    seq_len: int = typer.Option(_T.seq_len, "--seq-len", help="Tokens per training window."),
+    batch_size: int = typer.Option(_T.batch_size, "--batch-size", help="Windows per micro-batch."),
+    grad_accum: int = typer.Option(_T.grad_accum, "--grad-accum", help="Micro-batches per optimizer step."),
     teacher_topk: int = typer.Option(
-        _D.teacher_topk,
+        _T.teacher_topk,
         "--teacher-topk",
         help="Cache the teacher's top-K log-probabilities once, reuse them every epoch; 0 = teacher on the fly.",
     ),
     teacher_generate: int = typer.Option(
-        _D.teacher_generate, "--teacher-generate", help="Extra training windows the teacher writes."
+        _T.teacher_generate, "--teacher-generate", help="Extra training windows the teacher writes."
     ),
     train_embeddings: bool = typer.Option(
-        _D.train_embeddings, "--train-embeddings", help="Also train the (tied) embedding and output head."
+        _T.train_embeddings, "--train-embeddings", help="Also train the (tied) embedding and output head."
     ),
     precision: str = typer.Option(
-        _D.precision, "--precision", help="auto (bf16 where native), bf16 or fp32."
+        _T.precision, "--precision", help="auto (bf16 where native), bf16 or fp32."
     ),
-    seed: int = typer.Option(_D.seed, "--seed", help="Data order and teacher sampling seed."),
+    seed: int = typer.Option(_T.seed, "--seed", help="Data order and teacher sampling seed."),
     forecast_after: float = typer.Option(
-        _D.forecast_after,
+        _T.forecast_after,
         "--forecast-after",
         help="Fraction of the steps measured before the energy forecast.",
     ),
@@ -166,25 +163,27 @@ def distill(
         teacher=teacher,
         student=student,
         student_recipe=student_recipe,
-        minutes=minutes,
-        steps=steps,
-        tokens=parse_count(tokens, "--tokens") if tokens is not None else None,
-        loss=loss,
-        beta=beta,
-        temperature=temperature,
-        ce_weight=ce_weight,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_fraction=warmup_fraction,
-        seq_len=seq_len,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        teacher_topk=teacher_topk,
-        teacher_generate=teacher_generate,
-        train_embeddings=train_embeddings,
-        precision=precision,
-        seed=seed,
-        forecast_after=forecast_after,
+        train=TrainSettings(
+            minutes=minutes,
+            steps=steps,
+            tokens=parse_count(tokens, "--tokens") if tokens is not None else None,
+            loss=loss,
+            beta=beta,
+            temperature=temperature,
+            ce_weight=ce_weight,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_fraction=warmup_fraction,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            grad_accum=grad_accum,
+            teacher_topk=teacher_topk,
+            teacher_generate=teacher_generate,
+            train_embeddings=train_embeddings,
+            precision=precision,
+            seed=seed,
+            forecast_after=forecast_after,
+        ),
         text=text,
         calibration_samples=calibration_samples,
         calibration_tokens=calibration_tokens,
@@ -197,7 +196,7 @@ def distill(
         eval_tokens=eval_tokens,
         threads=threads,
         device=device,
-        **energy.kwargs(),
+        energy=energy,
         deadline=deadline,
         grid_csv=grid_csv,
         replay_speed=replay_speed,

@@ -94,7 +94,7 @@ def eval_command(
         use_cache=not no_cache,
     )
     with Store(db) as store, LazyProgress("evaluating windows") as bar:
-        result = evaluate(config, store=store, progress=bar.update, announce=note)
+        result = evaluate(config, store=store, progress=bar, announce=note)
     record = result.to_dict()
     if as_json:
         emit_json(record)

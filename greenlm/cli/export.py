@@ -98,6 +98,12 @@ def export(
         "--calibration-tokens",
         help="With --mixed: tokens per window.",
     ),
+    llama_quantize_args: str | None = typer.Option(
+        None,
+        "--llama-quantize-args",
+        help="With --mixed: also write the chosen types as llama.cpp llama-quantize arguments to this file, one "
+        "per line (--tensor-type PATTERN=TYPE ...; with --imatrix, --imatrix FILE.imatrix.gguf written beside).",
+    ),
     as_json: bool = options.JsonOpt,
 ) -> None:
     """Write a model as GGUF (float, quantized by llama.cpp, a variant's own codes, or mixed types chosen for
@@ -124,10 +130,11 @@ def export(
         sensitivity=sensitivity,
         calibration_samples=calibration_samples,
         calibration_tokens=calibration_tokens,
+        llama_quantize_args=llama_quantize_args,
     )
     try:
         with LazyProgress("exporting") as bar:
-            result = export_model(config, progress=bar.update, announce=note)
+            result = export_model(config, progress=bar, announce=note)
     except KeyboardInterrupt:
         # typer would exit 130 silently; the temporary files are already gone (see greenlm/io.py)
         err.print(f"interrupted: {out_path} was not written", markup=False, style="red", soft_wrap=True)
@@ -167,6 +174,14 @@ def _print_export(r: dict) -> None:
             f"calibration text (budget {m['max_kld']:g}, predicted {m['predicted_kld']:.4g}, "
             f"{len(m['rounds'])} round(s)); sensitivity: {m['sensitivity']}"
         )
+        if m.get("llama_quantize"):
+            q = m["llama_quantize"]
+            lines.append(
+                f"llama-quantize arguments for this plan ({q['patterns']} --tensor-type patterns"
+                + (f", --imatrix {q['imatrix_file']}" if q["imatrix_file"] else "")
+                + f") in {q['args_file']}; run: {q['command']}"
+            )
+            lines += q["notes"]
     if r.get("codes"):
         c = r["codes"]
         lines.append(

@@ -92,7 +92,7 @@ def measure(
         repeats=repeats,
         threads=threads,
         device=device,
-        **energy.kwargs(),
+        energy=energy,
         speculative=speculative_from_flags(
             speculative,
             draft_tokens=draft_tokens,
@@ -102,7 +102,7 @@ def measure(
         ),
     )
     with Store(db) as store, LazyProgress("measuring") as bar:
-        result = run_measure(config, store=store, announce=note, progress=bar.update)
+        result = run_measure(config, store=store, announce=note, progress=bar)
     record = result.to_dict()
     if as_json:
         emit_json(record)

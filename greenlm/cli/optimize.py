@@ -109,7 +109,7 @@ def optimize(
         screen_eval_tokens=screen_tokens,
         repeats=repeats,
         max_new_tokens=max_new_tokens,
-        **energy.kwargs(),
+        energy=energy,
         device=device,
         budget=QualityBudget(parse_percent(max_ppl_increase), max_kld),
     )
@@ -128,7 +128,7 @@ def optimize(
         final_rounds=final_rounds,
     )
     with Store(db) as store, LazyProgress("candidates") as bar:
-        result = run_search(config, store=store, progress=bar.update, announce=note)
+        result = run_search(config, store=store, progress=bar, announce=note)
     summary = result.to_dict()
     if as_json:
         emit_json(summary)

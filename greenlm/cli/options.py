@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, fields
 from typing import Annotated
 
 import typer
 
-from greenlm.workload.config import MeasureConfig
+from greenlm.energy.settings import EnergySettings
 
 
 def default(config_cls: type, name: str):
@@ -70,15 +70,17 @@ StateDirOpt = typer.Option(
     "--state-dir",
     help="Where batch files, batches and finished lines are kept (default: beside the store).",
 )
-# Energy and carbon flags every metered verb takes (defaults: the library's, see MeasureConfig).
+# Energy and carbon flags every metered verb takes (defaults: the library's EnergySettings).
 MeterOpt = typer.Option(
-    default(MeasureConfig, "meter"), "--meter", help="auto (CPU + GPU), rapl, nvml, cpu-model, or a '+' join."
+    default(EnergySettings, "meter"),
+    "--meter",
+    help="auto (CPU + GPU), rapl, nvml, cpu-model, or a '+' join.",
 )
 CountryOpt = typer.Option(None, "--country", help="ISO 3166 country code for grid carbon intensity.")
 RegionOpt = typer.Option(None, "--region", help="Cloud region, e.g. gcp:europe-west1.")
 IntensityOpt = typer.Option(None, "--carbon-intensity", help="Grid intensity in gCO2e/kWh.")
 PueOpt = typer.Option(
-    default(MeasureConfig, "pue"), "--pue", help="Data-centre power usage effectiveness (>= 1)."
+    default(EnergySettings, "pue"), "--pue", help="Data-centre power usage effectiveness (>= 1)."
 )
 # The cpu-model meter's constants, on every verb that takes --meter (`greenlm meters` shows the defaults).
 WattsOpt = typer.Option(
@@ -91,22 +93,10 @@ IdleWattsOpt = typer.Option(
 )
 
 
-@dataclass(frozen=True)
-class EnergyFlags:
-    """The energy and carbon flags of a metered verb, as one value: `**energy.kwargs()` hands them to the
-    library config (MeasureConfig, EvalSettings, ServeConfig, DistillConfig, track_command)."""
-
-    meter: str
-    watts_per_core: float | None
-    idle_watts_per_core: float | None
-    country: str | None
-    region: str | None
-    carbon_intensity: float | None
-    pue: float
-
-    def kwargs(self) -> dict:
-        return asdict(self)
-
+# The energy and carbon flags of a metered verb, as one value: the library's EnergySettings, validated when the
+# flags are parsed, handed as `energy=` to the verb's config (MeasureConfig, EvalSettings, ServeConfig,
+# DistillConfig, track_command).
+EnergyFlags = EnergySettings
 
 _ENERGY_OPTIONS = {
     "meter": (str, MeterOpt),
@@ -140,7 +130,7 @@ def energy_options(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        energy = EnergyFlags(**{name: kwargs.pop(name) for name in _ENERGY_OPTIONS})
+        energy = EnergySettings(**{name: kwargs.pop(name) for name in _ENERGY_OPTIONS})
         return command(*args, energy=energy, **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=params)

@@ -53,6 +53,16 @@ def serve(
     step_tokens: int = typer.Option(
         _d("step_tokens"), "--step-tokens", help="Tokens per engine step (decode tokens + prompt chunks)."
     ),
+    prefill_chunk: int | None = typer.Option(
+        None,
+        "--prefill-chunk",
+        help="Prompt tokens a step carries while other requests decode (default: up to --step-tokens).",
+    ),
+    prefix_cache: bool = typer.Option(
+        _d("prefix_cache"),
+        "--prefix-cache/--no-prefix-cache",
+        help="Reuse the KV cells of earlier requests for prompts that share a prefix (llama.cpp engine).",
+    ),
     context: int = typer.Option(
         _d("context_tokens"), "--context", help="Tokens per request, prompt and output (capped by the model)."
     ),
@@ -147,10 +157,12 @@ def serve(
         max_queue=max_queue,
         max_tokens_default=max_tokens_default,
         step_tokens=step_tokens,
+        prefix_cache=prefix_cache,
+        prefill_chunk_tokens=prefill_chunk,
         context_tokens=context,
         api_key=api_key if api_key is not None else os.environ.get(API_KEY_ENV),
         served_model_name=served_model_name,
-        **energy.kwargs(),
+        energy=energy,
         max_body_bytes=max_body_bytes,
         drain_timeout_s=drain_timeout,
         policy=policy,

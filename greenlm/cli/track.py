@@ -36,7 +36,7 @@ def track(
         result = track_command(
             argv,
             name=name,
-            **energy.kwargs(),
+            energy=energy,
             db=db,
         )
     except KeyboardInterrupt:

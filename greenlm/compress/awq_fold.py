@@ -24,7 +24,7 @@ import torch
 from greenlm.compress.quant_math import awq_scales, awq_weight, output_error
 from greenlm.data.calibration import LinearInputStats
 from greenlm.errors import GreenlmError
-from greenlm.kernels.grid import GgufGrid
+from greenlm.kernels.quant_grid import GgufGrid
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Literal
 from greenlm.compress.config import DEFAULT_CALIBRATION_SAMPLES, DEFAULT_CALIBRATION_TOKENS
 from greenlm.data.calibration import calibration_windows
 from greenlm.errors import GreenlmError
+from greenlm.progress import Progress, no_progress
 
 Execution = Literal["real", "simulated"]
 
@@ -45,7 +46,7 @@ class StepReport:
     # things the user must know, e.g. "no dense-kernel speed-up on CPU"
     notes: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)  # e.g. layers removed, parameters before/after
-    # Integer codes (kernels.grid.QuantizedWeight) of quantized layers installed as dense float weights, by
+    # Integer codes (kernels.quant_grid.QuantizedWeight) of quantized layers installed as dense float weights, by
     # module name: saved beside the variant so `greenlm export` can write them as GGUF blocks. Not in the JSON.
     codes: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -61,7 +62,7 @@ class CompressContext:
     text: str | None = None  # text spec as for --text; the calibration split of it is used
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     calibration_tokens: int = DEFAULT_CALIBRATION_TOKENS
-    progress: Callable[[str, int, int], None] = lambda _label, _done, _total: None
+    progress: Progress = no_progress
     parent: Any = None  # the parent's ModelSpec: a step that learns from the parent (distill) loads it
     reports: list[StepReport] = field(default_factory=list)  # the steps applied before this one
     _windows: Any = None
@@ -73,6 +74,11 @@ class CompressContext:
                 self.tokenizer, self.text, samples=self.calibration_samples, tokens=self.calibration_tokens
             )
         return self._windows
+
+
+def parameter_count(model) -> int:
+    """Parameters of a torch model, each shared (tied) tensor once, as `Module.parameters` yields them."""
+    return sum(p.numel() for p in model.parameters())
 
 
 ApplyFn = Callable[[Any, StepConfig, CompressContext], StepReport]

@@ -16,51 +16,31 @@ optimizer see what healing cost. `greenlm distill` runs the same training with c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from greenlm.compress.base import CompressContext, StepConfig, StepReport, register
-from greenlm.energy.carbon import resolve_intensity
-from greenlm.energy.detect import get_meter, meter_names
+from greenlm.compress.base import CompressContext, StepConfig, StepReport, parameter_count, register
+from greenlm.energy.detect import meter_names
+from greenlm.energy.settings import EnergySettings
 from greenlm.errors import GreenlmError
 from greenlm.kernels.base import QuantizedModule
 from greenlm.models.loader import load_model
+from greenlm.progress import ProgressEvent
 from greenlm.train.data import check_one_batch, text_windows
-from greenlm.train.loop import train
+from greenlm.train.loop import TrainJob, train
 from greenlm.train.settings import TrainSettings
 
-_D = TrainSettings  # the defaults: one place for the CLI, the library and recipes
 
-
+# The step is its TrainSettings (budget, loss, optimizer, batches: the defaults the CLI and the library use)
+# plus the meter, flat as a recipe file writes them: `{method: distill, minutes: 10}`.
 @dataclass
-class Distill(StepConfig):
+class Distill(StepConfig, TrainSettings):
     """Train the model so far to match the parent's next-token distribution, within one budget."""
 
     method = "distill"
-    minutes: float | None = None
-    steps: int | None = None
-    tokens: int | None = None
-    loss: str = _D.loss
-    beta: float = _D.beta
-    temperature: float = _D.temperature
-    ce_weight: float = _D.ce_weight
-    lr: float = _D.lr
-    weight_decay: float = _D.weight_decay
-    warmup_fraction: float = _D.warmup_fraction
-    min_lr_ratio: float = _D.min_lr_ratio
-    max_grad_norm: float = _D.max_grad_norm
-    seq_len: int = _D.seq_len
-    batch_size: int = _D.batch_size
-    grad_accum: int = _D.grad_accum
-    teacher_topk: int = _D.teacher_topk
-    teacher_generate: int = _D.teacher_generate
-    train_embeddings: bool = _D.train_embeddings
-    precision: str = _D.precision
-    seed: int = _D.seed
-    forecast_after: float = _D.forecast_after
     meter: str = "auto"
 
     def __post_init__(self) -> None:
-        TrainSettings.pick(self).validate(cli=False)
+        self.validate(cli=False)
         meter_names(self.meter)  # an unknown meter fails here, before any step of the recipe runs
 
 
@@ -72,10 +52,6 @@ def check_trainable(model, name: str) -> None:
             f"{name} holds quantized modules ({quantized[0]}, ...): distill before quantizing "
             "(put distill right after the structured cuts in the recipe, quantization after it)"
         )
-
-
-def _params(model) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 @register(Distill)
@@ -92,30 +68,30 @@ def apply_distill(model, config: Distill, ctx: CompressContext) -> StepReport:
             "training would undo it): distill right after structured cuts (drop_layers, prune_channels, "
             "prune_heads), and quantize or sparsify after it"
         )
-    settings = TrainSettings.pick(config)
-    data = text_windows(ctx.tokenizer, ctx.text, settings.seq_len)
-    check_one_batch(data, settings.batch_size, settings.seq_len)
+    data = text_windows(ctx.tokenizer, ctx.text, config.seq_len)
+    check_one_batch(data, config.batch_size, config.seq_len)
     device = str(next(model.parameters()).device)
     teacher = load_model(ctx.parent, device=device).model
-    if _params(model) >= _params(teacher):
+    if parameter_count(model) >= parameter_count(teacher):
         raise GreenlmError(
             "distill has nothing to heal: the model is not smaller than its parent; put a structured cut "
             "(drop_layers, prune_channels, prune_heads) before it"
         )
-    meter = get_meter(config.meter)
-    intensity = resolve_intensity()
+    energy = EnergySettings(meter=config.meter)  # a recipe step records its meter; the grid is the world's
+    carbon = energy.carbon()
+    meter = energy.open_meter()
 
-    def progress(status: dict) -> None:
-        if status.get("phase") == "training":
-            label = f"distill: {status['energy_j']:.0f} J"
-            if status.get("forecast"):
-                label += f", forecast {status['forecast']['total_j']:.0f} J"
-            ctx.progress(label, status["step"], status["total_steps"])
-        elif "done" in status:
-            ctx.progress(f"distill: {status['phase']}", status["done"], status["total"])
+    def progress(event: ProgressEvent) -> None:
+        if event.what == "training":
+            label = f"distill: {event.detail['energy_j']:.0f} J"
+            if event.detail.get("forecast"):
+                label += f", forecast {event.detail['forecast']['total_j']:.0f} J"
+            ctx.progress(replace(event, what=label))
+        elif event.what != "checkpoint":
+            ctx.progress(replace(event, what=f"distill: {event.what}"))
 
     try:
-        outcome = train(teacher, model, data, settings, meter=meter, intensity=intensity, progress=progress)
+        outcome = train(teacher, model, data, config, TrainJob(meter, carbon, progress=progress))
     finally:
         meter.close()
     model.eval()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from greenlm.compress.base import CompressContext, StepConfig, StepReport, register
+from greenlm.compress.base import CompressContext, StepConfig, StepReport, parameter_count, register
 from greenlm.data.calibration import block_influence, decoder_layers
 from greenlm.errors import GreenlmError
 
@@ -77,10 +77,6 @@ def remove_layers(model, indices) -> None:
         config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in drop]
 
 
-def _params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 @register(DropLayers)
 def apply_drop_layers(model, config: DropLayers, ctx: CompressContext) -> StepReport:
     total = len(decoder_layers(model))
@@ -88,7 +84,7 @@ def apply_drop_layers(model, config: DropLayers, ctx: CompressContext) -> StepRe
         raise GreenlmError(
             f"cannot drop {config.count} of {total} decoder layers: choose a count below {total}"
         )
-    before = _params(model)
+    before = parameter_count(model)
     details: dict = {"layers_before": total}
     if config.layers is not None:
         chosen = sorted(config.layers)
@@ -97,7 +93,7 @@ def apply_drop_layers(model, config: DropLayers, ctx: CompressContext) -> StepRe
         scores = block_influence(
             model,
             ctx.calibration_windows(),
-            progress=lambda done, n: ctx.progress("block influence", done, n),
+            progress=ctx.progress,
         )
         chosen = lowest_influence(scores, config.count)
         details["ranking"] = "block influence (1 - cos(input, output)) on calibration text"
@@ -108,6 +104,6 @@ def apply_drop_layers(model, config: DropLayers, ctx: CompressContext) -> StepRe
         layers_removed=chosen,
         layers_after=len(decoder_layers(model)),
         params_before=before,
-        params_after=_params(model),
+        params_after=parameter_count(model),
     )
     return StepReport(config.method, "real", details=details)

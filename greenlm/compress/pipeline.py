@@ -27,20 +27,19 @@ from greenlm.engines.transformers_engine import TransformersEngine, resolve_devi
 from greenlm.evaluate.compare import compare_to_reference
 from greenlm.evaluate.config import DEFAULT_MAX_EVAL_TOKENS, DEFAULT_WINDOW_TOKENS
 from greenlm.evaluate.reference import reference_stats
-from greenlm.io import atomic_directory, noop, refuse_existing, said_once
+from greenlm.io import atomic_directory, refuse_existing, said_once
 from greenlm.models.loader import LoadedModel, load_model
-from greenlm.models.manifest import dir_size_bytes
+from greenlm.models.manifest import Manifest, dir_size_bytes
 from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.models.variant import save_variant_files
+from greenlm.progress import Progress, ProgressEvent, no_progress, relabel
 from greenlm.train.energy import training_summary
-
-Progress = Callable[[str, int, int], None]  # (label, done, total)
 
 
 @dataclass
 class CompressResult:
     variant_dir: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     size_bytes: int
     parent_size_bytes: int | None
     wall_s: float
@@ -49,27 +48,27 @@ class CompressResult:
 
     @property
     def execution(self) -> str:
-        return self.manifest["execution"]
+        return self.manifest.execution
 
     def to_dict(self) -> dict[str, Any]:
-        quality = self.manifest.get("quality") or {}
+        quality = self.manifest.quality or {}
         return {
             "variant_dir": self.variant_dir,
-            "variant_id": self.manifest["variant_id"],
-            "parent": self.manifest["parent"],
-            "recipe": self.manifest["recipe"],
+            "variant_id": self.manifest.variant_id,
+            "parent": self.manifest.parent,
+            "recipe": self.manifest.recipe,
             "execution": self.execution,
-            "steps": self.manifest["steps"],
+            "steps": self.manifest.steps,
             "ppl": quality.get("ppl"),
             "ppl_reference": quality.get("ppl_reference"),
             "ppl_increase_pct": quality.get("ppl_increase_pct"),
             "kld": quality.get("kld"),
             "top1_agreement": quality.get("top1_agreement"),
             "tokens_evaluated": quality.get("tokens_evaluated"),
-            "quality": self.manifest.get("quality"),
+            "quality": self.manifest.quality,
             "size_bytes": self.size_bytes,
             "parent_size_bytes": self.parent_size_bytes,
-            "architecture": self.manifest["architecture"],
+            "architecture": self.manifest.architecture,
             "wall_s": self.wall_s,
             "notes": self.notes,
             "run_id": self.run_id,
@@ -104,7 +103,7 @@ def compress(
     announce: Callable[[str], None] | None = None,
 ) -> CompressResult:
     """Make the variant `config.recipe` describes from `config.model` and save it to `config.out`."""
-    progress = progress or noop
+    progress = progress or no_progress
     start = time.perf_counter()
     notes, say = said_once(announce)
 
@@ -116,13 +115,13 @@ def compress(
     split = split_text(load_text(config.text))
     set_threads(config.threads)
 
-    progress("loading parent", 0, 1)
+    progress(ProgressEvent("loading parent", 0, 1))
     loaded = load_model(parent, device=resolve_device(config.device))
     if loaded.load_source == "gguf-dequantize":
         # transformers refuses to save a model it loaded from GGUF; the first load just wrote the plain
         # safetensors cache, so load that instead
         loaded = load_model(parent, device=resolve_device(config.device))
-    progress("loading parent", 1, 1)
+    progress(ProgressEvent("loading parent", 1, 1))
     model, tokenizer = loaded.model, loaded.tokenizer
 
     reference = None
@@ -134,7 +133,7 @@ def compress(
             window_tokens=DEFAULT_WINDOW_TOKENS,
             max_eval_tokens=max(DEFAULT_MAX_EVAL_TOKENS, config.eval_tokens),
             loaded_engine=TransformersEngine(loaded, threads=config.threads),
-            progress=lambda d, t: progress("reference (parent)", d, t),
+            progress=relabel(progress, "reference (parent)"),
             announce=say,
         )
 
@@ -148,12 +147,12 @@ def compress(
     )
     reports: list[StepReport] = ctx.reports
     for index, step in enumerate(recipe.steps, 1):
-        progress(f"step {index}/{len(recipe.steps)}: {step.method}", 0, 1)
+        progress(ProgressEvent(f"step {index}/{len(recipe.steps)}: {step.method}", 0, 1, "steps"))
         report = apply_step(model, step, ctx)
         reports.append(report)
         for n in report.notes:
             say(f"{step.method}: {n}")
-        progress(f"step {index}/{len(recipe.steps)}: {step.method}", 1, 1)
+        progress(ProgressEvent(f"step {index}/{len(recipe.steps)}: {step.method}", 1, 1, "steps"))
     execution = "real" if all(r.execution == "real" for r in reports) else "simulated"
     if execution == "simulated":
         say(
@@ -172,7 +171,7 @@ def compress(
             engine,
             reference,
             max_eval_tokens=config.eval_tokens,
-            progress=lambda d, t: progress("quality vs parent", d, t),
+            progress=relabel(progress, "quality vs parent"),
         )
         quality = {
             **stats.to_dict(),
@@ -184,30 +183,30 @@ def compress(
     else:
         say("quality not measured at creation (evaluate off): run `greenlm eval --model DIR`")
 
-    manifest = {
-        "variant_id": variant_id,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "recipe": recipe.to_dict(),
-        "parent": parent.identity(),
-        "execution": execution,
-        "steps": [r.to_dict() for r in reports],
-        "architecture": architecture(model),
-        "calibration": {
+    trained = [r.details["training"] for r in reports if "training" in r.details]
+    manifest = Manifest(
+        variant_id=variant_id,
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        recipe=recipe.to_dict(),
+        parent=parent.identity(),
+        execution=execution,
+        steps=[r.to_dict() for r in reports],
+        architecture=architecture(model),
+        calibration={
             "text": split.describe("calibration"),
             "samples": config.calibration_samples,
             "tokens_per_sample": config.calibration_tokens,
         },
-        "quality": quality,
-        "notes": notes,
-    }
-    trained = [r.details["training"] for r in reports if "training" in r.details]
-    if trained:  # training energy (a distill step): what payback and the optimizer read
-        manifest["training"] = training_summary(trained)
-    progress("saving", 0, 1)
+        quality=quality,
+        notes=notes,
+        # training energy (a distill step): what payback and the optimizer read
+        training=training_summary(trained) if trained else None,
+    )
+    progress(ProgressEvent("saving", 0, 1))
     codes = {name: weight for r in reports for name, weight in r.codes.items()}
     with atomic_directory(out) as tmp:
         manifest = save_variant_files(model, tokenizer, tmp, manifest, codes=codes)
-    progress("saving", 1, 1)
+    progress(ProgressEvent("saving", 1, 1))
 
     result = CompressResult(
         variant_dir=str(out),
@@ -225,7 +224,7 @@ def compress(
             record,
             variant_id=variant_id,
             parent=parent.name,
-            recipe_json=json.dumps(manifest["recipe"]),
+            recipe_json=json.dumps(manifest.recipe),
             execution=execution,
         )
     return result

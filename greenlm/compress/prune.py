@@ -15,6 +15,7 @@ import torch
 from greenlm.compress.base import CompressContext, StepConfig, StepReport, register
 from greenlm.data.calibration import capture_linear_inputs, linear_names
 from greenlm.errors import GreenlmError
+from greenlm.progress import relabel
 
 # Tied to the input embedding in most small models: pruning it would prune the embedding too.
 DEFAULT_SKIP = ("lm_head",)
@@ -148,7 +149,7 @@ def _input_norms(model, names, ctx: CompressContext) -> dict[str, torch.Tensor]:
         model,
         names,
         ctx.calibration_windows(),
-        progress=lambda done, total: ctx.progress("calibrating", done, total),
+        progress=relabel(ctx.progress, "calibrating"),
     )
     return {n: s.col_norm for n, s in stats.items()}
 

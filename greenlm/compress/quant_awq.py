@@ -29,7 +29,7 @@ from greenlm.compress.quant_common import (
 from greenlm.compress.quant_math import awq_search
 from greenlm.data.calibration import decoder_layers, linear_names
 from greenlm.errors import GreenlmError
-from greenlm.kernels.grid import rtn
+from greenlm.kernels.quant_grid import rtn
 
 
 @dataclass

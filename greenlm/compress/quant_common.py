@@ -23,9 +23,10 @@ from greenlm.compress.base import CompressContext, StepConfig, StepReport
 from greenlm.data.calibration import LinearInputStats, capture_linear_inputs, linear_names
 from greenlm.data.calibration import sequential_linear_inputs as _sequential
 from greenlm.errors import GreenlmError
-from greenlm.kernels.grid import BITS, GGUF_GRIDS, GgufGrid, QuantizedWeight, gguf_grid_for
 from greenlm.kernels.linear import DENSE, KERNEL_CHOICES, KERNELS, available_kernels
+from greenlm.kernels.quant_grid import BITS, GGUF_GRIDS, GgufGrid, QuantizedWeight, gguf_grid_for
 from greenlm.kernels.timing import FLOAT, KernelTiming, Stack, time_stacks
+from greenlm.progress import ProgressEvent, relabel
 
 DEFAULT_SKIP = ("lm_head",)
 GGUF_CHOICES = ("auto", "off", *GGUF_GRIDS)  # SmolLM2 and most small models tie it to the input embedding
@@ -186,7 +187,7 @@ def layer_by_layer(model, windows, skip: list[str], ctx: CompressContext):
         windows,
         skip=skip,
         hessian=True,
-        progress=lambda done, total: ctx.progress("calibrating + quantizing layers", done, total),
+        progress=relabel(ctx.progress, "calibrating + quantizing layers"),
     )
 
 
@@ -221,13 +222,13 @@ def calibrated(
             rest,
             windows,
             hessian=True,
-            progress=lambda done, total: ctx.progress("calibrating", done, total),
+            progress=relabel(ctx.progress, "calibrating"),
         )
         for i, name in enumerate(rest, 1):
             if name not in stats:
                 raise GreenlmError(f"{name} saw no input on the calibration text: add it to skip")
             do(name, stats[name])
-            ctx.progress("quantizing", i, len(rest))
+            ctx.progress(ProgressEvent("quantizing", i, len(rest), "layers"))
     return results
 
 

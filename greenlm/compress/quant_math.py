@@ -1,5 +1,5 @@
 """Weight quantization methods as pure functions on tensors: GPTQ and AWQ scale search, on the grid of
-`greenlm.kernels.grid` (codes, per-group scales and zero points)."""
+`greenlm.kernels.quant_grid` (codes, per-group scales and zero points)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from greenlm.kernels.grid import GgufGrid, QuantizedWeight, fit_grid, groups_of, max_code, rtn
+from greenlm.kernels.quant_grid import GgufGrid, QuantizedWeight, fit_grid, groups_of, max_code, rtn
 
 __all__ = ["AWQResult", "GPTQResult", "awq_scales", "awq_search", "awq_weight", "gptq", "output_error"]
 

@@ -8,7 +8,8 @@ import torch
 
 from greenlm.compress.base import CompressContext, StepReport, register
 from greenlm.compress.quant_common import Quantized, WeightQuantConfig, install, quant_targets, untie
-from greenlm.kernels.grid import rtn
+from greenlm.kernels.quant_grid import rtn
+from greenlm.progress import ProgressEvent
 
 
 @dataclass
@@ -28,5 +29,5 @@ def apply_rtn(model, config: RTN, ctx: CompressContext) -> StepReport:
             results[name] = Quantized(
                 rtn(linear.weight, config.bits, config.group_size, config.symmetric, config.gguf_grid)
             )
-        ctx.progress("quantizing", i, len(targets))
+        ctx.progress(ProgressEvent("quantizing", i, len(targets), "layers"))
     return install(model, config, targets, results, untied=untied)

@@ -8,43 +8,151 @@ steps:
     bits: 4
     group_size: 32
 ```
-is `Recipe(steps=[DropLayers(count=4), GPTQ(bits=4, group_size=32)])`. Every mistake (unknown method or
-setting, wrong type, bad value) is one `GreenlmError` line naming the step and what to write instead.
+is `Recipe(steps=[DropLayers(count=4), GPTQ(bits=4, group_size=32)])`. `Recipe` is a pydantic model (the file's
+declared format, `greenlm schema recipe`): each step is checked against a model made from its method's config
+dataclass (the settings, their types, `method` choosing which), then built as that dataclass, whose
+`__post_init__` checks the values. Every mistake (unknown method or setting, wrong type, bad value) is one
+`GreenlmError` line naming the step and what to write instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import inspect
 import json
-import types
+import re
 import typing
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    TypeAdapter,
+    ValidationError,
+    WrapValidator,
+    create_model,
+)
 
 from greenlm.compress.base import StepConfig
 from greenlm.compress.methods import config_class, method_names
 from greenlm.data.sources import read_yaml_file
 from greenlm.errors import GreenlmError
+from greenlm.fileformat import FileModel, first_error, json_schema, type_words
 
 RECIPE_KEYS = ("name", "steps")
+EXAMPLE = "steps: [{method: rtn, bits: 8}]"
 
 
-@dataclass
-class Recipe:
-    steps: list[StepConfig] = field(default_factory=list)
-    name: str | None = None
+def _field_notes(cls: type) -> dict[str, str]:
+    """A config dataclass's field comments (trailing, or the lines just above), as schema descriptions."""
+    notes: dict[str, str] = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            lines = inspect.getsource(klass).splitlines()
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []
+        for line in lines:
+            comment = re.match(r" {4}#\s?(.*)$", line)
+            if comment:
+                above.append(comment.group(1))
+                continue
+            field = re.match(r" {4}(\w+):[^#]*?(?:#\s?(.*))?$", line)  # a class-level field
+            if field and (field.group(2) or above):
+                notes[field.group(1)] = field.group(2) or " ".join(above)
+            above = []
+    return notes
 
-    def __post_init__(self) -> None:
-        if not self.steps:
-            raise GreenlmError("a recipe needs at least one step, e.g. steps: [{method: rtn, bits: 8}]")
-        for i, step in enumerate(self.steps, 1):
-            if not isinstance(step, StepConfig):
-                raise GreenlmError(
-                    f"recipe step {i} is {type(step).__name__}, not a step config such as DropLayers(count=2)"
-                )
+
+def _listed(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _setting(hint):
+    """The pydantic annotation of one setting: strict as the dataclass reads it, a YAML list for a tuple."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple or any(typing.get_origin(a) is tuple for a in args):
+        return Annotated[hint, BeforeValidator(_listed)]
+    return hint
+
+
+def _step_model(method: str):
+    cls = config_class(method)
+    hints, notes = typing.get_type_hints(cls), _field_notes(cls)
+    settings: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            info = Field(f.default, description=notes.get(f.name))
+        elif f.default_factory is not dataclasses.MISSING:
+            info = Field(default_factory=f.default_factory, description=notes.get(f.name))
+        else:
+            info = Field(description=notes.get(f.name))
+        settings[f.name] = (_setting(hints[f.name]), info)
+    return create_model(
+        cls.__name__,
+        __config__=ConfigDict(strict=True, extra="forbid", frozen=True, title=method),
+        __doc__=inspect.cleandoc(cls.__doc__ or method),
+        method=(Literal[method], Field(description="The compression method.")),
+        **settings,
+    )
+
+
+def _as_config(model) -> StepConfig:
+    """The step's config dataclass, whose own checks (ranges, combinations) run here."""
+    settings = {k: getattr(model, k) for k in model.model_fields_set if k != "method"}
+    try:
+        return config_class(model.method)(**settings)
+    except GreenlmError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _keep_configs(value, handler):
+    return value if isinstance(value, StepConfig) else handler(value)
+
+
+STEP_MODELS = tuple(_step_model(m) for m in method_names())
+# One step: a mapping whose `method` picks its settings' model, built as the method's config dataclass (a
+# dataclass given in code is kept as it is); stored and shown as its to_dict().
+Step = Annotated[
+    Union[STEP_MODELS],  # noqa: UP007  (a runtime tuple of models)
+    Field(discriminator="method"),
+    AfterValidator(_as_config),
+    WrapValidator(_keep_configs),
+    PlainSerializer(lambda step: step.to_dict()),
+]
+_STEP = TypeAdapter(Step)
+
+
+class Recipe(FileModel):
+    """Compression steps applied in order to a parent model (greenlm compress --recipe); stored with every
+    variant, so any variant can be rebuilt."""
+
+    example = {"steps": [{"method": "rtn", "bits": 8}]}
+    what = "recipe"
+    steps: list[Step] = Field(min_length=1, description="The steps, applied in this order.")
+    name: str | None = Field(None, description="A label for the recipe (default: its steps).")
+
+    @classmethod
+    def error_line(cls, exc: ValidationError, data: Any, where: str) -> str:
+        err = first_error(exc)
+        loc, value = tuple(err["loc"]), err.get("input")
+        if loc and loc[0] == "steps" and len(loc) > 1:
+            raw = (data or {}).get("steps", [])[loc[1]] if isinstance(data, dict) else None
+            return step_error_line(err, loc[2:], raw, f"{where}, step {loc[1] + 1}")
+        if err["type"] == "extra_forbidden":
+            return (
+                f"{where}: unknown key '{loc[0]}'{_did_you_mean(str(loc[0]), RECIPE_KEYS)}: "
+                f"a recipe has {', '.join(RECIPE_KEYS)}"
+            )
+        if loc == ("name",):
+            return f"{where}: 'name' must be text, got {value!r}"
+        return f"{where} needs a non-empty 'steps:' list: at least one step, e.g. {EXAMPLE}"
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"steps": [json.loads(json.dumps(s.to_dict())) for s in self.steps]}
@@ -58,6 +166,31 @@ class Recipe:
     @property
     def label(self) -> str:
         return self.name or "+".join(step_label(s) for s in self.steps)
+
+
+def step_error_line(err: dict, loc: tuple, raw: Any, where: str) -> str:
+    """The line for a pydantic error inside one step (`loc` relative to the step, `raw` as written)."""
+    etype = err["type"]
+    methods = ", ".join(method_names())
+    if etype == "union_tag_not_found":
+        return f"{where} has no 'method': choose one of {methods}"
+    if etype == "union_tag_invalid":
+        tag = err["ctx"]["tag"]
+        return f"{where}: unknown method '{tag}'{_did_you_mean(tag, method_names())}: choose one of {methods}"
+    if etype == "value_error" and not loc:  # the config dataclass's own check
+        return f"{where}: {err['ctx']['error']}"
+    if not loc or not isinstance(raw, dict):
+        return f"{where} must be a mapping like {{method: drop_layers, count: 2}}, got {raw!r}"
+    method, key = loc[0], str(loc[1]) if len(loc) > 1 else "method"
+    cls = config_class(method)
+    known = [f.name for f in dataclasses.fields(cls)]
+    if etype == "extra_forbidden":
+        return (
+            f"{where} ({method}): unknown setting '{key}'{_did_you_mean(key, known)}: "
+            f"valid settings are {', '.join(known)}"
+        )
+    hint = typing.get_type_hints(cls).get(key, Any)
+    return f"{where} ({method}): '{key}' must be {type_words(hint)}, got {raw.get(key)!r}"
 
 
 def step_label(step: StepConfig) -> str:
@@ -76,100 +209,13 @@ def _did_you_mean(word: str, choices) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _type_name(hint) -> str:
-    origin = typing.get_origin(hint)
-    if origin is typing.Literal:
-        return " or ".join(repr(a) for a in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
-    if origin in (tuple, list):
-        inner = typing.get_args(hint)[0] if typing.get_args(hint) else Any
-        return f"a list of {_type_name(inner)}"
-    if hint is type(None):
-        return "null"
-    return {int: "a whole number", float: "a number", str: "text", bool: "true/false"}.get(hint, str(hint))
-
-
-def _coerce(value, hint):
-    """`value` converted to `hint` (lists to tuples, whole numbers to floats), or raise TypeError."""
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _coerce(value, option)
-            except TypeError:
-                continue
-        raise TypeError
-    if origin is typing.Literal:
-        if value in typing.get_args(hint):
-            return value
-        raise TypeError
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise TypeError
-        args = [a for a in typing.get_args(hint) if a is not Ellipsis]
-        inner = args[0] if args else Any
-        items = [_coerce(v, inner) for v in value]
-        return tuple(items) if origin is tuple else items
-    if hint is type(None):
-        if value is None:
-            return None
-        raise TypeError
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise TypeError
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise TypeError
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise TypeError
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise TypeError
-    return value  # a type this checker does not know: the config's own __post_init__ validates it
-
-
 def parse_step(data: Any, where: str = "step") -> StepConfig:
     """One step from a mapping such as `{method: gptq, bits: 4}`."""
-    if not isinstance(data, dict):
-        raise GreenlmError(f"{where} must be a mapping like {{method: drop_layers, count: 2}}, got {data!r}")
-    method = data.get("method")
-    if not isinstance(method, str) or not method:
-        raise GreenlmError(f"{where} has no 'method': choose one of {', '.join(method_names())}")
-    if method not in method_names():
-        raise GreenlmError(
-            f"{where}: unknown method '{method}'{_did_you_mean(method, method_names())}: "
-            f"choose one of {', '.join(method_names())}"
-        )
-    cls = config_class(method)
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    values = {}
-    for key, value in data.items():
-        if key == "method":
-            continue
-        if key not in known:
-            raise GreenlmError(
-                f"{where} ({method}): unknown setting '{key}'{_did_you_mean(str(key), known)}: "
-                f"valid settings are {', '.join(known)}"
-            )
-        try:
-            values[key] = _coerce(value, hints.get(key, Any))
-        except TypeError:
-            raise GreenlmError(
-                f"{where} ({method}): '{key}' must be {_type_name(hints[key])}, got {value!r}"
-            ) from None
     try:
-        return cls(**values)
-    except GreenlmError as exc:
-        raise GreenlmError(f"{where}: {exc}") from None
+        return _STEP.validate_python(data)
+    except ValidationError as exc:
+        err = first_error(exc)
+        raise GreenlmError(step_error_line(err, tuple(err["loc"]), data, where)) from None
 
 
 def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
@@ -178,22 +224,10 @@ def parse_recipe(data: Any, source: str = "recipe") -> Recipe:
         data = {"steps": data}
     if not isinstance(data, dict):
         raise GreenlmError(f"{source} must be a mapping with a 'steps:' list")
-    unknown = [k for k in data if k not in RECIPE_KEYS]
-    if unknown:
-        raise GreenlmError(
-            f"{source}: unknown key '{unknown[0]}'{_did_you_mean(str(unknown[0]), RECIPE_KEYS)}: "
-            f"a recipe has {', '.join(RECIPE_KEYS)}"
-        )
-    steps = data.get("steps")
-    if not isinstance(steps, list) or not steps:
-        raise GreenlmError(
-            f"{source} needs a non-empty 'steps:' list, e.g. steps: [{{method: rtn, bits: 8}}]"
-        )
-    name = data.get("name")
-    if name is not None and not isinstance(name, str):
-        raise GreenlmError(f"{source}: 'name' must be text, got {name!r}")
-    parsed = [parse_step(s, f"{source}, step {i}") for i, s in enumerate(steps, 1)]
-    return Recipe(steps=parsed, name=name)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise GreenlmError(Recipe.error_line(exc, data, source)) from None
 
 
 def load_recipe(path: str | Path) -> Recipe:
@@ -201,6 +235,11 @@ def load_recipe(path: str | Path) -> Recipe:
         path, "recipe file", "pass a YAML file with a 'steps:' list", "a YAML file with a 'steps:' list"
     )
     return parse_recipe(data, source=f"recipe {p.name}")
+
+
+def recipe_schema() -> dict:
+    """The recipe file's JSON Schema, for editors (`greenlm schema recipe`)."""
+    return json_schema(Recipe, "greenlm recipe", Recipe.__doc__)
 
 
 def as_recipe(value: Recipe | StepConfig | list | dict | str | Path) -> Recipe:
@@ -231,7 +270,7 @@ def step_from_flags(method: str, flags: dict, options: list[str]) -> dict:
     """The step mapping for `--method` and its flags: each generic flag must be a setting of that method."""
     if method not in method_names():
         parse_step({"method": method}, f"--method {method}")  # raises with a did-you-mean
-    known = {f.name for f in fields(config_class(method))}
+    known = {f.name for f in dataclasses.fields(config_class(method))}
     step: dict = {"method": method}
     for flag, (setting, value) in flags.items():
         if value is None:

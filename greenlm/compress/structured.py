@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from greenlm.compress.base import CompressContext, StepConfig, StepReport, register
+from greenlm.compress.base import CompressContext, StepConfig, StepReport, parameter_count, register
 from greenlm.data.calibration import capture_linear_inputs, decoder_layers
 from greenlm.errors import GreenlmError
+from greenlm.progress import relabel
 
 REFIT_DAMP = 0.01  # of the mean Hessian diagonal: keeps the solve stable when inputs are nearly collinear
 
@@ -187,12 +188,8 @@ def _capture(model, names, ctx: CompressContext, label: str):
         names,
         ctx.calibration_windows(),
         hessian=True,
-        progress=lambda done, n: ctx.progress(label, done, n),
+        progress=relabel(ctx.progress, label),
     )
-
-
-def _params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _layer_stats(model, ctx: CompressContext, layers, module: str, label: str):
@@ -211,7 +208,7 @@ def _report(model, config, ctx: CompressContext, params_before: int, details: di
         "refit": "least squares on calibration inputs" if config.refit else "none",
         "calibration_tokens": int(ctx.calibration_windows().numel()),
         "params_before": params_before,
-        "params_after": _params(model),
+        "params_after": parameter_count(model),
     }
     return StepReport(config.method, "real", details=details)
 
@@ -226,7 +223,7 @@ def apply_prune_channels(model, config: PruneChannels, ctx: CompressContext) -> 
             f"prune_channels ratio {config.ratio} leaves {keep} of {width} channels (rounded to a multiple of "
             f"{config.multiple_of}): choose a ratio that removes some but not all"
         )
-    before = _params(model)
+    before = parameter_count(model)
     for layer, s in _layer_stats(model, ctx, layers, "mlp.down_proj", "channel importance"):
         weight = layer.mlp.down_proj.weight
         kept = keep_channels(channel_scores(weight, s.sq_sum), keep)
@@ -253,7 +250,7 @@ def apply_prune_heads(model, config: PruneHeads, ctx: CompressContext) -> StepRe
             f"prune_heads ratio {config.ratio} leaves {keep_per_group} of {group} query heads per key/value group "
             f"({heads} heads, {kv_heads} groups): choose a ratio between {1 / group:.2f} and {(group - 1) / group:.2f}"
         )
-    before = _params(model)
+    before = parameter_count(model)
     removed = []
     for layer, s in _layer_stats(model, ctx, layers, "self_attn.o_proj", "head importance"):
         weight = layer.self_attn.o_proj.weight

@@ -5,7 +5,7 @@ Calibration text is the calibration side of the deterministic split: evaluation 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatch
 
@@ -14,6 +14,7 @@ import torch
 from greenlm.data.sources import load_text
 from greenlm.data.split import split_text
 from greenlm.errors import GreenlmError
+from greenlm.progress import Progress, ProgressEvent
 
 
 def calibration_windows(tokenizer, text: str | None, *, samples: int = 64, tokens: int = 256) -> torch.Tensor:
@@ -86,7 +87,7 @@ def capture_linear_inputs(
     *,
     hessian: bool = False,
     batch_size: int = 8,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, LinearInputStats]:
     """Run `windows` through `model` once, recording input statistics of the named modules."""
     module_names = list(module_names)
@@ -108,7 +109,7 @@ def capture_linear_inputs(
             for start in range(0, total, batch_size):
                 runner(input_ids=windows[start : start + batch_size].to(model.device), use_cache=False)
                 if progress:
-                    progress(min(start + batch_size, total), total)
+                    progress(ProgressEvent("calibrating", min(start + batch_size, total), total, "windows"))
     finally:
         for h in handles:
             h.remove()
@@ -146,7 +147,7 @@ def block_influence(
     windows: torch.Tensor,
     *,
     batch_size: int = 8,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> list[float]:
     """Per decoder layer, 1 - mean cosine similarity of its input and output hidden states (ShortGPT's
     block influence) over every calibration token: a layer that barely turns the hidden state matters little."""
@@ -182,7 +183,9 @@ def block_influence(
                 _body_if_enough(model, ["model.layers"])(input_ids=batch.to(model.device), use_cache=False)
                 count += batch.numel()
                 if progress:
-                    progress(min(start + batch_size, total), total)
+                    progress(
+                        ProgressEvent("block influence", min(start + batch_size, total), total, "windows")
+                    )
     finally:
         for h in handles:
             h.remove()
@@ -231,7 +234,7 @@ def sequential_linear_inputs(
     skip: Iterable[str] = (),
     hessian: bool = False,
     batch_size: int = 8,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ):
     """Input statistics of each decoder layer's linears, one layer at a time, as a generator of
     `(layer index, {module name: LinearInputStats})`.
@@ -277,4 +280,4 @@ def sequential_linear_inputs(
                 a, k = _with_hidden(args, kwargs, h)
                 hidden[i] = _hidden(layer(*a, **k))
         if progress:
-            progress(index + 1, total)
+            progress(ProgressEvent("calibrating", index + 1, total, "layers"))

@@ -3,7 +3,7 @@ torch here); the student recipe is parsed first thing in `distill()`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from greenlm.compress.config import (
     check_data_flags,
 )
 from greenlm.defer.settings import GridSettings, parse_duration_s
+from greenlm.energy.settings import EnergySettings
 from greenlm.errors import GreenlmError
 from greenlm.train.settings import TrainSettings
 
@@ -21,8 +22,9 @@ DEFAULT_CHECKPOINT_MINUTES = 5.0
 
 
 @dataclass
-class DistillConfig(TrainSettings):
+class DistillConfig:
     out: str = ""  # the variant directory to create; must not exist
+    train: TrainSettings = field(default_factory=TrainSettings)  # budget, loss, optimizer, batches, teacher
     teacher: str | None = None  # built-in name, HF directory or .gguf; None = the built-in model
     student: str | None = None  # a variant (or HF) directory with the teacher's vocabulary
     student_recipe: Any = None  # or a recipe (YAML path, Recipe, step list) applied to a copy of the teacher
@@ -38,13 +40,7 @@ class DistillConfig(TrainSettings):
     eval_tokens: int = DEFAULT_EVAL_TOKENS
     threads: int | None = None
     device: str = "auto"  # a CUDA GPU when torch sees one, else the CPU
-    meter: str = "auto"
-    watts_per_core: float | None = None
-    idle_watts_per_core: float | None = None
-    country: str | None = None
-    region: str | None = None
-    carbon_intensity: float | None = None
-    pue: float = 1.0
+    energy: EnergySettings = field(default_factory=EnergySettings)  # meter, cpu-model constants, grid, PUE
     # deferred training (greenlm.defer.gate): pause in dirty hours of the grid, finish by the deadline
     deadline: str | None = None  # e.g. 24h (grid clock: a replay's own time)
     grid_csv: str | None = None
@@ -72,7 +68,10 @@ class DistillConfig(TrainSettings):
                 "give the student as --student DIR (a variant directory) or --student-recipe FILE, not "
                 f"{'both' if self.student is not None else 'neither'}"
             )
-        self.validate()
+        if not isinstance(self.train, TrainSettings):
+            raise GreenlmError(f"train must be TrainSettings(...), got {type(self.train).__name__}")
+        self.train.validate()
+        self.energy = EnergySettings.coerce(self.energy)
         if self.checkpoint_minutes is not None and not (
             isinstance(self.checkpoint_minutes, (int, float)) and self.checkpoint_minutes > 0
         ):

@@ -21,35 +21,33 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from greenlm.compress.base import CompressContext, StepReport
+from greenlm.compress.base import CompressContext, StepReport, parameter_count
 from greenlm.compress.distill import Distill, check_trainable
 from greenlm.compress.methods import apply_step
 from greenlm.compress.pipeline import architecture
 from greenlm.compress.recipe import Recipe, as_recipe
 from greenlm.data.sources import load_text
-from greenlm.data.split import split_text
+from greenlm.data.split import TextSplit, split_text
 from greenlm.defer.gate import RunGate
 from greenlm.defer.grid import open_grid
 from greenlm.distill.config import DistillConfig
-from greenlm.energy.carbon import resolve_intensity, validate_pue
-from greenlm.energy.detect import get_meter
+from greenlm.energy.carbon import CarbonRate
 from greenlm.engines.transformers_engine import TransformersEngine, resolve_device, set_threads
 from greenlm.errors import GreenlmError
 from greenlm.evaluate.compare import compare_to_reference
 from greenlm.evaluate.config import DEFAULT_MAX_EVAL_TOKENS, DEFAULT_WINDOW_TOKENS
 from greenlm.evaluate.reference import reference_stats
-from greenlm.io import atomic_directory, noop, phase_progress, refuse_existing, said_once
+from greenlm.io import atomic_directory, noop, refuse_existing, said_once
 from greenlm.models.loader import LoadedModel, load_model
-from greenlm.models.manifest import dir_size_bytes, is_variant_dir, read_manifest
+from greenlm.models.manifest import Manifest, dir_size_bytes, is_variant_dir, read_manifest
 from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.models.variant import save_variant_files
+from greenlm.progress import Progress, ProgressEvent, relabel
 from greenlm.train.checkpoint import RunDir
-from greenlm.train.data import check_one_batch, text_windows
+from greenlm.train.data import TrainingData, check_one_batch, text_windows
 from greenlm.train.energy import training_summary
-from greenlm.train.loop import train
-from greenlm.train.settings import TrainSettings
+from greenlm.train.loop import TrainJob, TrainOutcome, train
 
-Progress = Callable[[dict], None]
 PROBE_TEXT = (
     "def payback(training_j, saving_j_per_token):\n    return training_j / saving_j_per_token  # tokens"
 )
@@ -58,7 +56,7 @@ PROBE_TEXT = (
 @dataclass
 class DistillResult:
     variant_dir: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     quality_before: dict | None
     quality_after: dict | None
     training: dict
@@ -72,11 +70,11 @@ class DistillResult:
         energy = self.training["energy"]
         return {
             "variant_dir": self.variant_dir,
-            "variant_id": self.manifest["variant_id"],
-            "teacher": self.manifest["parent"],
-            "student": self.manifest["training"]["student"],
-            "recipe": self.manifest["recipe"],
-            "execution": self.manifest["execution"],
+            "variant_id": self.manifest.variant_id,
+            "teacher": self.manifest.parent,
+            "student": self.manifest.training["student"],
+            "recipe": self.manifest.recipe,
+            "execution": self.manifest.execution,
             "quality_before": self.quality_before,
             "quality_after": self.quality_after,
             "steps": self.training["steps"],
@@ -85,7 +83,7 @@ class DistillResult:
             "tokens": self.training["tokens"],
             "epochs": self.training["epochs"],
             "training_s": self.training["training_s"],
-            "loss": self.manifest["training"]["loss"],
+            "loss": self.manifest.training["loss"],
             "loss_first": self.training["loss_first"],
             "loss_last": self.training["loss_last"],
             "precision": self.training["precision"],
@@ -100,7 +98,7 @@ class DistillResult:
             "energy": energy,
             "data": self.training["data"],
             "plan": self.training["plan"],
-            "architecture": self.manifest["architecture"],
+            "architecture": self.manifest.architecture,
             "size_bytes": self.size_bytes,
             "payback": "measure the teacher and this variant (greenlm measure --model ...), then "
             "`greenlm eval --model DIR` reports the payback in served tokens",
@@ -114,7 +112,7 @@ class DistillResult:
 
 def distill_step(config: DistillConfig) -> Distill:
     """The recipe step that records (and, through `greenlm compress`, repeats) this training."""
-    return Distill(**TrainSettings.pick(config).to_dict(), meter=config.meter)
+    return Distill(**config.train.to_dict(), meter=config.energy.meter)
 
 
 def parse_student_recipe(value) -> Recipe:
@@ -125,10 +123,6 @@ def parse_student_recipe(value) -> Recipe:
             "prune_heads); greenlm distill adds the training"
         )
     return recipe
-
-
-def _params(model) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def check_student(student, student_tokenizer, teacher, teacher_tokenizer, name: str) -> None:
@@ -149,7 +143,7 @@ def check_student(student, student_tokenizer, teacher, teacher_tokenizer, name: 
                 "vocabulary): use a student made from the teacher, e.g. greenlm compress --model TEACHER"
             )
     check_trainable(student, name)
-    s_params, t_params = _params(student), _params(teacher)
+    s_params, t_params = parameter_count(student), parameter_count(teacher)
     if s_params >= t_params:
         raise GreenlmError(
             f"student {name} has {s_params:,} parameters, not fewer than the teacher's {t_params:,}: "
@@ -165,7 +159,7 @@ def _identity(
         "teacher": teacher.fingerprint(),
         "student": student.fingerprint() if isinstance(student, ModelSpec) else student.to_dict(),
         "text": text_fingerprint,
-        "settings": TrainSettings.pick(config).to_dict(),
+        "settings": config.train.to_dict(),
     }
 
 
@@ -191,7 +185,7 @@ def _quality(
             engine,
             reference,
             max_eval_tokens=eval_tokens,
-            progress=phase_progress(progress, label),
+            progress=relabel(progress, label),
         )
     finally:
         model.train(was_training)
@@ -219,7 +213,7 @@ def _student_from_checkpoint(run: RunDir, device: str):
 def _student_from_directory(spec: ModelSpec, teacher: LoadedModel, teacher_spec: ModelSpec, device: str, say):
     loaded = _load(spec, device)
     check_student(loaded.model, loaded.tokenizer, teacher.model, teacher.tokenizer, spec.name)
-    manifest = read_manifest(spec.path) if is_variant_dir(spec.path) else None
+    manifest = read_manifest(spec.path).to_dict() if is_variant_dir(spec.path) else None
     if manifest is not None and manifest.get("execution") == "simulated":
         raise GreenlmError(
             f"student {spec.name} is a simulated variant (its effect lives in dense float weights, and "
@@ -256,9 +250,7 @@ def _student_from_recipe(
         parent=teacher_spec,
     )
     for index, step in enumerate(recipe.steps, 1):
-        progress(
-            {"phase": f"student recipe {index}/{len(recipe.steps)}: {step.method}", "done": 0, "total": 1}
-        )
+        progress(ProgressEvent(f"student recipe {index}/{len(recipe.steps)}: {step.method}", 0, 1))
         ctx.reports.append(apply_step(student, step, ctx))
     if any(r.execution == "simulated" for r in ctx.reports):
         raise GreenlmError(
@@ -276,17 +268,44 @@ def _student_from_recipe(
     }
 
 
-def _gate(config: DistillConfig, intensity, pue: float, meter, say):
+def _gate(config: DistillConfig, carbon: CarbonRate, meter, say) -> RunGate | None:
     """With --deadline: the gate that pauses training in the grid's dirty hours (None without)."""
     if config.deadline is None:
         return None
     gate = RunGate(
-        open_grid(config.grid_settings(), intensity), config.deadline_s, pue=pue, meter=meter, announce=say
+        open_grid(config.grid_settings(), carbon.grid),
+        config.deadline_s,
+        pue=carbon.pue,
+        meter=meter,
+        announce=say,
     )
     say(
         f"deferred training: done by {gate.summary()['deadline']} (grid clock), in the cleanest hours of {config.grid_settings().csv or config.grid_provider}"
     )
     return gate
+
+
+@dataclass(frozen=True)
+class _Checked:
+    """What the cheap checks settled, before anything heavy loads."""
+
+    recipe: Recipe | None  # the student recipe, when the student is cut here
+    out: Path
+    teacher_spec: ModelSpec
+    student_spec: ModelSpec | None  # a student directory
+    split: TextSplit
+    carbon: CarbonRate
+    device: str
+    identity: dict  # what makes a run this run (a checkpoint continues only the same)
+    resumed: RunDir | None  # the interrupted run --resume continues
+
+
+@dataclass
+class _Models:
+    teacher: LoadedModel
+    data: TrainingData
+    student: Any  # a torch module, trained in place
+    student_info: dict  # where it came from, for the manifest
 
 
 def distill(
@@ -300,93 +319,17 @@ def distill(
     progress = progress or noop
     start = time.perf_counter()
     notes, say = said_once(announce)
-
-    # --- cheap checks: paths, models, text, carbon, meter, the checkpoint directory -----------------------------
-    recipe = parse_student_recipe(config.student_recipe) if config.student_recipe is not None else None
-    out = Path(config.out).expanduser()
-    refuse_existing(out)
-    teacher_spec = resolve_model(config.teacher)
-    student_spec = resolve_model(config.student) if config.student is not None else None
-    if student_spec is not None and student_spec.path == teacher_spec.path:
-        raise GreenlmError("the student is the teacher itself: give a smaller student (a cut variant)")
-    split = split_text(load_text(config.text))
-    intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
-    pue = validate_pue(config.pue)
-    device = resolve_device(config.device)
-    set_threads(config.threads)
-    identity = _identity(config, teacher_spec, student_spec or recipe, split.fingerprint)
-    ckpt = config.checkpoint_path
-    run = RunDir.open_existing(ckpt, identity) if config.resume else None
-    if run is None:
-        RunDir.check_new(ckpt)
-    meter = get_meter(
-        config.meter, watts_per_core=config.watts_per_core, idle_watts_per_core=config.idle_watts_per_core
-    )
-    gate = _gate(config, intensity, pue, meter, say)  # the deadline counts from the start of the command
-
-    # --- teacher and data ---------------------------------------------------------------------------------------
-    progress({"phase": "loading teacher", "done": 0, "total": 1})
-    teacher = _load(teacher_spec, device)
-    data = text_windows(teacher.tokenizer, config.text, config.seq_len)
-    check_one_batch(data, config.batch_size, config.seq_len)
-
-    # --- student: rebuilt from the checkpoint, loaded, or cut from a copy of the teacher ------------------------
-    progress({"phase": "preparing student", "done": 0, "total": 1})
-    if run is not None:
-        student, student_info = _student_from_checkpoint(run, device)
-    elif student_spec is not None:
-        student, student_info = _student_from_directory(student_spec, teacher, teacher_spec, device, say)
-    else:
-        student, student_info = _student_from_recipe(config, recipe, teacher, teacher_spec, progress)
-
-    # --- quality before training (fresh runs; a resumed run kept it in its run directory) ----------------------
-    reference = None
-    if config.evaluate:
-        reference = reference_stats(
-            teacher_spec,
-            split,
-            window_tokens=DEFAULT_WINDOW_TOKENS,
-            max_eval_tokens=max(DEFAULT_MAX_EVAL_TOKENS, config.eval_tokens),
-            loaded_engine=TransformersEngine(teacher, threads=config.threads),
-            progress=phase_progress(progress, "reference (teacher)"),
-            announce=say,
-        )
-
-    def student_quality(label: str) -> dict | None:
-        if reference is None:
-            return None
-        return _quality(
-            student, teacher.tokenizer, reference, config.eval_tokens, config.threads, progress, label
-        )
-
-    if run is not None:
-        quality_before = run.info().get("quality_before")
-    else:
-        quality_before = student_quality("quality before")
-        run = RunDir.create(
-            ckpt,
-            identity,
-            {
-                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "teacher": teacher_spec.identity(),
-                "student_info": student_info,
-                "quality_before": quality_before,
-                "out": str(out),
-            },
-        )
-        run.save_student_config(student)
-    say(meter.selection_note)
-
-    # --- train --------------------------------------------------------------------------------------------------
+    checked = _check(config)
+    meter = config.energy.open_meter()
+    gate = _gate(config, checked.carbon, meter, say)  # the deadline counts from the start of the command
     try:
-        outcome = train(
-            teacher.model,
-            student,
-            data,
-            TrainSettings.pick(config),
-            meter=meter,
-            intensity=intensity,
-            pue=pue,
+        models = _load_models(config, checked, progress, say)
+        reference = _reference(config, checked, models.teacher, progress, say)
+        run, quality_before = _open_run(config, checked, models, reference, progress)
+        say(meter.selection_note)
+        job = TrainJob(
+            meter,
+            checked.carbon,
             run=run,
             resume=config.resume,
             checkpoint_every_s=config.checkpoint_minutes * 60.0 if config.checkpoint_minutes else None,
@@ -395,30 +338,159 @@ def distill(
             announce=say,
             gate=gate,
         )
-    except BaseException:
-        if run.latest() is None:  # nothing to resume from: leave nothing behind
-            run.remove()
-        raise
+        outcome = _train(config, models, job)
     finally:
         if gate is not None:
             gate.close()
         meter.close()  # RAPL's sampling thread, NVML's handle
-    student.eval()
+    models.student.eval()
     for n in outcome.notes:
         say(n)
     say(f"precision: {outcome.precision_note}")
-
-    quality_after = student_quality("quality after")
-
-    # --- the variant ----------------------------------------------------------------------------------------------
+    quality_after = _student_quality(config, models, reference, progress, "quality after")
     training = outcome.to_dict()
     if gate is not None:
         training["deferral"] = gate.summary()
-    step = distill_step(config)
+    manifest = _manifest(config, checked, models, training, (quality_before, quality_after), notes)
+    progress(ProgressEvent("saving", 0, 1))
+    with atomic_directory(checked.out) as tmp:
+        manifest = save_variant_files(
+            models.student, models.teacher.tokenizer, tmp, Manifest.from_dict(manifest)
+        )
+    kept = str(run.path) if config.keep_checkpoint else None
+    if not config.keep_checkpoint:
+        run.remove()
+    result = DistillResult(
+        variant_dir=str(checked.out),
+        manifest=manifest,
+        quality_before=quality_before,
+        quality_after=quality_after,
+        training=training,
+        size_bytes=dir_size_bytes(checked.out),
+        wall_s=time.perf_counter() - start,
+        checkpoint_dir=kept,
+        notes=notes,
+    )
+    if store is not None:
+        result.run_id = _store_result(store, result, checked.teacher_spec)
+    return result
+
+
+def _check(config: DistillConfig) -> _Checked:
+    """Every cheap check, in order: paths, models, text, carbon, device, the checkpoint directory."""
+    recipe = parse_student_recipe(config.student_recipe) if config.student_recipe is not None else None
+    out = Path(config.out).expanduser()
+    refuse_existing(out)
+    teacher_spec = resolve_model(config.teacher)
+    student_spec = resolve_model(config.student) if config.student is not None else None
+    if student_spec is not None and student_spec.path == teacher_spec.path:
+        raise GreenlmError("the student is the teacher itself: give a smaller student (a cut variant)")
+    split = split_text(load_text(config.text))
+    carbon = config.energy.carbon()
+    device = resolve_device(config.device)
+    set_threads(config.threads)
+    identity = _identity(config, teacher_spec, student_spec or recipe, split.fingerprint)
+    resumed = RunDir.open_existing(config.checkpoint_path, identity) if config.resume else None
+    if resumed is None:
+        RunDir.check_new(config.checkpoint_path)
+    return _Checked(recipe, out, teacher_spec, student_spec, split, carbon, device, identity, resumed)
+
+
+def _load_models(config: DistillConfig, checked: _Checked, progress: Progress, say) -> _Models:
+    """The teacher and the training windows, then the student: rebuilt from the checkpoint, loaded, or cut from
+    a copy of the teacher."""
+    progress(ProgressEvent("loading teacher", 0, 1))
+    teacher = _load(checked.teacher_spec, checked.device)
+    data = text_windows(teacher.tokenizer, config.text, config.train.seq_len)
+    check_one_batch(data, config.train.batch_size, config.train.seq_len)
+    progress(ProgressEvent("preparing student", 0, 1))
+    if checked.resumed is not None:
+        student, info = _student_from_checkpoint(checked.resumed, checked.device)
+    elif checked.student_spec is not None:
+        student, info = _student_from_directory(
+            checked.student_spec, teacher, checked.teacher_spec, checked.device, say
+        )
+    else:
+        student, info = _student_from_recipe(config, checked.recipe, teacher, checked.teacher_spec, progress)
+    return _Models(teacher, data, student, info)
+
+
+def _reference(config: DistillConfig, checked: _Checked, teacher: LoadedModel, progress: Progress, say):
+    """The teacher's statistics on the evaluation split, that quality before and after is measured against."""
+    if not config.evaluate:
+        return None
+    return reference_stats(
+        checked.teacher_spec,
+        checked.split,
+        window_tokens=DEFAULT_WINDOW_TOKENS,
+        max_eval_tokens=max(DEFAULT_MAX_EVAL_TOKENS, config.eval_tokens),
+        loaded_engine=TransformersEngine(teacher, threads=config.threads),
+        progress=relabel(progress, "reference (teacher)"),
+        announce=say,
+    )
+
+
+def _student_quality(config: DistillConfig, models: _Models, reference, progress, label: str) -> dict | None:
+    if reference is None:
+        return None
+    return _quality(
+        models.student,
+        models.teacher.tokenizer,
+        reference,
+        config.eval_tokens,
+        config.threads,
+        progress,
+        label,
+    )
+
+
+def _open_run(
+    config: DistillConfig, checked: _Checked, models: _Models, reference, progress
+) -> tuple[RunDir, dict | None]:
+    """The run directory and the quality before training: a resumed run kept both; a fresh one measures the
+    student and creates the directory."""
+    if checked.resumed is not None:
+        return checked.resumed, checked.resumed.info().get("quality_before")
+    quality_before = _student_quality(config, models, reference, progress, "quality before")
+    run = RunDir.create(
+        config.checkpoint_path,
+        checked.identity,
+        {
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "teacher": checked.teacher_spec.identity(),
+            "student_info": models.student_info,
+            "quality_before": quality_before,
+            "out": str(checked.out),
+        },
+    )
+    run.save_student_config(models.student)
+    return run, quality_before
+
+
+def _train(config: DistillConfig, models: _Models, job: TrainJob) -> TrainOutcome:
+    try:
+        return train(models.teacher.model, models.student, models.data, config.train, job)
+    except BaseException:
+        if job.run.latest() is None:  # nothing to resume from: leave nothing behind
+            job.run.remove()
+        raise
+
+
+def _manifest(
+    config: DistillConfig,
+    checked: _Checked,
+    models: _Models,
+    training: dict,
+    quality: tuple[dict | None, dict | None],
+    notes: list[str],
+) -> dict:
+    """The variant's manifest: the student's recipe plus the distill step, its report, and the training."""
+    quality_before, quality_after = quality
+    teacher_spec, info, train_settings = checked.teacher_spec, models.student_info, config.train
     distill_report = StepReport(
         "distill",
         "real",
-        notes=list(outcome.notes),
+        notes=list(training["notes"]),
         details={
             "teacher": teacher_spec.identity(),
             "training": training,
@@ -426,33 +498,33 @@ def distill(
             "quality_after": quality_after,
         },
     )
-    quality = None
+    summary = None
     if quality_after is not None:
-        quality = {
+        summary = {
             **quality_after,
             "reference": teacher_spec.name,
             "budget": f"{config.eval_tokens} evaluation tokens; `greenlm eval --model {config.out}` for the full evaluation",
         }
-    manifest = {
+    return {
         "variant_id": uuid.uuid4().hex[:12],
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "recipe": {"steps": [*student_info["recipe_steps"], json.loads(json.dumps(step.to_dict()))]},
+        "recipe": {"steps": [*info["recipe_steps"], json.loads(json.dumps(distill_step(config).to_dict()))]},
         "parent": teacher_spec.identity(),
-        "execution": student_info["execution"],
-        "steps": [*student_info["step_reports"], distill_report.to_dict()],
-        "architecture": architecture(student),
-        "calibration": {"text": split.describe("calibration"), "training": training["data"]},
-        "quality": quality,
+        "execution": info["execution"],
+        "steps": [*info["step_reports"], distill_report.to_dict()],
+        "architecture": architecture(models.student),
+        "calibration": {"text": checked.split.describe("calibration"), "training": training["data"]},
+        "quality": summary,
         "training": {
             **training_summary([training]),
             "method": "distill",
             "teacher": teacher_spec.identity(),
-            "student": {k: v for k, v in student_info.items() if k in ("source", "identity", "recipe_steps")},
+            "student": {k: v for k, v in info.items() if k in ("source", "identity", "recipe_steps")},
             "loss": {
-                "loss": config.loss,
-                "beta": config.beta if config.loss == "jsd" else None,
-                "temperature": config.temperature,
-                "ce_weight": config.ce_weight,
+                "loss": train_settings.loss,
+                "beta": train_settings.beta if train_settings.loss == "jsd" else None,
+                "temperature": train_settings.temperature,
+                "ce_weight": train_settings.ce_weight,
             },
             "quality_before": quality_before,
             "quality_after": quality_after,
@@ -460,36 +532,18 @@ def distill(
         },
         "notes": notes,
     }
-    progress({"phase": "saving", "done": 0, "total": 1})
-    with atomic_directory(out) as tmp:
-        manifest = save_variant_files(student, teacher.tokenizer, tmp, manifest)
-    kept = None
-    if config.keep_checkpoint:
-        kept = str(run.path)
-    else:
-        run.remove()
 
-    result = DistillResult(
-        variant_dir=str(out),
-        manifest=manifest,
-        quality_before=quality_before,
-        quality_after=quality_after,
-        training=training,
-        size_bytes=dir_size_bytes(out),
-        wall_s=time.perf_counter() - start,
-        checkpoint_dir=kept,
-        notes=notes,
+
+def _store_result(store, result: DistillResult, teacher_spec: ModelSpec) -> str:
+    variant = resolve_model(result.variant_dir)
+    manifest, energy = result.manifest, result.training["energy"]
+    record = dict(result.to_dict(), model=variant.name, model_identity=variant.identity(), kind="variant")
+    record.update(meter=energy["meter"], energy_source=energy["energy_source"])
+    return store.add(
+        "variant",
+        record,
+        variant_id=manifest.variant_id,
+        parent=teacher_spec.name,
+        recipe_json=json.dumps(manifest.recipe),
+        execution=manifest.execution,
     )
-    if store is not None:
-        variant = resolve_model(str(out))
-        record = dict(result.to_dict(), model=variant.name, model_identity=variant.identity(), kind="variant")
-        record.update(meter=training["energy"]["meter"], energy_source=training["energy"]["energy_source"])
-        result.run_id = store.add(
-            "variant",
-            record,
-            variant_id=manifest["variant_id"],
-            parent=teacher_spec.name,
-            recipe_json=json.dumps(manifest["recipe"]),
-            execution=manifest["execution"],
-        )
-    return result

@@ -115,7 +115,7 @@ def list_regions() -> list[dict]:
     return [asdict(r) for r in _cloud_regions()]
 
 
-def _check_intensity(intensity_g_per_kwh: float) -> float:
+def check_intensity(intensity_g_per_kwh: float) -> float:
     try:
         value = float(intensity_g_per_kwh)
     except (TypeError, ValueError):
@@ -219,7 +219,7 @@ def resolve_intensity(
     by_country = _country_intensity(country) if country is not None else None
     by_region = _region_intensity(region) if region is not None else None
     if intensity_g_per_kwh is not None:
-        return GridIntensity(_check_intensity(intensity_g_per_kwh), "override", "user --carbon-intensity")
+        return GridIntensity(check_intensity(intensity_g_per_kwh), "override", "user --carbon-intensity")
     if by_region is not None:
         return by_region
     if by_country is not None:
@@ -235,7 +235,7 @@ def validate_pue(pue: float) -> float:
         value = math.nan
     if not math.isfinite(value) or not PUE_MIN <= value <= PUE_MAX:
         raise GreenlmError(
-            f"PUE {pue!r} is out of range: PUE is facility power / IT power, so it is >= {PUE_MIN}; "
+            f"PUE {pue!r} is out of range (--pue): PUE is facility power / IT power, so it is >= {PUE_MIN}; "
             f"give a value from {PUE_MIN} (no facility overhead, e.g. a laptop) to {PUE_MAX}"
         )
     return value
@@ -253,3 +253,22 @@ def carbon_g(energy_j: float, intensity_g_per_kwh: float, pue: float = 1.0) -> f
     if not (math.isfinite(intensity_g_per_kwh) and intensity_g_per_kwh >= 0):
         raise ValueError(f"carbon intensity must be finite and >= 0 g/kWh, got {intensity_g_per_kwh!r}")
     return energy_kwh(energy_j) * intensity_g_per_kwh * validate_pue(pue)
+
+
+@dataclass(frozen=True)
+class CarbonRate:
+    """A grid intensity and the facility's PUE: what turns a run's joules into grams of CO2e."""
+
+    grid: GridIntensity
+    pue: float = 1.0
+
+    def carbon_g(self, energy_j: float) -> float:
+        return carbon_g(energy_j, self.grid.intensity_g_per_kwh, self.pue)
+
+    def to_dict(self) -> dict:
+        """The keys a stored row carries for its carbon figures."""
+        return {
+            "intensity_g_per_kwh": self.grid.intensity_g_per_kwh,
+            "intensity_source": self.grid.source,
+            "pue": self.pue,
+        }

@@ -62,8 +62,8 @@ def probe_meters(
     idle_watts_per_core: float | None = None,
 ) -> list[MeterStatus]:
     """Every backend, in METER_NAMES order, with why it is unavailable or what it would measure."""
-    _check_watts(watts_per_core, "watts_per_core")
-    _check_watts(idle_watts_per_core, "idle_watts_per_core", allow_zero=True)
+    check_watts(watts_per_core, "watts_per_core")
+    check_watts(idle_watts_per_core, "idle_watts_per_core", allow_zero=True)
     cpu = CpuModelSettings(watts_per_core, idle_watts_per_core)
     statuses = []
     for name in METER_NAMES:
@@ -80,13 +80,16 @@ def probe_meters(
     return statuses
 
 
-def _check_watts(watts: float | None, what: str, *, allow_zero: bool = False) -> None:
+def check_watts(watts: float | None, what: str, *, allow_zero: bool = False) -> None:
+    """One line naming `what` (a flag or argument) unless `watts` is None or a finite number > 0 (>= 0)."""
     if watts is None:
         return
     if isinstance(watts, bool) or not isinstance(watts, (int, float)):
         raise GreenlmError(f"{what} must be a number of watts, got {watts!r}")
     if not (math.isfinite(watts) and (watts >= 0 if allow_zero else watts > 0)):
-        raise GreenlmError(f"{what} must be {'>= 0' if allow_zero else '> 0'} watts, got {watts}")
+        raise GreenlmError(
+            f"{what} must be a finite number of watts {'>= 0' if allow_zero else '> 0'}, got {watts}"
+        )
 
 
 def _cpu_model_note(cpu: CpuModelMeter) -> str:
@@ -161,8 +164,8 @@ def get_meter(
     MeterUnavailable, with the reason, when this machine lacks it.
     watts_per_core, idle_watts_per_core and include_children are used only by cpu-model.
     """
-    _check_watts(watts_per_core, "watts_per_core")
-    _check_watts(idle_watts_per_core, "idle_watts_per_core", allow_zero=True)
+    check_watts(watts_per_core, "watts_per_core")
+    check_watts(idle_watts_per_core, "idle_watts_per_core", allow_zero=True)
     cpu = CpuModelSettings(watts_per_core, idle_watts_per_core, include_children)
     key = spec.strip().lower()
     if key == "auto":

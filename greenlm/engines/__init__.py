@@ -15,5 +15,6 @@ __getattr__, __dir__, __all__ = lazy(
         "check_speculative_engine": "greenlm.engines.names",
         "create_engine": "greenlm.engines.factory",
         "device_kind_for": "greenlm.engines.factory",
+        "open_stepper": "greenlm.engines.factory",
     },
 )

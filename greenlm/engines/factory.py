@@ -1,4 +1,5 @@
-"""`create_engine("llamacpp", spec)`: load a model on the engine of that name."""
+"""`create_engine("llamacpp", spec)`: load a model on the engine of that name; `open_stepper(engine, ...)`: the
+stepper (serving's step-level batching) for a loaded engine."""
 
 from __future__ import annotations
 
@@ -6,9 +7,13 @@ import torch
 
 from greenlm.engines.base import Engine
 from greenlm.engines.llamacpp_engine import LlamaCppEngine
+from greenlm.engines.llamacpp_stepper import LlamaCppStepper
 from greenlm.engines.names import check_device, check_engine_name, check_speculative_engine
 from greenlm.engines.speculative import SpeculativeConfig
+from greenlm.engines.stepper import Stepper
 from greenlm.engines.transformers_engine import TransformersEngine
+from greenlm.engines.transformers_stepper import TransformersStepper
+from greenlm.errors import GreenlmError
 from greenlm.llamacpp.runtime import llama_cpp_status
 from greenlm.models.spec import ModelSpec
 
@@ -41,3 +46,16 @@ def create_engine(
     if name == "transformers":
         return TransformersEngine.load(spec, threads=threads, device=device, dtype=dtype)
     return LlamaCppEngine.load(spec, threads=threads, device=device, dtype=dtype, speculative=speculative)
+
+
+STEPPERS: dict[str, type[Stepper]] = {"llamacpp": LlamaCppStepper, "transformers": TransformersStepper}
+
+
+def open_stepper(
+    engine: Engine, *, slots: int, step_tokens: int, context_tokens: int | None = None
+) -> Stepper:
+    """The stepper for `engine`: `slots` sequences of at most `context_tokens` each (default: the engine's)."""
+    kind = STEPPERS.get(engine.name)
+    if kind is None:
+        raise GreenlmError(f"the {engine.name} engine cannot serve (no step-level batching)")
+    return kind(engine, slots=slots, step_tokens=step_tokens, context_tokens=context_tokens)

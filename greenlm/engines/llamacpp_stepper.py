@@ -21,6 +21,8 @@ FLASH_ATTENTION_OFF = 0  # llama_flash_attn_type: -1 auto, 0 disabled, 1 enabled
 
 
 class LlamaCppStepper(Stepper):
+    reuses_prefixes = True  # a slot's stream keeps its cells after release; streams copy whole (seq_cp)
+
     def __init__(
         self, engine: LlamaCppEngine, *, slots: int, step_tokens: int, context_tokens: int | None = None
     ):
@@ -81,11 +83,21 @@ class LlamaCppStepper(Stepper):
         outputs = sum(1 for f in feeds if f.wants_logits)
         if not outputs:
             return []
+        # views of llama.cpp's buffer, valid until the next step (the caller samples first): no copy per step
         logits = np.ctypeslib.as_array(lib.llama_get_logits(self._ctx), shape=(outputs, self.vocab_size))
-        return list(logits.copy())  # the buffer is reused by the next step
+        return list(logits)
 
     def _forget(self, slot: int) -> None:
         self.lib.llama_memory_seq_rm(self._memory, slot, -1, -1)
+
+    def _truncate(self, slot: int, keep_tokens: int) -> None:
+        if not self.lib.llama_memory_seq_rm(self._memory, slot, keep_tokens, -1):
+            raise GreenlmError(f"llama.cpp cannot trim slot {slot}'s cache to {keep_tokens} tokens")
+
+    def _copy(self, source: int, target: int) -> None:
+        # Slots are separate streams, and llama.cpp copies across streams only whole: the buffer copy runs at
+        # the start of the next llama_decode (before that step writes anything), then `admit` trims it.
+        self.lib.llama_memory_seq_cp(self._memory, source, target, -1, -1)
 
     def is_end_of_generation(self, token_id: int) -> bool:
         return bool(self.lib.llama_vocab_is_eog(self._vocab, token_id))
@@ -106,6 +118,10 @@ class LlamaCppStepper(Stepper):
         return {
             **super().describe(),
             "kv_cache": "one llama.cpp KV stream per slot (kv_unified false), f16",
+            "prefix_reuse": "a finished request's cells stay in its slot; a new request takes the free slot with the "
+            "longest shared prefix, or a copy of a running slot's stream when that shares more"
+            if self.reuses_prefixes
+            else "off",
             "flash_attention": False,
             "step": "one llama_decode per step: prompt chunks of new requests and one decode token per running one",
         }

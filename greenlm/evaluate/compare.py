@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 
 import torch
 
@@ -18,9 +17,7 @@ from greenlm.errors import GreenlmError
 from greenlm.evaluate.metrics import sampled_kl, target_nll, top1_matches, top_k_kl, top_k_mass
 from greenlm.evaluate.reference import ReferenceStats, check_window_fits, logprob_windows
 from greenlm.evaluate.result import QualityStats, kld_method, mean_stderr
-from greenlm.io import noop
-
-Progress = Callable[[int, int], None]
+from greenlm.progress import Progress, no_progress
 
 
 def percentile(values: torch.Tensor, pct: float) -> float:
@@ -65,7 +62,7 @@ def compare_to_reference(
     `max_eval_tokens` picks an evenly spread subset of the reference's windows (all when None); the reference
     perplexity it is compared with is computed on the same subset.
     """
-    progress = progress or noop
+    progress = progress or no_progress
     if batch_windows < 1:
         raise GreenlmError(f"batch_windows must be at least 1, got {batch_windows}")
     tokenizer_match = check_compatible(engine, reference)

@@ -46,6 +46,7 @@ from greenlm.evaluate.windows import cut_windows, spread
 from greenlm.io import atomic_file, noop
 from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.paths import cache_dir
+from greenlm.progress import Progress, ProgressEvent, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,6 @@ FORMAT_VERSION = 2
 TAIL_SEED = 0
 PROBE_CHARS = 2000  # text the model's own tokenizer is checked on against the reference's
 
-Progress = Callable[[int, int], None]
 TENSORS = ("token_ids", "nll", "topk_ids", "topk_logp", "tail_ids", "tail_logp")
 
 
@@ -263,7 +263,7 @@ def reference_cache_path(spec: ModelSpec, key: str) -> Path:
 
 
 def logprob_windows(
-    engine: Engine, token_ids: torch.Tensor, *, batch_windows: int = 1, progress: Progress = noop
+    engine: Engine, token_ids: torch.Tensor, *, batch_windows: int = 1, progress: Progress = no_progress
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """Run `engine` over the windows; yield (window index, [T-1, V] next-token log-probs) one window at a time."""
     total = int(token_ids.shape[0])
@@ -277,7 +277,7 @@ def logprob_windows(
             )
         for offset in range(len(batch)):
             yield first + offset, next_token_logprobs(logits[offset])
-        progress(min(first + batch_windows, total), total)
+        progress(ProgressEvent("evaluating", min(first + batch_windows, total), total, "windows"))
 
 
 def check_window_fits(engine: Engine, window_tokens: int) -> None:
@@ -299,7 +299,7 @@ def compute_reference(
     top_k: int,
     tail_samples: int = DEFAULT_TAIL_SAMPLES,
     batch_windows: int = 1,
-    progress: Progress = noop,
+    progress: Progress = no_progress,
     bos: int | None | str = "engine",
 ) -> ReferenceStats:
     """Tokenize the evaluation split once with the reference's tokenizer, cut windows (each starting with
@@ -386,7 +386,7 @@ def reference_stats(
     `loaded_engine` reuses a model the caller already has loaded (it must be `model` on `engine`); otherwise
     the engine is loaded only on a cache miss and closed afterwards.
     """
-    progress = progress or noop
+    progress = progress or no_progress
     announce = announce or noop
     validate_window_settings(window_tokens, max_eval_tokens, top_k, batch_windows, tail_samples)
     spec = model if isinstance(model, ModelSpec) else resolve_model(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from greenlm.data import load_text, split_text
 from greenlm.energy.payback import payback_from_store, training_energy_j
@@ -18,20 +19,19 @@ from greenlm.evaluate.reference import reference_stats
 from greenlm.evaluate.result import EvalResult
 from greenlm.io import noop
 from greenlm.models import ModelSpec, resolve_model
-from greenlm.models.manifest import MANIFEST_NAME, is_variant_dir, read_manifest
+from greenlm.models.manifest import MANIFEST_NAME, Manifest, is_variant_dir, read_manifest
+from greenlm.progress import Progress, ProgressEvent, no_progress
 
-Progress = Callable[[int, int], None]
 
-
-def read_variant_manifest(spec: ModelSpec) -> dict | None:
+def read_variant_manifest(spec: ModelSpec) -> Manifest | None:
     """The manifest of a variant directory written by `greenlm compress`, or None for any other model."""
     return read_manifest(spec.path) if is_variant_dir(spec.path) else None
 
 
-def variant_parent(spec: ModelSpec, manifest: dict, announce: Callable[[str], None]) -> ModelSpec:
+def variant_parent(spec: ModelSpec, manifest: Manifest, announce: Callable[[str], None]) -> ModelSpec:
     """Resolve the parent a variant names in its manifest (by name, then by its recorded path)."""
-    parent = manifest.get("parent")
-    if not isinstance(parent, dict) or not isinstance(parent.get("name"), str):
+    parent = manifest.parent
+    if not isinstance(parent.get("name"), str):
         raise GreenlmError(
             f"{spec.path / MANIFEST_NAME} names no parent model: pass --reference (or --no-reference)"
         )
@@ -57,10 +57,8 @@ def variant_parent(spec: ModelSpec, manifest: dict, announce: Callable[[str], No
     return resolved
 
 
-def _variant_summary(manifest: dict | None) -> dict | None:
-    if manifest is None:
-        return None
-    return {k: manifest.get(k) for k in ("execution", "recipe", "parent", "variant_id") if k in manifest}
+def _variant_summary(manifest: Manifest | None) -> dict | None:
+    return manifest.summary() if manifest is not None else None
 
 
 def evaluate(
@@ -71,7 +69,7 @@ def evaluate(
     announce: Callable[[str], None] | None = None,
 ) -> EvalResult:
     """Evaluate `config.model` on the evaluation split. With a `store`, the result is saved (kind "eval")."""
-    progress = progress or noop
+    progress = progress or no_progress
     announce = announce or noop
     start = time.perf_counter()
     notes: list[str] = []
@@ -131,10 +129,13 @@ def evaluate(
         # The reference first (cold: one pass, then cached), closed before the model loads to bound memory.
         done_ref = 0
 
-        def ref_progress(done: int, total: int) -> None:
+        def ref_progress(event: ProgressEvent) -> None:
             nonlocal done_ref
-            done_ref = done
-            progress(done, 2 * total)  # the model's pass over the same windows follows
+            done_ref = event.done
+            progress(replace(event, total=2 * event.total))  # the model's pass over the same windows follows
+
+        def model_progress(event: ProgressEvent) -> None:
+            progress(replace(event, done=done_ref + event.done, total=done_ref + event.total))
 
         ref = reference_stats(
             ref_spec,
@@ -152,7 +153,7 @@ def evaluate(
                 engine,
                 ref,
                 batch_windows=config.batch_windows,
-                progress=lambda done, total: progress(done_ref + done, done_ref + total),
+                progress=model_progress,
             )
             info = engine.describe()
         finally:
@@ -180,7 +181,7 @@ def evaluate(
             notes=notes + ref.notes,
         )
     result.wall_s = time.perf_counter() - start
-    training_j = training_energy_j(manifest)
+    training_j = training_energy_j(manifest.to_dict()) if manifest is not None else None
     if training_j is not None:
         result.payback = _payback(
             store, training_j, spec, manifest, ref_spec if ref_source == "variant parent" else None
@@ -190,9 +191,9 @@ def evaluate(
     return result
 
 
-def _payback(store, training_j: float, spec: ModelSpec, manifest: dict, parent: ModelSpec | None) -> dict:
+def _payback(store, training_j: float, spec: ModelSpec, manifest: Manifest, parent: ModelSpec | None) -> dict:
     """Payback of a variant made with training energy, from the store's measure rows of it and its parent."""
-    recorded = manifest.get("parent") or {}
+    recorded = manifest.parent
     if store is None:
         return {
             "status": "unmeasured",
@@ -209,15 +210,14 @@ def _payback(store, training_j: float, spec: ModelSpec, manifest: dict, parent: 
     ).to_dict()
 
 
-def _store_columns(result: EvalResult, manifest: dict | None) -> dict:
+def _store_columns(result: EvalResult, manifest: Manifest | None) -> dict:
     columns: dict = {}
     if manifest is not None:
-        parent = manifest.get("parent")
-        columns["parent"] = parent.get("name") if isinstance(parent, dict) else None
-        columns["execution"] = manifest.get("execution")
-        if "recipe" in manifest:
-            columns["recipe_json"] = json.dumps(manifest["recipe"], default=str)
-        columns["variant_id"] = manifest.get("variant_id") or result.model_identity["fingerprint"]
+        columns["parent"] = manifest.parent.get("name")
+        columns["execution"] = manifest.execution
+        if manifest.recipe is not None:
+            columns["recipe_json"] = json.dumps(manifest.recipe, default=str)
+        columns["variant_id"] = manifest.variant_id or result.model_identity["fingerprint"]
     return columns
 
 

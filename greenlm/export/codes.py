@@ -2,7 +2,7 @@
 
 Two places hold them: greenlm's low-bit modules (a `real` quantized variant) and, for layers a quantization step
 left as dense floats (`simulated`), the variant's codes file (`models.variant.CODES_FILE`). A layer's codes are
-used only when they are on a GGUF format's grid (`kernels.grid.GgufGrid`) and still describe the model's weights
+used only when they are on a GGUF format's grid (`kernels.quant_grid.GgufGrid`) and still describe the model's weights
 bit for bit: a later step that changed the layer (pruning after quantizing) or AWQ's per-input-channel scales
 make them stale, and such a layer is written as its float weights for llama.cpp to quantize, with a note.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from greenlm.kernels.base import QuantizedModule
-from greenlm.kernels.grid import GgufGrid, QuantizedWeight, gguf_grid_for
+from greenlm.kernels.quant_grid import GgufGrid, QuantizedWeight, gguf_grid_for
 from greenlm.llamacpp.blocks import QTYPES, dequantize_blocks, pack_blocks
 from greenlm.llamacpp.gguf_writer import Blocks, TensorPlan
 from greenlm.models.manifest import is_variant_dir, read_manifest
@@ -56,7 +56,7 @@ def declared_format(spec) -> str | None:
         return None
     formats = [
         (step.get("details") or {}).get("gguf_format")
-        for step in read_manifest(spec.path).get("steps") or []
+        for step in read_manifest(spec.path).steps
         if isinstance(step, dict)
     ]
     formats = [f for f in formats if f]
@@ -74,7 +74,7 @@ def _grid_of(weight: QuantizedWeight) -> tuple[GgufGrid | None, str | None]:
 
 
 def _method(spec) -> str | None:
-    steps = read_manifest(spec.path).get("steps") or []
+    steps = read_manifest(spec.path).steps
     methods = [
         s.get("method") for s in steps if isinstance(s, dict) and (s.get("details") or {}).get("gguf_format")
     ]

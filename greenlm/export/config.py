@@ -78,6 +78,8 @@ class ExportConfig:
     )
     calibration_samples: int = DEFAULT_MIXED_SAMPLES
     calibration_tokens: int = DEFAULT_MIXED_TOKENS
+    # with mixed: also write the plan as llama.cpp `llama-quantize` arguments to this file (export/llama_quantize.py)
+    llama_quantize_args: str | None = None
 
     def __post_init__(self) -> None:
         if self.format != "gguf":
@@ -129,6 +131,7 @@ class ExportConfig:
                     ("--sensitivity", self.sensitivity, "fisher"),
                     ("--calibration-samples", self.calibration_samples, DEFAULT_MIXED_SAMPLES),
                     ("--calibration-tokens", self.calibration_tokens, DEFAULT_MIXED_TOKENS),
+                    ("--llama-quantize-args", self.llama_quantize_args, None),
                 )
                 if value != default
             ]
@@ -160,6 +163,15 @@ class ExportConfig:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise GreenlmError(f"{flag} must be a whole number of at least {low}, got {value!r}")
+        if self.llama_quantize_args is not None:
+            args = Path(self.llama_quantize_args).expanduser()
+            if (
+                not str(self.llama_quantize_args).strip()
+                or args.resolve() == Path(self.out).expanduser().resolve()
+            ):
+                raise GreenlmError(
+                    f"--llama-quantize-args {self.llama_quantize_args!r} must name a text file other than --out"
+                )
         for directory in self.codes_from:
             if not Path(directory).expanduser().is_dir():
                 raise GreenlmError(

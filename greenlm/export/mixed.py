@@ -50,12 +50,12 @@ from greenlm.llamacpp.quantize import quantize_gguf, rows_fit
 from greenlm.models.loader import load_model
 from greenlm.models.manifest import read_manifest
 from greenlm.models.spec import resolve_model
+from greenlm.progress import Progress, ProgressEvent
 
 MAX_ROUNDS = 4
 MEASURED_WINDOWS = 4  # windows the `measured` sensitivity runs per (matrix, type): it runs that many passes
 
 Announce = Callable[[str], None]
-Progress = Callable[[int, int], None]
 
 
 @dataclass
@@ -218,7 +218,7 @@ def _codes_candidates(
         variant_spec = resolve_model(str(directory))
         if variant_spec.kind != "variant":
             raise GreenlmError(f"--codes-from {directory} is not a greenlm variant directory")
-        parent = read_manifest(variant_spec.path).get("parent") or {}
+        parent = read_manifest(variant_spec.path).parent
         if parent.get("fingerprint") and parent["fingerprint"] != spec.fingerprint():
             raise GreenlmError(
                 f"--codes-from {directory} was made from {parent.get('name')}, not from {spec.name}: its codes "
@@ -303,7 +303,7 @@ def score_measured(model, matrices: list[Matrix], windows, progress: Progress) -
             value = torch.from_numpy(_hf_order(m.plan, o.values()))
             o.kld = measured_kld(model, param, value, windows, refs)
             done += 1
-            progress(done, total)
+            progress(ProgressEvent("measured sensitivity", done, total, "passes"))
 
 
 # --- the whole step ----------------------------------------------------------------------------------------

@@ -36,24 +36,25 @@ from greenlm.export.codes import (
     verify_blocks,
 )
 from greenlm.export.config import AUTO, ExportConfig
+from greenlm.export.llama_quantize import check_args_target, plan_as_llama_quantize_args
 from greenlm.export.mixed import export_mixed
 from greenlm.io import atomic_file, check_file_target, noop
 from greenlm.kernels.base import QuantizedModule
 from greenlm.llamacpp.gguf_writer import (
+    FloatExport,
     check_declared_architecture,
     plan_tensors,
     source_metadata,
     write_model_gguf,
 )
-from greenlm.llamacpp.imatrix import importance_matrix
-from greenlm.llamacpp.inspect import tensor_type_report
+from greenlm.llamacpp.imatrix import importance_data
+from greenlm.llamacpp.inspect import TensorTypeReport, tensor_type_report
 from greenlm.llamacpp.quantize import FLOAT_TYPES, quantize_gguf
 from greenlm.llamacpp.runtime import import_llama_cpp, llama_cpp_status
 from greenlm.llamacpp.verify import tokenizer_check
 from greenlm.models.loader import load_model
-from greenlm.models.spec import resolve_model
-
-Progress = Callable[[int, int], None]
+from greenlm.models.spec import ModelSpec, resolve_model
+from greenlm.progress import Progress, no_progress
 
 
 @dataclass
@@ -98,19 +99,37 @@ def resolve_quant(config: ExportConfig, spec) -> str:
     return declared_format(spec) or "f16"
 
 
-def export_model(
-    config: ExportConfig,
-    *,
-    progress: Progress | None = None,
-    announce: Callable[[str], None] | None = None,
-) -> ExportResult:
-    """Export `config.model` to `config.out`. The file appears only when every step succeeded."""
-    progress = progress or noop
-    announce = announce or noop
-    start = time.perf_counter()
+@dataclass
+class _Plan:
+    """What the export will write, settled by the checks before anything loads."""
+
+    target: Path
+    spec: ModelSpec
+    quant: str  # the file type: a float type, a llama.cpp type, or "mixed"
+    quantized: bool
+
+
+@dataclass
+class _Written:
+    """What the write phase put in the file, for the result."""
+
+    gguf: FloatExport
+    tokenizer_check: str
+    report: TensorTypeReport | None = None  # the tensor types read back from the finished file
+    imatrix: dict | None = None
+    codes: dict | None = None  # greenlm codes written as GGUF blocks
+    mixed: dict | None = None  # per-tensor types chosen for energy
+
+
+def _check(config: ExportConfig) -> _Plan:
+    """Everything cheap before the slow load: the target, the model's declared architecture, the file type,
+    llama.cpp when quantizing, the calibration text."""
     target = Path(config.out).expanduser()
-    check_file_target(target, overwrite=config.force)  # before the slow part
-    # Everything cheap before the slow load: the model's declared architecture, the calibration text.
+    check_file_target(target, overwrite=config.force)
+    if config.llama_quantize_args:
+        check_args_target(
+            Path(config.llama_quantize_args).expanduser(), overwrite=config.force, imatrix=config.imatrix
+        )
     spec = resolve_model(config.model)
     check_declared_architecture(spec)
     quant = "mixed" if config.mixed else resolve_quant(config, spec)
@@ -124,141 +143,193 @@ def export_model(
         import_llama_cpp()  # quantizing needs llama.cpp: say so before loading anything
     if config.imatrix:
         split_text(load_text(config.text))
-    loaded = load_for_export(spec, announce)
+    return _Plan(target, spec, quant, quantized)
+
+
+def _load(config: ExportConfig, plan: _Plan, announce):
+    """The model in float32 through transformers; a --mixed export needs a float one."""
+    loaded = load_for_export(plan.spec, announce)
     if config.mixed and any(isinstance(m, QuantizedModule) for m in loaded.model.modules()):
         raise GreenlmError(
-            f"--mixed chooses types for a float model, and {spec.name} holds greenlm low-bit layers: export its "
-            "parent with --mixed --codes-from <this variant> to offer its codes as candidates"
+            f"--mixed chooses types for a float model, and {plan.spec.name} holds greenlm low-bit layers: export "
+            "its parent with --mixed --codes-from <this variant> to offer its codes as candidates"
         )
-    notes: list[str] = []
+    return loaded
+
+
+def _codes(config: ExportConfig, plan: _Plan, loaded, notes: list[str]) -> tuple[ModelCodes, bool]:
+    """A variant's integer codes, and whether they are written as the file's blocks (the notes say why not)."""
+    spec, quant = plan.spec, plan.quant
     codes = collect_codes(spec, loaded.model) if config.codes and not config.mixed else ModelCodes()
-    use_codes = quantized and quant in codes.formats
+    use_codes = plan.quantized and quant in codes.formats
     if codes.layers and not use_codes:
         why = "--no-codes" if not config.codes else f"the file type is {quant}"
         notes.append(
             f"the variant's {'/'.join(codes.formats)} codes were not written ({why}): "
-            + ("its weights are written as floats" if not quantized else "llama.cpp re-quantized its weights")
+            + (
+                "its weights are written as floats"
+                if not plan.quantized
+                else "llama.cpp re-quantized its weights"
+            )
         )
     elif not config.codes and spec.kind == "variant" and declared_format(spec):
         notes.append("--no-codes: llama.cpp re-quantized the variant's weights instead of writing its codes")
     if use_codes:
         notes.extend(codes.notes)
-    imatrix_info = None
-    codes_info = None
-    mixed_info = None
-    with atomic_file(target, overwrite=config.force) as tmp_out:
-        if not quantized:
-            announce(f"writing {quant} GGUF")
-            written = write_model_gguf(loaded, spec, tmp_out, outtype=quant, progress=progress)
-            check = tokenizer_check(tmp_out, loaded.tokenizer)
+    return codes, use_codes
+
+
+def _write_quantized(
+    config: ExportConfig, plan: _Plan, loaded, tmp_out: Path, codes: ModelCodes, use_codes: bool,
+    notes: list[str], progress: Progress, announce,
+) -> _Written:  # fmt: skip
+    """An f32 GGUF for the quantizer (and the importance matrix), then llama.cpp's types, greenlm's mixed
+    types, or greenlm's codes with llama.cpp's blocks for the rest, into `tmp_out`."""
+    quant = plan.quant
+    with tempfile.TemporaryDirectory(prefix=".greenlm-export-", dir=plan.target.parent) as scratch:
+        f32 = Path(scratch) / "model-f32.gguf"
+        announce("writing f32 GGUF for the quantizer")
+        gguf_file = write_model_gguf(loaded, plan.spec, f32, outtype="f32", progress=progress)
+        written = _Written(gguf_file, tokenizer_check(f32, loaded.tokenizer))
+        imatrix = imatrix_data = None
+        if config.imatrix:
+            announce("computing the importance matrix on the calibration split")
+            imatrix_data = importance_data(
+                loaded.model, loaded.tokenizer, gguf_file.arch, text=config.text, samples=config.imatrix_samples,
+                tokens=config.imatrix_tokens, progress=progress,
+            )  # fmt: skip
+            imatrix, written.imatrix = imatrix_data.means(), imatrix_data.info
+        if config.mixed:
+            mixed = export_mixed(
+                config, loaded, plan.spec, tmp_out, Path(scratch), f32=f32, imatrix=imatrix, progress=progress,
+                announce=announce,
+            )  # fmt: skip
+            written.mixed = mixed.to_dict()
+            notes.extend(mixed.notes)
+            if config.llama_quantize_args:
+                written.mixed["llama_quantize"] = plan_as_llama_quantize_args(
+                    config, tmp_out, mixed.choice, imatrix_data, arch=gguf_file.arch
+                )
+            return written
+        llama_out = Path(scratch) / f"model-{quant}.gguf" if use_codes else tmp_out
+        announce(
+            f"quantizing to {quant} with llama.cpp"
+            + (" (the layers greenlm has no codes for)" if use_codes else "")
+        )
+        quantize_gguf(
+            f32,
+            llama_out,
+            quant,
+            threads=config.threads,
+            imatrix=imatrix,
+            embedding_type=config.embedding_type,
+        )
+        if use_codes:
+            announce(f"writing {len(codes.layers)} layers as greenlm's own {'/'.join(codes.formats)} blocks")
+            written.gguf, written.codes = _write_coded(
+                loaded, plan.spec, tmp_out, codes, llama_out, quant, progress
+            )
+        return written
+
+
+def _write(config: ExportConfig, plan: _Plan, loaded, notes: list[str], progress: Progress, announce):
+    """The file, whole or not at all: float types straight from the model, quantized ones through llama.cpp.
+    Returns what was written, read back from the file; the codes it offered."""
+    codes, use_codes = _codes(config, plan, loaded, notes)
+    with atomic_file(plan.target, overwrite=config.force) as tmp_out:
+        if not plan.quantized:
+            announce(f"writing {plan.quant} GGUF")
+            gguf_file = write_model_gguf(loaded, plan.spec, tmp_out, outtype=plan.quant, progress=progress)
+            written = _Written(gguf_file, tokenizer_check(tmp_out, loaded.tokenizer))
         else:
-            with tempfile.TemporaryDirectory(prefix=".greenlm-export-", dir=target.parent) as scratch:
-                f32 = Path(scratch) / "model-f32.gguf"
-                announce("writing f32 GGUF for the quantizer")
-                written = write_model_gguf(loaded, spec, f32, outtype="f32", progress=progress)
-                check = tokenizer_check(f32, loaded.tokenizer)
-                imatrix = None
-                if config.imatrix:
-                    announce("computing the importance matrix on the calibration split")
-                    imatrix, imatrix_info = importance_matrix(
-                        loaded.model,
-                        loaded.tokenizer,
-                        written.arch,
-                        text=config.text,
-                        samples=config.imatrix_samples,
-                        tokens=config.imatrix_tokens,
-                        progress=progress,
-                    )
-                if config.mixed:
-                    mixed = export_mixed(
-                        config,
-                        loaded,
-                        spec,
-                        tmp_out,
-                        Path(scratch),
-                        f32=f32,
-                        imatrix=imatrix,
-                        progress=progress,
-                        announce=announce,
-                    )
-                    mixed_info = mixed.to_dict()
-                    notes.extend(mixed.notes)
-                else:
-                    llama_out = Path(scratch) / f"model-{quant}.gguf" if use_codes else tmp_out
-                    announce(
-                        f"quantizing to {quant} with llama.cpp"
-                        + (" (the layers greenlm has no codes for)" if use_codes else "")
-                    )
-                    quantize_gguf(
-                        f32,
-                        llama_out,
-                        quant,
-                        threads=config.threads,
-                        imatrix=imatrix,
-                        embedding_type=config.embedding_type,
-                    )
-                    if use_codes:
-                        announce(
-                            f"writing {len(codes.layers)} layers as greenlm's own {'/'.join(codes.formats)} blocks"
-                        )
-                        written, codes_info = _write_coded(
-                            loaded, spec, tmp_out, codes, llama_out, quant, progress
-                        )
-        report = tensor_type_report(tmp_out)
-        report.path = str(target)
-    notes.extend(written.notes)
-    if report.fallback and not mixed_info:
-        widths = sorted({f["row_width"] for f in report.fallback})
-        notes.append(
-            f"{len(report.fallback)} weight matrices are not k-quants: llama.cpp fell back to "
-            f"{', '.join(sorted({f['type'] for f in report.fallback}))} because their rows ({', '.join(map(str, widths))} "
-            "wide) are not multiples of the 256-wide k-quant block"
+            written = _write_quantized(
+                config, plan, loaded, tmp_out, codes, use_codes, notes, progress, announce
+            )
+        written.report = tensor_type_report(tmp_out)
+        written.report.path = str(plan.target)
+    return written, codes
+
+
+def _quantizer(plan: _Plan, written: _Written, codes: ModelCodes) -> str:
+    """Who made the file's blocks, with versions."""
+    quant = plan.quant
+    version_note = f"llama-cpp-python {llama_cpp_status().get('version')}" if plan.quantized else ""
+    if written.mixed:
+        by_option = written.mixed["by_option"]
+        return (
+            f"greenlm mixed types ({', '.join(by_option)}): blocks from llama.cpp's llama_model_quantize "
+            f"({version_note})" + (" and greenlm codes" if any(":" in k for k in by_option) else "")
         )
-    version_note = f"llama-cpp-python {llama_cpp_status().get('version')}" if quantized else ""
-    if mixed_info:
-        quantizer = (
-            f"greenlm mixed types ({', '.join(mixed_info['by_option'])}): blocks from llama.cpp's "
-            f"llama_model_quantize ({version_note})"
-            + (" and greenlm codes" if any(":" in k for k in mixed_info["by_option"]) else "")
-        )
-    elif codes_info:
-        quantizer = (
+    if written.codes:
+        return (
             f"greenlm {codes.method or 'quantization'} codes as {'/'.join(codes.formats)} blocks for "
-            f"{codes_info['tensors_checked']} weight matrices; llama.cpp llama_model_quantize ({version_note}) "
+            f"{written.codes['tensors_checked']} weight matrices; llama.cpp llama_model_quantize ({version_note}) "
             "for the rest"
         )
-    elif quantized:
-        quantizer = f"llama.cpp llama_model_quantize ({version_note})"
-    else:
-        quantizer = f"gguf {version('gguf')} GGUFWriter ({quant}, no quantizer)"
-    variant = source_metadata(spec).get("variant")
-    if variant and variant.get("execution") == "simulated" and not codes_info:
+    if plan.quantized:
+        return f"llama.cpp llama_model_quantize ({version_note})"
+    return f"gguf {version('gguf')} GGUFWriter ({quant}, no quantizer)"
+
+
+def _result_notes(plan: _Plan, written: _Written, variant: dict | None, notes: list[str]) -> None:
+    """What the file's reader should know: the writer's notes, k-quant fallbacks, a simulated variant."""
+    notes.extend(written.gguf.notes)
+    fallback = written.report.fallback
+    if fallback and not written.mixed:
+        widths = sorted({f["row_width"] for f in fallback})
+        notes.append(
+            f"{len(fallback)} weight matrices are not k-quants: llama.cpp fell back to "
+            f"{', '.join(sorted({f['type'] for f in fallback}))} because their rows ({', '.join(map(str, widths))} "
+            "wide) are not multiples of the 256-wide k-quant block"
+        )
+    if variant and variant.get("execution") == "simulated" and not written.codes:
         notes.append(
             "the variant's compression was simulated (fake-quantized float weights): the GGUF holds those values "
-            f"as {quant}, so llama.cpp's speed reflects {quant}, not the simulated format"
+            f"as {plan.quant}, so llama.cpp's speed reflects {plan.quant}, not the simulated format"
         )
+
+
+def export_model(
+    config: ExportConfig,
+    *,
+    progress: Progress | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> ExportResult:
+    """Export `config.model` to `config.out`. The file appears only when every step succeeded.
+    Phases: check (before anything loads), load, write (atomically), then the result read back from the file."""
+    progress = progress or no_progress
+    announce = announce or noop
+    start = time.perf_counter()
+    plan = _check(config)
+    loaded = _load(config, plan, announce)
+    notes: list[str] = []
+    written, codes = _write(config, plan, loaded, notes, progress, announce)
+    variant = source_metadata(plan.spec).get("variant")
+    quantizer = _quantizer(plan, written, codes)
+    _result_notes(plan, written, variant, notes)
+    gguf_file = written.gguf
     return ExportResult(
-        model=spec.name,
-        model_identity=spec.identity(),
-        out=str(target),
+        model=plan.spec.name,
+        model_identity=plan.spec.identity(),
+        out=str(plan.target),
         format=config.format,
-        quant_type=quant,
-        file_mb=report.file_mb,
-        arch=written.arch,
-        layers=len(written.layers),
-        per_layer=[asdict(s) for s in written.layers],
-        tokenizer_pre=written.tokenizer_pre,
-        tokenizer_check=check,
+        quant_type=plan.quant,
+        file_mb=written.report.file_mb,
+        arch=gguf_file.arch,
+        layers=len(gguf_file.layers),
+        per_layer=[asdict(s) for s in gguf_file.layers],
+        tokenizer_pre=gguf_file.tokenizer_pre,
+        tokenizer_check=written.tokenizer_check,
         quantizer=quantizer,
-        imatrix=imatrix_info,
-        tensor_types=report.to_dict(),
+        imatrix=written.imatrix,
+        tensor_types=written.report.to_dict(),
         wall_s=time.perf_counter() - start,
         variant=variant,
         notes=notes,
         config=config.to_dict(),
-        family=written.family,
-        codes=codes_info,
-        mixed=mixed_info,
+        family=gguf_file.family,
+        codes=written.codes,
+        mixed=written.mixed,
     )
 
 

@@ -15,17 +15,14 @@ Calibration text only: evaluation text never reaches here.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
-from greenlm.io import noop
-
-Progress = Callable[[int, int], None]
+from greenlm.evaluate.metrics import exact_kl
+from greenlm.progress import Progress, ProgressEvent, no_progress
 
 
 def fisher_diagonal(
-    model, windows: torch.Tensor, *, draws: int = 1, seed: int = 0, progress: Progress = noop
+    model, windows: torch.Tensor, *, draws: int = 1, seed: int = 0, progress: Progress = no_progress
 ) -> dict[str, torch.Tensor]:
     """Per parameter name: the diagonal Fisher of the model's next-token distribution, per token, in the
     parameter's shape. Tied parameters appear once (under their first name)."""
@@ -51,7 +48,7 @@ def fisher_diagonal(
                 for name, p in params.items():
                     if p.grad is not None:
                         fisher[name] += p.grad.detach().float() ** 2
-                progress(index * draws + draw + 1, total)
+                progress(ProgressEvent("fisher sensitivity", index * draws + draw + 1, total, "passes"))
             tokens += int(window.numel())
     finally:
         model.zero_grad(set_to_none=True)
@@ -73,9 +70,13 @@ def reference_logprobs(model, windows: torch.Tensor) -> list[torch.Tensor]:
 
 
 def window_kld(ref: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(reference || model) at each position of one window, from reference log-probs and model logits."""
-    logq = torch.log_softmax(logits.float(), -1)
-    return (ref.exp() * (ref - logq)).sum(-1)
+    """KL(reference || model) at each position of one window, from reference log-probs and model logits.
+
+    In float64, with both distributions normalised there: one matrix's rounding moves the KL by ~1e-5 nats,
+    near what float32 sums over a vocabulary round away, so a float32 KL took its sign from the host's SIMD
+    width (negative on an AVX2 machine). `exact_kl` clamps the float64 residue; a KL is never negative.
+    """
+    return exact_kl(torch.log_softmax(ref.double(), -1), torch.log_softmax(logits.double(), -1))
 
 
 def measured_kld(model, param: torch.nn.Parameter, value: torch.Tensor, windows, refs) -> float:

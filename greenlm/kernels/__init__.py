@@ -10,10 +10,10 @@ __getattr__, __dir__, __all__ = lazy(
         "QUANTIZED_MODULES": "greenlm.kernels.base",
         "QuantLinear": "greenlm.kernels.linear",
         "QuantizedModule": "greenlm.kernels.base",
-        "QuantizedWeight": "greenlm.kernels.grid",
+        "QuantizedWeight": "greenlm.kernels.quant_grid",
         "available_kernels": "greenlm.kernels.linear",
         "register_module": "greenlm.kernels.base",
-        "rtn": "greenlm.kernels.grid",
+        "rtn": "greenlm.kernels.quant_grid",
         "time_kernels": "greenlm.kernels.timing",
     },
 )

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from greenlm.errors import GreenlmError
 from greenlm.kernels.base import QuantizedModule, register_module
-from greenlm.kernels.grid import QuantizedWeight, dequantize
+from greenlm.kernels.quant_grid import QuantizedWeight, dequantize
 
 INT4_PACKED_GROUPS = (32, 64, 128, 256)  # what the CPU int4 kernel accepts
 QUANT_ENGINES = ("x86", "fbgemm", "onednn", "qnnpack")

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from greenlm.errors import GreenlmError
-from greenlm.kernels.grid import rtn
 from greenlm.kernels.linear import KERNELS
+from greenlm.kernels.quant_grid import rtn
 
 Shape = tuple[int, int]  # (in_features, out_features)
 Stack = dict[Shape, list[torch.nn.Module]]  # every layer of the model by shape

@@ -11,7 +11,7 @@ Every format holds 32 consecutive weights of a row (along the input dimension) p
 | Q8_0   |    34 | fp16 d, 32 int8                         | d * q,        q in -127..127 |
 
 Nibble byte j of a block holds weight j in its low half and weight j + 16 in its high half; bit j of the
-uint32 is the fifth bit of weight j. A greenlm grid (`kernels.grid`: w = scale * q - scale * zero) is one of
+uint32 is the fifth bit of weight j. A greenlm grid (`kernels.quant_grid`: w = scale * q - scale * zero) is one of
 these when its group size is 32, its scales are fp16 numbers, and its zero is 8 / 16 / 128 or its minimum
 scale * zero is an fp16 number (`QuantizedWeight.gguf_mismatch` says which is missing). gguf-py's
 `quants.dequantize` reads the blocks back; the tests check the round trip is exact.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-from greenlm.kernels.grid import GGUF_BLOCK, GGUF_GRIDS, GgufGrid, QuantizedWeight
+from greenlm.kernels.quant_grid import GGUF_BLOCK, GGUF_GRIDS, GgufGrid, QuantizedWeight
 
 QTYPES = {name: gguf.GGMLQuantizationType[name.upper()] for name in GGUF_GRIDS}
 

@@ -19,6 +19,7 @@ and in families.py:
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,11 +44,12 @@ from greenlm.llamacpp.families import (
 from greenlm.llamacpp.inspect import gguf_architecture
 from greenlm.llamacpp.quantize import FLOAT_TYPES
 from greenlm.llamacpp.vocab import build_vocab
+from greenlm.llamacpp.vocab_copy import gguf_file_vocab
 from greenlm.models.manifest import read_manifest
+from greenlm.progress import Progress, ProgressEvent
 
 # Hugging Face architectures the exporter writes, and what llama.cpp calls them.
 EXPORTABLE_ARCHITECTURES = {cls: family.arch_name for cls, family in BY_CLASS.items()}
-Progress = Callable[[int, int], None]
 __all__ = ["LayerShape"]
 
 
@@ -162,8 +164,12 @@ def permute_rotary(weight: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def _tokenizer_dir(tokenizer, scratch: Path) -> Path:
-    """The tokenizer's files as gguf's helpers read them: whatever it was loaded from, saved afresh."""
+    """The tokenizer's files as gguf's helpers read them: whatever it was loaded from, saved afresh, with the
+    SentencePiece model it was built from (transformers keeps its path but does not save it again)."""
     tokenizer.save_pretrained(scratch)
+    model_file = getattr(tokenizer, "vocab_file", None)
+    if isinstance(model_file, str) and model_file.endswith(".model") and Path(model_file).is_file():
+        shutil.copyfile(model_file, scratch / "tokenizer.model")
     return scratch
 
 
@@ -260,10 +266,12 @@ def write_float_gguf(
     progress: Progress | None = None,
     blocks: BlockSource = None,
     file_type: gguf.LlamaFileType | None = None,
+    vocab=None,
 ) -> FloatExport:
     """Write `model` and `tokenizer` to `out_path` as GGUF: every tensor in `outtype` (norms and biases in f32)
     except the weights `blocks` supplies by GGUF name (a dict, or a function of the tensor plans returning
-    one), written as those blocks."""
+    one), written as those blocks. `vocab` (a vocab_copy.CopiedVocab) replaces the vocabulary built from
+    `tokenizer`."""
     if outtype not in FLOAT_TYPES:
         _refuse(f"unknown float type '{outtype}': choose one of {', '.join(FLOAT_TYPES)}")
     family, arch, head_dim, shapes, plans = plan_tensors(model)
@@ -273,8 +281,9 @@ def write_float_gguf(
     arch_name = gguf.MODEL_ARCH_NAMES[arch]
     n_layer = len(shapes)
     vocab_rows = int(model.get_input_embeddings().weight.shape[0])
-    with tempfile.TemporaryDirectory(prefix="greenlm-tokenizer-") as scratch:
-        vocab = build_vocab(_tokenizer_dir(tokenizer, Path(scratch)), vocab_rows)
+    if vocab is None:
+        with tempfile.TemporaryDirectory(prefix="greenlm-tokenizer-") as scratch:
+            vocab = build_vocab(_tokenizer_dir(tokenizer, Path(scratch)), vocab_rows)
 
     writer = gguf.GGUFWriter(str(out_path), arch_name)
     writer.add_type(gguf.GGUFType.MODEL)
@@ -319,7 +328,7 @@ def write_float_gguf(
             data, raw_dtype = _encode(plan.data, outtype)
             writer.add_tensor(plan.gguf_name, data, raw_dtype=raw_dtype)
         if progress:
-            progress(index + 1, len(plans))
+            progress(ProgressEvent("writing tensors", index + 1, len(plans), "tensors"))
     if blocks:
         _refuse(
             f"cannot export: blocks given for tensors the model does not have: {', '.join(sorted(blocks))}"
@@ -332,6 +341,8 @@ def write_float_gguf(
     if not uniform:
         notes.append("layers differ in size: written as llama.cpp architecture 'deci' with per-layer arrays")
     notes.extend(family.notes(config))
+    if vocab.source != "tokenizer.json":
+        notes.append(f"tokenizer: llama.cpp's {vocab.tokenizer_model} model, from {vocab.source}")
     quantized = [n for n, m in model.named_modules() if isinstance(m, QuantizedModule)]
     if quantized:
         not_blocks = [n for n in quantized if names_for(plans, n) not in written]
@@ -363,8 +374,7 @@ def source_metadata(spec) -> dict:
     """What the file records about where it came from: the model's identity and, for a variant, its recipe."""
     meta = {"model": spec.name, "identity": spec.identity(), "exported_by": "greenlm"}
     if spec.kind == "variant":
-        manifest = read_manifest(spec.path)
-        meta["variant"] = {k: manifest.get(k) for k in ("parent", "recipe", "execution")}
+        meta["variant"] = read_manifest(spec.path).provenance()
     return meta
 
 
@@ -378,7 +388,11 @@ def write_model_gguf(
     blocks: BlockSource = None,
     file_type: gguf.LlamaFileType | None = None,
 ) -> FloatExport:
-    """Write a loaded model (`models.LoadedModel`) of `spec` as GGUF, with its provenance."""
+    """Write a loaded model (`models.LoadedModel`) of `spec` as GGUF, with its provenance; a GGUF input keeps
+    its own tokenizer keys."""
+    vocab = None
+    if spec.is_gguf:
+        vocab = gguf_file_vocab(spec.path, int(loaded.model.get_input_embeddings().weight.shape[0]))
     return write_float_gguf(
         loaded.model,
         loaded.tokenizer,
@@ -389,4 +403,5 @@ def write_model_gguf(
         progress=progress,
         blocks=blocks,
         file_type=file_type,
+        vocab=vocab,
     )

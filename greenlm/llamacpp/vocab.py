@@ -1,9 +1,16 @@
-"""The tokenizer half of a GGUF file: a Hugging Face byte-level BPE tokenizer written with gguf's own helpers.
+"""The tokenizer half of a GGUF file, written as llama.cpp's converter writes it.
 
-`gguf.BpeVocab` reads the token list, `gguf.SpecialVocab` the merges and special-token ids. What they leave to
-the caller we settle here: which llama.cpp pre-tokenizer reproduces the Hugging Face one (llama.cpp keys its
-split regex by name), and which tokens are control tokens. Only structures we can name exactly are accepted;
-`verify_tokenizer` then checks on real text that llama.cpp splits it as Hugging Face does.
+- Byte-level BPE (GPT-2 style: SmolLM2, Qwen2, Llama 3): `gguf.BpeVocab` reads the token list,
+  `gguf.SpecialVocab` the merges and special-token ids. What they leave to the caller we settle here: which
+  llama.cpp pre-tokenizer reproduces the Hugging Face one (llama.cpp keys its split regex by name), and which
+  tokens are control tokens.
+- SentencePiece style (Llama 2, Mistral 7B v0.1, Gemma, Phi-3): llama.cpp's `llama` tokenizer model with
+  scores and token types, from tokenizer.model when there is one, else from a byte-fallback BPE tokenizer.json
+  (vocab_spm.py).
+- A model given as a GGUF file keeps the file's own tokenizer keys, copied unchanged (vocab_copy.py).
+
+Only structures we can name exactly are accepted; `verify_tokenizer` then checks on real text that llama.cpp
+splits it as Hugging Face does.
 """
 
 from __future__ import annotations
@@ -15,6 +22,12 @@ from pathlib import Path
 import gguf
 
 from greenlm.errors import GreenlmError
+from greenlm.llamacpp.vocab_spm import (
+    has_sentencepiece,
+    hf_json_vocab,
+    is_sentencepiece_style,
+    sentencepiece_model_vocab,
+)
 
 # Text that exercises what pre-tokenizers disagree on: digits, contractions, spaces, punctuation, unicode.
 PROBE_TEXT = (
@@ -26,17 +39,24 @@ PROBE_TEXT = (
 
 @dataclass
 class GgufVocab:
-    tokenizer_model: str  # "gpt2": byte-level BPE
-    pre: str  # llama.cpp pre-tokenizer name
+    tokenizer_model: str  # "gpt2": byte-level BPE; "llama": SentencePiece style
+    pre: str  # llama.cpp pre-tokenizer name ("default" for SentencePiece style)
     tokens: list[bytes]
     token_types: list[int]
     special: object  # gguf.SpecialVocab: merges, special ids, add_bos/add_eos, chat template
+    scores: list[float] | None = None  # SentencePiece style: llama.cpp merges by the highest score
+    add_space_prefix: bool | None = None  # SentencePiece style: a ▁ before the text
+    source: str = "tokenizer.json"  # what the vocabulary was read from
 
     def add_to(self, writer) -> None:
         writer.add_tokenizer_model(self.tokenizer_model)
         writer.add_tokenizer_pre(self.pre)
         writer.add_token_list(self.tokens)
+        if self.scores is not None:
+            writer.add_token_scores(self.scores)
         writer.add_token_types(self.token_types)
+        if self.add_space_prefix is not None:
+            writer.add_add_space_prefix(self.add_space_prefix)
         self.special.add_to_gguf(writer, quiet=True)
 
 
@@ -85,15 +105,13 @@ def build_vocab(tokenizer_dir: Path, vocab_size: int) -> GgufVocab:
             f"no usable tokenizer.json in {tokenizer_dir} ({exc}): the GGUF exporter needs a fast (tokenizers) "
             "tokenizer"
         ) from None
-    if (
-        model.get("type") != "BPE"
-        or model.get("byte_fallback")
-        or (tokenizer_json.get("decoder") or {}).get("type") != "ByteLevel"
-    ):
+    if is_sentencepiece_style(tokenizer_json):
+        return _sentencepiece_vocab(tokenizer_dir, tokenizer_json, vocab_size)
+    if model.get("type") != "BPE" or (tokenizer_json.get("decoder") or {}).get("type") != "ByteLevel":
         raise GreenlmError(
             f"the tokenizer in {tokenizer_dir} is {model.get('type')} with a "
             f"{(tokenizer_json.get('decoder') or {}).get('type')} decoder; the GGUF exporter writes byte-level "
-            "BPE tokenizers (GPT-2 style) only"
+            "BPE tokenizers (GPT-2 style) and SentencePiece-style BPE with byte fallback (Llama 2 style) only"
         )
     pre = _pre_tokenizer_name(tokenizer_json)
     try:
@@ -120,3 +138,15 @@ def build_vocab(tokenizer_dir: Path, vocab_size: int) -> GgufVocab:
     if not special.merges:
         raise GreenlmError(f"the tokenizer in {tokenizer_dir} has no BPE merges: it cannot be exported")
     return GgufVocab("gpt2", pre, tokens, types, special)
+
+
+def _sentencepiece_vocab(tokenizer_dir: Path, tokenizer_json: dict, vocab_size: int) -> GgufVocab:
+    """llama.cpp's `llama` tokenizer model: from tokenizer.model when it is there and `sentencepiece` can read
+    it (the converter's first choice), else from the byte-fallback BPE in tokenizer.json."""
+    tokens_json, scores, types, add_space_prefix = hf_json_vocab(tokenizer_json, vocab_size)
+    tokens, source = tokens_json, "tokenizer.json (byte-fallback BPE; scores from the merge order)"
+    if (tokenizer_dir / "tokenizer.model").is_file() and has_sentencepiece():
+        tokens, scores, types = sentencepiece_model_vocab(tokenizer_dir, vocab_size)
+        source = "tokenizer.model (SentencePiece)"
+    special = gguf.SpecialVocab(tokenizer_dir, load_merges=False, n_vocab=vocab_size)
+    return GgufVocab("llama", "default", tokens, types, special, scores, add_space_prefix, source)

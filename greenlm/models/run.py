@@ -6,7 +6,7 @@ unless a flag says otherwise."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from greenlm.errors import GreenlmError
@@ -51,7 +51,7 @@ def _directory(spec: ModelSpec) -> Path | None:
 def saved_run_settings(spec: ModelSpec) -> RunSettings | None:
     """The run settings saved with `spec`, or None for a model nobody chose a way to run."""
     if spec.kind == "variant":
-        run = read_manifest(spec.path).get("run")
+        run = read_manifest(spec.path).run
         if isinstance(run, dict):
             return RunSettings.from_dict(run, spec.path / MANIFEST_NAME)
     directory = _directory(spec)
@@ -71,5 +71,5 @@ def save_run_settings(directory: Path, settings: RunSettings, extra: dict | None
     `greenlm-optimize.json` (with `extra`, what the optimizer measured)."""
     directory = Path(directory)
     if (directory / MANIFEST_NAME).is_file():
-        write_manifest(directory, dict(read_manifest(directory), run=settings.to_dict()))
+        write_manifest(directory, replace(read_manifest(directory), run=settings.to_dict()))
     write_json_atomic(directory / OPTIMIZE_FILE, {**(extra or {}), "run": settings.to_dict()})

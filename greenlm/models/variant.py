@@ -12,6 +12,7 @@ The directory appears whole or not at all (`greenlm.io.atomic_directory`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 import greenlm.kernels.linear  # noqa: F401  (registers every quantized module kind)
 from greenlm.errors import GreenlmError
 from greenlm.kernels.base import QUANTIZED_MODULES, QuantizedModule
-from greenlm.kernels.grid import QuantizedWeight
 from greenlm.kernels.linear import pack_int4, unpack_int4
-from greenlm.models.manifest import MANIFEST_FORMAT, read_manifest, write_manifest
+from greenlm.kernels.quant_grid import QuantizedWeight
+from greenlm.models.manifest import Manifest, read_manifest, write_manifest
 
 QUANTIZED_WEIGHTS = "greenlm-quantized.safetensors"
 CODES_FILE = "greenlm-codes.safetensors"
@@ -56,7 +57,7 @@ def save_codes(directory: Path, codes: dict[str, QuantizedWeight]) -> dict[str, 
 
 def load_codes(path: Path) -> dict[str, QuantizedWeight]:
     """The integer codes a variant directory keeps for its dense quantized layers ({} when it has none)."""
-    entry = read_manifest(path).get("codes") or {}
+    entry = read_manifest(path).codes or {}
     layers = entry.get("layers") or {}
     if not layers:
         return {}
@@ -82,9 +83,9 @@ def save_variant_files(
     model,
     tokenizer,
     directory: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     codes: dict[str, QuantizedWeight] | None = None,
-) -> dict[str, Any]:
+) -> Manifest:
     """Write weights, config, tokenizer and manifest into `directory` (a temporary one: see `atomic_directory`).
     Returns the manifest as written, with the weight layout and quantized-module specs filled in. `codes`:
     integer codes of layers stored as dense floats (see CODES_FILE)."""
@@ -103,17 +104,19 @@ def save_variant_files(
     ):
         model.generation_config.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
-    manifest = dict(manifest, format=MANIFEST_FORMAT, weights=weights, quantized_modules=modules)
-    if codes:
-        manifest["codes"] = save_codes(directory, codes)
+    manifest = replace(
+        manifest,
+        weights=weights,
+        quantized_modules=modules,
+        codes=save_codes(directory, codes) if codes else None,
+    )
     write_manifest(directory, manifest)
     return manifest
 
 
 def load_variant(path: Path, dtype) -> tuple[Any, Any]:
     """Load variant directory `path` as (model, tokenizer) in `dtype` (a torch dtype)."""
-    manifest = read_manifest(path)
-    modules = manifest.get("quantized_modules") or {}
+    modules = read_manifest(path).quantized_modules
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path))
         if not modules:

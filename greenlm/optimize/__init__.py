@@ -6,6 +6,7 @@ __getattr__, __dir__, __all__ = lazy(
     __name__,
     {
         "Candidate": "greenlm.optimize.space",
+        "CandidateRow": "greenlm.optimize.row",
         "EvalSettings": "greenlm.optimize.config",
         "OptimizeConfig": "greenlm.optimize.config",
         "OptimizeResult": "greenlm.optimize.search",

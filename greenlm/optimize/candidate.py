@@ -1,17 +1,16 @@
 """Judge one candidate: build it, screen its KLD cheaply, skip it when the front already beats it, and
 otherwise measure its full quality and its energy. Runs in the driver or on a Ray worker alike.
 
-Every outcome is a record (status measured | rejected-screen | skipped-dominated | failed) with the reason,
-so the store explains why each candidate did or did not make it.
+Every outcome is a row (`optimize.row.CandidateRow`, status measured | rejected-screen | skipped-dominated |
+failed, with the reason), so the store explains why each candidate did or did not make it.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 import socket
 import statistics
 import time
+from dataclasses import fields
 from pathlib import Path
 
 from greenlm.engines.factory import create_engine
@@ -22,11 +21,10 @@ from greenlm.evaluate.reference import reference_stats
 from greenlm.export.config import ExportConfig
 from greenlm.export.fastpath import gguf_for_recipe, recipe_key, variant_for
 from greenlm.export.runner import export_model
-from greenlm.io import atomic_directory, refuse_existing
-from greenlm.models.manifest import MANIFEST_NAME
-from greenlm.models.run import RunSettings, save_run_settings
+from greenlm.models.manifest import MANIFEST_NAME, read_manifest
 from greenlm.models.spec import resolve_model
 from greenlm.optimize.config import EvalSettings
+from greenlm.optimize.row import CandidateRow, Energy, Loaded, Probe, Quality, Screen, Status, TrainingCost
 from greenlm.optimize.space import CODES, MIXED, Candidate
 from greenlm.workload.config import MeasureConfig
 from greenlm.workload.runner import run_measure
@@ -100,30 +98,38 @@ def model_bytes(engine) -> int:
     return sum(seen.values())
 
 
-def same_execution(candidate: Candidate, device: str, row: dict) -> bool:
+def same_execution(candidate: Candidate, device: str, row: CandidateRow) -> bool:
     """`row` ran the way `candidate` would: same engine, threads, decoding and device. Only then do their
     costs compare (1 vs 2 threads, or greedy vs speculative, change the cost of the same file)."""
     return (
-        row.get("engine") == candidate.engine
-        and row.get("threads") == candidate.threads
-        and row.get("speculative") == candidate.speculative
-        and row.get("device") == device
+        row.candidate.engine == candidate.engine
+        and row.candidate.threads == candidate.threads
+        and row.candidate.speculative == candidate.speculative
+        and row.loaded is not None
+        and row.loaded.device == device
     )
 
 
 def dominated_by(
-    candidate: Candidate, device: str, screen_kld: float, probe_j: float, front: list[dict], margin: float
-) -> dict | None:
+    candidate: Candidate,
+    device: str,
+    screen_kld: float,
+    probe_j: float,
+    front: list[CandidateRow],
+    margin: float,
+) -> CandidateRow | None:
     """A measured front member that runs the same way, is no worse in screened quality and whose probe cost
     less by more than the probe's noise margin; None when nothing is clearly better (then measure in full).
     Like is compared with like: screen KLD with screen KLD, probe with probe."""
     for member in front:
+        member_kld = member.screen.screen_kld if member.screen else None
+        member_j = member.probe.probe_j_per_token if member.probe else None
         if (
             same_execution(candidate, device, member)
-            and member.get("screen_kld") is not None
-            and member.get("probe_j_per_token") is not None
-            and member["screen_kld"] <= screen_kld
-            and member["probe_j_per_token"] * (1 + margin) <= probe_j
+            and member_kld is not None
+            and member_j is not None
+            and member_kld <= screen_kld
+            and member_j * (1 + margin) <= probe_j
         ):
             return member
     return None
@@ -135,40 +141,6 @@ def _phase_j_per_token(measure: dict) -> dict[str, float]:
         phase: statistics.median(r[f"{phase}_j"] / r["generated_tokens"] for r in per_repeat)
         for phase in ("prefill", "decode")
     }
-
-
-MEASURE_FIELDS = (
-    "decode_j_per_token",
-    "prefill_j_per_token",
-    "decode_tokens_per_s",
-    "prefill_tokens_per_s",
-    "ttft_s",
-    "tpot_s",
-    "tokens_per_j",
-    "carbon_g_per_1k_tokens",
-    "intensity_g_per_kwh",
-    "intensity_source",
-    "pue",
-    "meter",
-    "energy_source",
-    "meter_note",
-    "text",
-    "peak_rss_mb",
-    "repeats",
-    "spread",
-    "acceptance_rate",  # speculative decoding only
-)
-QUALITY_FIELDS = (
-    "ppl",
-    "ppl_reference",
-    "ppl_increase_pct",
-    "ppl_increase_pct_stderr",
-    "kld",
-    "kld_stderr",
-    "kld_method",
-    "top1_agreement",
-    "tokens_evaluated",
-)
 
 
 def measure_config(
@@ -185,13 +157,7 @@ def measure_config(
         repeats=repeats,
         threads=candidate.threads,
         device=settings.device,
-        meter=settings.meter,
-        watts_per_core=settings.watts_per_core,
-        idle_watts_per_core=settings.idle_watts_per_core,
-        country=settings.country,
-        region=settings.region,
-        carbon_intensity=settings.carbon_intensity,
-        pue=settings.pue,
+        energy=settings.energy,
         speculative=SpeculativeConfig(candidate.speculative) if candidate.speculative else None,
     )
 
@@ -204,148 +170,110 @@ def load_candidate_engine(settings: EvalSettings, candidate: Candidate, model_pa
     )
 
 
-def evaluate_candidate(settings: EvalSettings, candidate: Candidate, front: list[dict] | None) -> dict:
+def _build(settings: EvalSettings, candidate: Candidate, row: CandidateRow) -> str | None:
+    """Make the file the candidate runs (variant, GGUF) and record how it executes; its path (None: the
+    built-in parent as it is)."""
+    variant = _variant_dir(settings, candidate.recipe)
+    row.execution = "real"
+    if variant is not None:
+        manifest = read_manifest(variant)
+        row.execution = manifest.execution
+        training = manifest.training or {}
+        # healing's bill is the candidate's too: payback in the summary and the report reads it
+        row.training = TrainingCost(training.get("energy_j"), training.get("carbon_g"))
+    path = variant
+    if candidate.engine == "llamacpp":
+        path = _gguf_file(settings, candidate, variant)
+        row.execution = "real"  # llama.cpp runs its quantized types on their own kernels
+    return str(path) if path is not None else settings.model
+
+
+def _screened_out(settings: EvalSettings, engine, reference, row: CandidateRow, baseline: bool) -> bool:
+    """Screen the candidate's KLD on a few tokens; True (and the row says why) when it is hopeless. A baseline
+    is never screened out: every ratio is to the baselines."""
+    row.screen = Screen(eval_text=reference.text)
+    screen = compare_to_reference(engine, reference, max_eval_tokens=settings.screen_eval_tokens)
+    row.screen.screen_kld = screen.kld
+    limit = settings.screen_margin * settings.budget.max_kld
+    if baseline or screen.kld is None or screen.kld <= limit or settings.budget.max_kld <= 0:
+        return False
+    row.status = Status.REJECTED_SCREEN
+    row.reason = (
+        f"screen KLD {screen.kld:.4f} on {screen.tokens_evaluated} tokens exceeds "
+        f"{settings.screen_margin:g}x the budget ({limit:.4f})"
+    )
+    return True
+
+
+def _skipped(
+    settings: EvalSettings, candidate: Candidate, engine, model_path, front: list[CandidateRow] | None, row
+) -> bool:
+    """Probe the candidate's energy briefly; True (and the row names the member) when a front member running
+    the same way is better and clearly cheaper."""
+    probe = run_measure(
+        measure_config(settings, candidate, model_path, repeats=settings.probe_repeats, num_prompts=1),
+        engine=engine,
+    ).to_dict()
+    probe_j = probe["decode_j_per_token"]
+    row.probe = Probe(probe_j, probe["spread"]["decode_j_per_token"])
+    if front is None or row.execution != "real":
+        return False
+    screen_kld = row.screen.screen_kld or 0.0
+    better = dominated_by(candidate, settings.device, screen_kld, probe_j, front, settings.probe_margin)
+    if better is None:
+        return False
+    row.status = Status.SKIPPED_DOMINATED
+    row.reason = (
+        f"{better.label} runs the same way with screen KLD {better.screen.screen_kld:.4f} <= {screen_kld:.4f} "
+        f"and probe {better.probe.probe_j_per_token:.4g} J/token, "
+        f"{probe_j / better.probe.probe_j_per_token:.2f}x less than this one's"
+    )
+    return True
+
+
+def _measure(settings: EvalSettings, candidate: Candidate, engine, reference, model_path, row) -> None:
+    """Full quality against the reference, then the full energy workload."""
+    full = compare_to_reference(engine, reference, max_eval_tokens=settings.eval_tokens)
+    row.quality = Quality(**{f.name: getattr(full, f.name) for f in fields(Quality)})
+    config = measure_config(
+        settings, candidate, model_path, repeats=settings.repeats, num_prompts=settings.num_prompts
+    )
+    measure = run_measure(config, engine=engine).to_dict()
+    figures = {f.name: measure.get(f.name) for f in fields(Energy) if f.name != "phase_j_per_token"}
+    row.energy = Energy(**figures, phase_j_per_token=_phase_j_per_token(measure))
+    row.status = Status.MEASURED
+
+
+def evaluate_candidate(
+    settings: EvalSettings, candidate: Candidate, front: list[CandidateRow] | None
+) -> CandidateRow:
     """Build, screen, probe, and measure `candidate` in full unless the screen or the front rule it out.
     `front=None` (a baseline) measures in full whatever the screen says: every ratio is to the baselines."""
     start = time.perf_counter()
-    record = {
-        **candidate.to_dict(),
-        "speculative": candidate.speculative,
-        "key": candidate.key,
-        "label": candidate.label,
-        "host": socket.gethostname(),
-        "model": settings.model or "smollm2-135m",
-    }
+    row = CandidateRow(
+        key=candidate.key,
+        label=candidate.label,
+        candidate=candidate,
+        host=socket.gethostname(),
+        model=settings.model or "smollm2-135m",
+    )
     engine = None
     try:
-        variant = _variant_dir(settings, candidate.recipe)
-        record["execution"] = "real"
-        if variant is not None:
-            manifest = json.loads((variant / MANIFEST_NAME).read_text())
-            record["execution"] = manifest["execution"]
-            training = manifest.get("training") or {}
-            # healing's bill is the candidate's too: payback in the summary and the report reads it
-            record["training_energy_j"] = training.get("energy_j")
-            record["training_carbon_g"] = training.get("carbon_g")
-        if candidate.engine == "llamacpp":
-            path = _gguf_file(settings, candidate, variant)
-            record["execution"] = "real"  # llama.cpp runs its quantized types on their own kernels
-        else:
-            path = variant
-        model_path = str(path) if path is not None else settings.model
-        record["model_path"] = model_path
+        model_path = _build(settings, candidate, row)
+        row.loaded = Loaded(model_path=model_path)
         engine = load_candidate_engine(settings, candidate, model_path)
-        record["size_mb"] = model_bytes(engine) / 2**20
-        record["threads_used"] = engine.threads
-        record["device"] = settings.device
-        record["device_used"] = engine.device
-
+        row.loaded = Loaded(
+            model_path, model_bytes(engine) / 2**20, engine.threads, settings.device, engine.device
+        )
         reference = reference_stats(settings.model, settings.text, max_eval_tokens=settings.eval_tokens)
-        record["eval_text"] = reference.text
-        screen = compare_to_reference(engine, reference, max_eval_tokens=settings.screen_eval_tokens)
-        record["screen_kld"] = screen.kld
-        limit = settings.screen_margin * settings.budget.max_kld
-        if (
-            front is not None
-            and screen.kld is not None
-            and screen.kld > limit
-            and settings.budget.max_kld > 0
+        if not _screened_out(settings, engine, reference, row, baseline=front is None) and not _skipped(
+            settings, candidate, engine, model_path, front, row
         ):
-            record.update(
-                status="rejected-screen",
-                reason=f"screen KLD {screen.kld:.4f} on {screen.tokens_evaluated} tokens exceeds "
-                f"{settings.screen_margin:g}x the budget ({limit:.4f})",
-            )
-            return record
-        probe = run_measure(
-            measure_config(settings, candidate, model_path, repeats=settings.probe_repeats, num_prompts=1),
-            engine=engine,
-        ).to_dict()
-        record["probe_j_per_token"] = probe["decode_j_per_token"]
-        record["probe_spread"] = probe["spread"]["decode_j_per_token"]
-        if front is not None and record["execution"] == "real":
-            better = dominated_by(
-                candidate, settings.device, screen.kld or 0.0, probe["decode_j_per_token"], front,
-                settings.probe_margin,
-            )  # fmt: skip
-            if better is not None:
-                record.update(
-                    status="skipped-dominated",
-                    reason=f"{better['label']} runs the same way with screen KLD {better['screen_kld']:.4f} <= "
-                    f"{screen.kld:.4f} and probe {better['probe_j_per_token']:.4g} J/token, "
-                    f"{probe['decode_j_per_token'] / better['probe_j_per_token']:.2f}x less than this one's",
-                )
-                return record
-        full = compare_to_reference(engine, reference, max_eval_tokens=settings.eval_tokens)
-        record.update({k: getattr(full, k) for k in QUALITY_FIELDS})
-        measure = run_measure(
-            measure_config(
-                settings, candidate, model_path, repeats=settings.repeats, num_prompts=settings.num_prompts
-            ),
-            engine=engine,
-        ).to_dict()
-        record.update({k: measure.get(k) for k in MEASURE_FIELDS})
-        record["phase_j_per_token"] = _phase_j_per_token(measure)
-        record["status"] = "measured"
+            _measure(settings, candidate, engine, reference, model_path, row)
     except GreenlmError as exc:
-        record.update(status="failed", reason=str(exc))
+        row.status, row.reason = Status.FAILED, str(exc)
     finally:
         if engine is not None:
             engine.close()
-        record["wall_s"] = time.perf_counter() - start
-    return record
-
-
-# what a candidate is and what it costs: the first fields of both the search summary and the saved choice
-CANDIDATE_FIELDS = (
-    "label",
-    "recipe",
-    "engine",
-    "quant_type",
-    "threads",
-    "speculative",
-    "device",
-    "decode_j_per_token",
-    "decode_tokens_per_s",
-)
-OUT_MANIFEST_FIELDS = (
-    *CANDIDATE_FIELDS,
-    "ppl",
-    "ppl_increase_pct",
-    "kld",
-    "top1_agreement",
-    "meter",
-    "energy_source",
-    "host",
-    "search_id",
-    "model",
-)
-
-
-def run_settings(best: dict) -> RunSettings:
-    """How the chosen candidate ran, so the saved model runs the same way. `auto` is resolved to what it
-    found (llama.cpp calls an offloaded run `gpu`)."""
-    device = best.get("device") or "cpu"
-    if device == "auto":
-        used = best.get("device_used") or "cpu"
-        device = "cuda" if used in ("gpu", "cuda") or used.startswith("cuda") else "cpu"
-    return RunSettings(
-        engine=best["engine"], threads=best.get("threads"), speculative=best.get("speculative"), device=device
-    )
-
-
-def save_chosen(best: dict, out: str, settings: EvalSettings) -> str:
-    """Copy the chosen candidate to `out` (atomically; `out` must not exist) with the way it ran: engine,
-    threads, decoding and device, which `measure`, `eval` and `serve` on `out` then use."""
-    target = Path(out)
-    refuse_existing(target)
-    source = Path(best["model_path"]) if best.get("model_path") else None
-    if source is None:  # the parent itself, e.g. a GGUF run as given
-        source = resolve_model(settings.model).path
-    with atomic_directory(target) as staging:
-        if source.is_dir():
-            shutil.copytree(source, staging, dirs_exist_ok=True)
-        else:
-            shutil.copy2(source, staging / source.name)
-        save_run_settings(staging, run_settings(best), {k: best.get(k) for k in OUT_MANIFEST_FIELDS})
-    return str(target)
+        row.wall_s = time.perf_counter() - start
+    return row

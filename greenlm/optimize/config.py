@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+from greenlm.energy.settings import EnergySettings, flat_dict
 from greenlm.errors import GreenlmError
 from greenlm.optimize.pareto import QualityBudget
 
@@ -51,13 +52,7 @@ class EvalSettings:
     prompt_tokens: int = 64
     max_new_tokens: int = 48
     repeats: int = 3
-    meter: str = "auto"
-    country: str | None = None
-    region: str | None = None
-    carbon_intensity: float | None = None
-    pue: float = 1.0
-    watts_per_core: float | None = None  # cpu-model meter constants (None: sourced defaults)
-    idle_watts_per_core: float | None = None
+    energy: EnergySettings = field(default_factory=EnergySettings)  # how every candidate is metered
     device: str = "auto"  # auto, cpu, cuda or cuda:N: where every candidate (and baseline) runs
     workdir: str = ""  # where candidate variants are built (under the cache dir by default)
     budget: QualityBudget = field(default_factory=QualityBudget)
@@ -69,8 +64,11 @@ class EvalSettings:
     # of one measurement on a shared CPU differ by a few percent.
     probe_margin: float = 0.05
 
+    def __post_init__(self) -> None:
+        self.energy = EnergySettings.coerce(self.energy)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return flat_dict(self)
 
 
 @dataclass

@@ -1,20 +1,21 @@
 """Where candidate evaluations run: in this process (default), or as Ray tasks on a cluster.
 
-Both take a callable `work(candidate, front) -> record` and call `on_result(record)` in the driver as each
-finishes, so the store is written by one process and a crash loses at most the candidates in flight.
+Both take a callable `work(candidate, front) -> row` (a `CandidateRow`) and call `on_result(row)` in the driver
+as each finishes, so the store is written by one process and a crash loses at most the candidates in flight.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from greenlm.cluster import init_ray
 from greenlm.errors import GreenlmError
+from greenlm.optimize.row import CandidateRow
+from greenlm.optimize.space import Candidate
 
-Work = Callable[[Any, list[dict]], dict]
-OnResult = Callable[[dict], None]
-Front = Callable[[], list[dict]]
+Work = Callable[[Candidate, list[CandidateRow]], CandidateRow]
+OnResult = Callable[[CandidateRow], None]
+Front = Callable[[], list[CandidateRow]]
 KeepGoing = Callable[[], bool]
 
 

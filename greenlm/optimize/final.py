@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import socket
 import statistics
-from collections.abc import Callable
 
 from greenlm.errors import GreenlmError
-from greenlm.io import noop
 from greenlm.optimize.candidate import measure_config
 from greenlm.optimize.config import EvalSettings
-from greenlm.optimize.space import Candidate
+from greenlm.optimize.row import CandidateRow
+from greenlm.progress import Progress, no_progress
 from greenlm.workload.interleave import measure_interleaved
 
 COST = "decode_j_per_token"
@@ -25,21 +24,21 @@ COST = "decode_j_per_token"
 
 def final_round(
     settings: EvalSettings,
-    rows: list[dict],
+    rows: list[CandidateRow],
     rounds: int,
-    progress: Callable[[int, int], None] = noop,
+    progress: Progress = no_progress,
 ) -> dict[str, dict]:
     """{row key: median and spread of decode J/token and tokens/s over `rounds` interleaved single-repeat
     measurements, with the meter and host}. Each row runs in a process of its own (see workload.interleave:
     the saved winner will run alone, and two engines in one process slow each other)."""
-    names = {row["key"]: row.get("label") or row["key"] for row in rows}  # errors name a row by its label
+    names = {row.key: row.label or row.key for row in rows}  # errors name a row by its label
     if len(set(names.values())) < len(names):
         names = {key: key for key in names}
     configs = {
-        names[row["key"]]: measure_config(
+        names[row.key]: measure_config(
             settings,
-            Candidate.from_row(row),
-            row.get("model_path"),
+            row.candidate,
+            row.loaded.model_path if row.loaded else None,
             repeats=1,
             num_prompts=settings.num_prompts,
         )

@@ -1,7 +1,15 @@
 """The search space as data: each candidate is a compression recipe plus how it is executed.
 
-A space is a YAML file (or the built-in default) listing candidates; `expand` turns compact grids into
-candidates. Keys are content hashes, so a resumed search recognises candidates it already measured.
+A space is a YAML file (or the built-in default) of grids; `expand` turns each compact grid into candidates.
+Keys are content hashes, so a resumed search recognises candidates it already measured. The file, its grids
+and the candidates are pydantic models (greenlm.fileformat; `greenlm schema space` writes the file's JSON
+Schema): a grid's steps are checked as recipe steps, yet kept as written, so keys stay those of earlier runs.
+
+```yaml
+grids:
+  - {engine: llamacpp, quant_types: [q8_0, q4_k_m], threads: [1]}
+  - {engine: transformers, recipes: [[{method: drop_layers, count: 2}]]}
+```
 """
 
 from __future__ import annotations
@@ -9,74 +17,96 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, ValidationError, WrapValidator, model_validator
+
+from greenlm.compress.recipe import Step, step_error_line
 from greenlm.data.sources import read_yaml_file
 from greenlm.errors import GreenlmError
+from greenlm.fileformat import (
+    FileModel,
+    Fix,
+    Number,
+    Says,
+    Whole,
+    first_error,
+    json_schema,
+    key_path,
+    one_line,
+    parse,
+)
 
 ENGINES = ("transformers", "llamacpp")
 SPECULATIVE = ("prompt-lookup",)
 # quant_type values greenlm writes itself rather than asking llama.cpp's quantizer for
 CODES = "codes"  # the recipe's own quantization codes as GGUF blocks (GPTQ / RTN / AWQ on a GGUF grid)
 MIXED = "mixed"  # per-tensor types chosen for the fewest bytes per token within mixed_max_kld
+QUANT_METHODS = ("gptq", "rtn", "awq")
 # Healing (a distill step after a cut) costs minutes of training per candidate: the default space offers it only
 # when the search's time budget holds it several times over.
 HEAL_MIN_BUDGET_S = 60 * 60
 HEAL_MAX_MINUTES = 15
 
+Engine = Annotated[
+    Literal["transformers", "llamacpp"],
+    Says("'{value}' is unknown", " or ".join(ENGINES), on=("literal_error",)),
+]
+Speculative = Annotated[
+    Literal["prompt-lookup"] | None,
+    Says("'{value}' is unknown", ", ".join(SPECULATIVE), on=("literal_error",)),
+]
 
-@dataclass(frozen=True)
-class Candidate:
-    recipe: tuple[dict, ...] = ()  # compression steps (greenlm compress), applied to the parent first
-    engine: str = "transformers"
-    quant_type: str | None = None  # llama.cpp quantization of the exported GGUF; None = the engine's float
-    threads: int | None = None
-    # Decoding that keeps greedy output unchanged: "prompt-lookup" (n-gram drafts, llamacpp). None = plain.
-    speculative: str | None = None
+
+class Candidate(FileModel):
+    """One thing the search measures: a recipe applied to the parent, and the engine, file type, threads and
+    decoding it runs with."""
+
+    what = "candidate"
+    recipe: tuple[dict[str, Any], ...] = Field(
+        (), description="Compression steps (greenlm compress), applied to the parent first."
+    )
+    engine: Engine = "transformers"
+    quant_type: str | None = Field(
+        None, description="llama.cpp quantization of the exported GGUF; null: the engine's float."
+    )
+    threads: Whole | None = Field(None, ge=1)
+    speculative: Speculative = Field(
+        None,
+        description="Decoding that keeps greedy output unchanged: prompt-lookup (n-gram drafts, llamacpp).",
+    )
     # quant_type "mixed": the file's KLD budget (vs the float parent, on calibration text) and the recipes whose
     # GGUF codes are candidate types beside llama.cpp's
-    mixed_max_kld: float | None = None
-    codes_from: tuple[tuple[dict, ...], ...] = ()
+    mixed_max_kld: Number | None = None
+    codes_from: tuple[tuple[dict[str, Any], ...], ...] = ()
 
-    def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise GreenlmError(
-                f"candidate engine '{self.engine}' is unknown: use one of {', '.join(ENGINES)}"
-            )
+    @model_validator(mode="after")
+    def _runnable(self) -> Candidate:
         if self.quant_type and self.engine != "llamacpp":
-            raise GreenlmError(
-                f"quant_type '{self.quant_type}' needs engine llamacpp (it is a llama.cpp file type)"
-            )
-        if self.speculative is not None:
-            if self.speculative not in SPECULATIVE:
-                raise GreenlmError(
-                    f"candidate speculative '{self.speculative}' is unknown: use {', '.join(SPECULATIVE)}"
-                )
-            if self.engine != "llamacpp":
-                raise GreenlmError("speculative decoding candidates need engine llamacpp")
-        if self.threads is not None and self.threads < 1:
-            raise GreenlmError(f"candidate threads must be at least 1, got {self.threads}")
-        self._check_greenlm_types()
-
-    def _check_greenlm_types(self) -> None:
+            raise Fix(
+                f"'{self.quant_type}' needs engine llamacpp (it is a llama.cpp file type)", "'engine: llamacpp'",
+                ("quant_type",),
+            )  # fmt: skip
+        if self.speculative is not None and self.engine != "llamacpp":
+            raise Fix("decoding needs engine llamacpp", "'engine: llamacpp'", ("speculative",))
         if self.quant_type == CODES and not any(s.get("method") in QUANT_METHODS for s in self.recipe):
-            raise GreenlmError(
+            raise Fix(
                 "quant_type codes writes a recipe's quantization codes: add a gptq, rtn or awq step to its recipe"
             )
         if self.quant_type == MIXED:
             if self.recipe:
-                raise GreenlmError(
-                    "quant_type mixed is chosen over the float parent: move the recipe to codes_from"
+                raise Fix("quant_type mixed is chosen over the float parent: move the recipe to codes_from")
+            if self.mixed_max_kld is None or not self.mixed_max_kld > 0:
+                raise Fix(
+                    f"quant_type mixed needs mixed_max_kld > 0 (nats per token), got {self.mixed_max_kld!r}"
                 )
-            kld = self.mixed_max_kld
-            if isinstance(kld, bool) or not isinstance(kld, (int, float)) or not kld > 0:
-                raise GreenlmError(f"quant_type mixed needs mixed_max_kld > 0 (nats per token), got {kld!r}")
         elif self.mixed_max_kld is not None or self.codes_from:
-            raise GreenlmError("mixed_max_kld and codes_from apply to quant_type mixed only")
+            raise Fix("mixed_max_kld and codes_from apply to quant_type mixed only")
         for recipe in self.codes_from:
-            if not any(isinstance(s, dict) and s.get("method") in QUANT_METHODS for s in recipe):
-                raise GreenlmError(f"codes_from recipe {list(recipe)!r} has no gptq, rtn or awq step")
+            if not any(s.get("method") in QUANT_METHODS for s in recipe):
+                raise Fix(f"codes_from recipe {list(recipe)!r} has no gptq, rtn or awq step")
+        return self
 
     @classmethod
     def from_row(cls, row: dict) -> Candidate:
@@ -92,7 +122,7 @@ class Candidate:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        d = {**asdict(self), "recipe": [dict(s) for s in self.recipe]}
+        d = {**self.model_dump(), "recipe": [dict(s) for s in self.recipe]}
         # Fields left at their defaults are dropped: keys stay those of searches stored before the fields.
         if d["speculative"] is None:
             del d["speculative"]
@@ -131,12 +161,124 @@ class Candidate:
         return f"{steps} / {engine}{threads}{decoding}"
 
 
-QUANT_METHODS = ("gptq", "rtn", "awq")
-
-
 def _step_label(step: dict) -> str:
     extras = ",".join(f"{k}={v}" for k, v in step.items() if k != "method")
     return f"{step['method']}({extras})" if extras else step["method"]
+
+
+def _as_written(value, handler):
+    handler(value)  # checked as a recipe step (its method, settings and values)...
+    return value  # ...and kept as written: a candidate's key hashes the step as the file gives it
+
+
+# A grid's step: checked as `greenlm compress` would read it, kept as the mapping the file holds.
+GridStep = Annotated[Step, WrapValidator(_as_written)]
+GridRecipe = Annotated[
+    list[GridStep],
+    Says(
+        "must be a recipe: a list of steps, got {value!r}",
+        "e.g. '[{method: drop_layers, count: 2}]'",
+        on=("list_type",),
+    ),
+]
+RECIPES_SAYS = Says(
+    "must be a list of recipes (step lists)",
+    "e.g. '[[], [{method: drop_layers, count: 2}]]' ([] is the parent as given)",
+    on=("list_type", "dict_type", "model_attributes_type"),
+)
+
+
+class Grid(FileModel):
+    """Every combination of its recipes, quantization types, threads and decodings, run on one engine."""
+
+    example = {"engine": "llamacpp", "quant_types": ["q8_0", "q4_k_m"], "threads": [1]}
+    recipes: Annotated[list[GridRecipe], RECIPES_SAYS] = Field(
+        [[]],
+        min_length=1,
+        description="Recipes (step lists, as in a recipe file); [] is the parent as given.",
+    )
+    engine: Engine = Field("transformers", description="What runs the candidates.")
+    quant_types: list[str | None] = Field(
+        [None],
+        min_length=1,
+        examples=[["q8_0", "q4_k_m"]],
+        description="llama.cpp file types (q8_0, q6_k, q5_k_m, q4_k_m, q4_0, ...), 'codes' (the recipe's own "
+        "codes as GGUF blocks), 'mixed' (per-tensor types within mixed_max_kld); null: the engine's float.",
+    )
+    threads: list[Annotated[Whole, Field(ge=1)] | None] = Field(
+        [None], min_length=1, examples=[[1]], description="CPU threads; null: every core."
+    )
+    speculative: list[Speculative] = Field(
+        [None], min_length=1, examples=[["prompt-lookup"]], description="Decodings; null: plain greedy."
+    )
+    mixed_max_kld: Number | None = Field(
+        None, gt=0, examples=[0.01], description="quant_type mixed: the file's KLD budget (nats/token)."
+    )
+    codes_from: Annotated[list[GridRecipe], RECIPES_SAYS] = Field(
+        [],
+        examples=[[[{"method": "gptq"}]]],
+        description="quant_type mixed: recipes (with a gptq, rtn or awq step) whose codes are candidate types.",
+    )
+
+    @model_validator(mode="after")
+    def _candidates_build(self) -> Grid:
+        try:
+            self.candidates()
+        except GreenlmError as exc:
+            raise Fix(f"gives a candidate that cannot run: {str(exc).removeprefix('candidate: ')}") from None
+        return self
+
+    def candidates(self) -> list[Candidate]:
+        mixed = {"mixed_max_kld": self.mixed_max_kld, "codes_from": tuple(tuple(r) for r in self.codes_from)}
+        return [
+            Candidate(
+                recipe=tuple(recipe),
+                engine=self.engine,
+                quant_type=quant,
+                threads=threads,
+                speculative=spec,
+                **(mixed if quant == MIXED else {}),
+            )
+            for recipe, quant, threads, spec in itertools.product(
+                self.recipes, self.quant_types, self.threads, self.speculative
+            )
+        ]
+
+    @classmethod
+    def error_line(cls, exc: ValidationError, data: Any, where: str) -> str:
+        return _space_error(exc, cls, data, where)
+
+
+GRIDS_EXAMPLE = "e.g. 'grids: [{engine: llamacpp, quant_types: [q8_0]}]'"
+
+
+class SpaceFile(FileModel):
+    """A search space for greenlm optimize --space: grids of candidates, measured in this order."""
+
+    grids: Annotated[
+        list[Grid],
+        Says(
+            "must be a non-empty list of grids, got {value!r}", GRIDS_EXAMPLE, on=("list_type", "too_short")
+        ),
+        Says(write=GRIDS_EXAMPLE, on=("missing",)),
+    ] = Field(min_length=1, description="Each grid expands to every combination of its lists.")
+
+    @classmethod
+    def error_line(cls, exc: ValidationError, data: Any, where: str) -> str:
+        return _space_error(exc, cls, data, where)
+
+
+def _space_error(exc: ValidationError, root: type, data: Any, where: str) -> str:
+    """A step's mistake reads as in a recipe file; the rest as in the policy file."""
+    err = first_error(exc)
+    loc = tuple(err["loc"])
+    at = next((i for i, part in enumerate(loc) if part in ("recipes", "codes_from")), None)
+    if at is not None and len(loc) > at + 2:  # inside a step: (..., recipes, i, j, method, setting)
+        raw: Any = data
+        for part in loc[: at + 3]:
+            raw = raw[part] if isinstance(raw, (dict, list)) else None
+        return step_error_line(err, loc[at + 3 :], raw, f"{where}: {key_path(root, loc[: at + 3])}")
+    return one_line(exc, root, f"{where}: ")
 
 
 @dataclass
@@ -157,31 +299,7 @@ class SearchSpace:
 def expand(grid: dict[str, Any]) -> list[Candidate]:
     """`{recipes: [...], engine: transformers|llamacpp, quant_types: [...], threads: [...]}` → candidates;
     `mixed_max_kld` and `codes_from` (a list of recipes) go with quant type mixed."""
-    keys = ("recipes", "engine", "quant_types", "threads", "speculative", "mixed_max_kld", "codes_from")
-    unknown = set(grid) - set(keys)
-    if unknown:
-        raise GreenlmError(f"search space entry has unknown key(s) {sorted(unknown)}: use {', '.join(keys)}")
-    recipes = grid.get("recipes", [[]])
-    if not isinstance(recipes, list) or not all(isinstance(r, list) for r in recipes):
-        raise GreenlmError(
-            "search space 'recipes' must be a list of step lists, e.g. [[], [{method: drop_layers, count: 2}]]"
-        )
-    for recipe in recipes:
-        for step in recipe:
-            if not isinstance(step, dict) or "method" not in step:
-                raise GreenlmError(f"search space step {step!r} needs a 'method' key")
-    quant_types = grid.get("quant_types", [None])
-    threads = grid.get("threads", [None])
-    speculative = grid.get("speculative", [None])
-    engine = grid.get("engine", "transformers")
-    codes_from = grid.get("codes_from", [])
-    if not isinstance(codes_from, list) or not all(isinstance(r, list) for r in codes_from):
-        raise GreenlmError("search space 'codes_from' must be a list of recipes (step lists)")
-    mixed = {"mixed_max_kld": grid.get("mixed_max_kld"), "codes_from": tuple(tuple(r) for r in codes_from)}
-    return [
-        Candidate(tuple(recipe), engine, quant, thr, spec, **(mixed if quant == MIXED else {}))
-        for recipe, quant, thr, spec in itertools.product(recipes, quant_types, threads, speculative)
-    ]
+    return parse(Grid, grid, "search space grid").candidates()
 
 
 def load_space(path: str | None, time_budget_s: float | None = None) -> SearchSpace:
@@ -190,9 +308,15 @@ def load_space(path: str | None, time_budget_s: float | None = None) -> SearchSp
     _, data = read_yaml_file(
         path, "search space file", "give a YAML file with a 'grids:' list", "a YAML file with a 'grids:' list"
     )
-    if not isinstance(data, dict) or not isinstance(data.get("grids"), list):
+    if not isinstance(data, dict):
         raise GreenlmError(f"search space file '{path}' needs a top-level 'grids:' list")
-    return SearchSpace([c for grid in data["grids"] for c in expand(grid)], source=str(path))
+    space = parse(SpaceFile, data, f"search space {path}")
+    return SearchSpace([c for grid in space.grids for c in grid.candidates()], source=str(path))
+
+
+def space_schema() -> dict:
+    """The search-space file's JSON Schema, for editors (`greenlm schema space`)."""
+    return json_schema(SpaceFile, "greenlm search space", SpaceFile.__doc__)
 
 
 def default_space(time_budget_s: float | None = None) -> SearchSpace:

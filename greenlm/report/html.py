@@ -12,6 +12,7 @@ from greenlm.energy.payback import payback_tokens
 from greenlm.errors import GreenlmError
 from greenlm.io import write_text_atomic
 from greenlm.optimize.pareto import QualityBudget, choose, pareto_front
+from greenlm.optimize.row import CandidateRow, latest_search_id, load_rows
 from greenlm.report.plots import pareto_svg, phase_svg
 
 CSS = """
@@ -49,14 +50,14 @@ def _cell(value, digits):
     return f"{value:.{digits}f}"
 
 
-def _search_rows(store, search_id: str | None) -> tuple[str, list[dict]]:
-    records = [json.loads(r["record_json"]) for r in store.runs(limit=100_000, kind="candidate")]
-    if not records:
+def _search_rows(store, search_id: str | None) -> tuple[str, list[CandidateRow]]:
+    latest = latest_search_id(store)
+    if latest is None:
         raise GreenlmError(
             "the store has no optimization results yet: run `greenlm optimize` first (or pass --db)"
         )
-    search_id = search_id or records[0].get("search_id")
-    rows = [r for r in records if r.get("search_id") == search_id]
+    search_id = search_id or latest
+    rows = load_rows(store, search_id)
     if not rows:
         raise GreenlmError(f"no search '{search_id}' in the store: `greenlm runs` lists what is there")
     rows.reverse()  # oldest first: the order they were evaluated
@@ -72,33 +73,29 @@ def _summary(store, search_id: str) -> dict | None:
     return None
 
 
-def _is_float_baseline(r: dict) -> bool:
-    if r.get("role"):
-        return r["role"] == "baseline"
-    return (
-        not r.get("recipe")
-        and r.get("engine") == "transformers"
-        and not r.get("quant_type")
-        and not r.get("threads")
-    )
+def _is_float_baseline(r: CandidateRow) -> bool:
+    if r.role:
+        return r.role == "baseline"
+    c = r.candidate
+    return not c.recipe and c.engine == "transformers" and not c.quant_type and not c.threads
 
 
 def build_report(store, search_id: str | None = None) -> str:
     search_id, rows = _search_rows(store, search_id)
-    measured = [r for r in rows if r.get("status") == "measured"]
+    measured = [r for r in rows if r.measured]
     baseline = next((r for r in rows if _is_float_baseline(r)), None)
-    if baseline is None or baseline.get("status") != "measured":
+    if baseline is None or not baseline.measured:
         raise GreenlmError(
             f"search '{search_id}' has no measured baseline: it was interrupted before it began"
         )
-    budget = QualityBudget(**rows[-1].get("budget", {}))
+    budget = QualityBudget(**(rows[-1].budget or {}))
     summary = _summary(store, search_id)
-    by_key = {r["key"]: r for r in rows}
+    by_key = {r.key: r for r in rows}
     if summary is not None:  # what the search chose, on its final-round figures
         chosen = by_key.get((summary.get("chosen") or {}).get("key"))
     else:  # an interrupted search: the best figures it stored, without a final round
         chosen = choose(measured, budget)
-        if chosen is not None and chosen["key"] == baseline["key"]:
+        if chosen is not None and chosen.key == baseline.key:
             chosen = None
     front = pareto_front(measured)
 
@@ -107,7 +104,7 @@ def build_report(store, search_id: str | None = None) -> str:
         f"<style>{CSS}</style></head><body>",
         f"<h1>greenlm optimization report <small>search {html.escape(search_id)}</small></h1>",
     ]
-    model = baseline.get("model", "")
+    model = baseline.model or ""
     parts.append(
         f"<p>Model <b>{html.escape(str(model))}</b>; budget: PPL increase ≤ {budget.max_ppl_increase_pct:g}%, "
         f"KLD ≤ {budget.max_kld:g}; {len(rows)} candidates ({len(measured)} fully measured).</p>"
@@ -124,34 +121,29 @@ def build_report(store, search_id: str | None = None) -> str:
     parts.append(
         f"<div class='figure' id='pareto-plot'>{pareto_svg(measured, front, chosen, baseline, budget.max_kld)}</div>"
     )
-    bars = [("baseline", baseline.get("phase_j_per_token", {}))]
+    bars = [("baseline", _phases(baseline))]
     if chosen:
-        bars.append(("chosen", chosen.get("phase_j_per_token", {})))
+        bars.append(("chosen", _phases(chosen)))
     parts.append("<h2>Energy by phase (J per generated token)</h2>")
     parts.append(f"<div class='figure' id='phase-plot'>{phase_svg(bars)}</div>")
 
     columns = list(COLUMNS)
-    if any(r.get("training_energy_j") for r in rows):  # healed cuts: what training cost and when it is repaid
+    if any(r.training_energy_j for r in rows):  # healed cuts: what training cost and when it is repaid
         _add_payback(rows, baseline)
         columns += [("training J", "training_energy_j", 0), ("payback tokens", "payback_tokens", 0)]
     parts.append("<h2>Candidates</h2><table id='candidates'><tr>")
     parts += [f"<th>{name}</th>" for name, _, _ in columns]
     parts.append("</tr>")
     for r in rows:
-        cls = (
-            "chosen"
-            if chosen and r["key"] == chosen["key"]
-            else "baseline"
-            if r["key"] == baseline["key"]
-            else ""
-        )
-        cells = "".join(f"<td>{_cell(r.get(key), digits)}</td>" for _, key, digits in columns)
-        reason = f" title='{html.escape(r.get('reason', ''))}'" if r.get("reason") else ""
+        cls = "chosen" if chosen and r.key == chosen.key else "baseline" if r.key == baseline.key else ""
+        figures = r.to_dict()
+        cells = "".join(f"<td>{_cell(figures.get(key), digits)}</td>" for _, key, digits in columns)
+        reason = f" title='{html.escape(r.reason)}'" if r.reason else ""
         parts.append(f"<tr class='{cls}'{reason}>{cells}</tr>")
     parts.append("</table>")
 
     parts.append("<h2>Provenance</h2><ul class='note'>")
-    meters = sorted({(r.get("meter"), r.get("energy_source")) for r in measured})
+    meters = sorted({(r.energy.meter, r.energy.energy_source) for r in measured})
     for meter, source in meters:
         label = (
             "<span class='estimated'>estimated by a model, not a hardware counter</span>"
@@ -164,17 +156,17 @@ def build_report(store, search_id: str | None = None) -> str:
         ("eval_text", "Quality (PPL, KLD, top-1)"),
         ("intensity_source", "Carbon intensity"),
     ):
-        values = sorted({str(r.get(key)) for r in measured if r.get(key)})
+        values = sorted({str(r.figure(key)) for r in measured if r.figure(key)})
         if values:
             parts.append(f"<li>{what}: {html.escape('; '.join(values))}.</li>")
-    if any(r.get("training_energy_j") for r in rows):
+    if any(r.training_energy_j for r in rows):
         parts.append(
             "<li>Payback tokens: training J / (baseline decode J/token - candidate decode J/token), the served "
             "tokens after which a trained (distilled) candidate has repaid its training energy; empty when it "
             "saves nothing per token or was not measured.</li>"
         )
-    engines = sorted({str(r.get("engine")) for r in measured})
-    hosts = sorted({str(r.get("host")) for r in measured})
+    engines = sorted({str(r.candidate.engine) for r in measured})
+    hosts = sorted({str(r.host) for r in measured})
     parts.append(
         f"<li>Engines: {html.escape(', '.join(engines))}; hosts: {html.escape(', '.join(hosts))}.</li>"
     )
@@ -189,28 +181,28 @@ def build_report(store, search_id: str | None = None) -> str:
     return "\n".join(parts)
 
 
-def _cost(row: dict) -> float:
-    return (row.get("final") or row)["decode_j_per_token"]
+def _phases(row: CandidateRow) -> dict[str, float]:
+    return (row.energy.phase_j_per_token if row.energy else None) or {}
 
 
-def _chosen_paragraph(chosen: dict, baseline: dict, summary: dict | None) -> str:
+def _chosen_paragraph(chosen: CandidateRow, baseline: CandidateRow, summary: dict | None) -> str:
     ratios = []
     if summary is None:
-        ratios.append(f"<b>{_cost(baseline) / _cost(chosen):.2f}x less</b> than float32 transformers")
+        ratios.append(f"<b>{baseline.cost / chosen.cost:.2f}x less</b> than float32 transformers")
     elif summary.get("comparable", True):
         ratios.append(f"<b>{summary['j_per_token_ratio']:.2f}x less</b> than float32 transformers")
         natural = summary.get("natural_baseline") or {}
-        if natural.get("key") and natural["key"] != baseline["key"]:
+        if natural.get("key") and natural["key"] != baseline.key:
             ratios.append(
                 f"<b>{summary['j_per_token_ratio_natural']:.2f}x less</b> than the model as given "
                 f"({html.escape(natural['label'])})"
             )
     else:
         ratios.append("ratios not comparable (see the note below)")
-    source = "final-round median" if chosen.get("final") else "search-time median"
+    source = "final-round median" if chosen.final else "search-time median"
     return (
-        f"<p><b>Chosen:</b> {html.escape(chosen['label'])}: decode {_cost(chosen):.4f} J/token ({source}); "
-        f"{'; '.join(ratios)}; PPL +{chosen['ppl_increase_pct']:.2f}%, KLD {chosen['kld']:.4f}.</p>"
+        f"<p><b>Chosen:</b> {html.escape(chosen.label)}: decode {chosen.cost:.4f} J/token ({source}); "
+        f"{'; '.join(ratios)}; PPL +{chosen.ppl_increase_pct:.2f}%, KLD {chosen.kld:.4f}.</p>"
     )
 
 
@@ -231,11 +223,11 @@ def _final_round_table(summary: dict) -> str:
     return "".join(parts)
 
 
-def _add_payback(rows: list[dict], baseline: dict) -> None:
+def _add_payback(rows: list[CandidateRow], baseline: CandidateRow) -> None:
     """Served tokens until a trained candidate's saving against the baseline repays its training energy."""
     for r in rows:
-        if r.get("training_energy_j") and r.get("status") == "measured":
-            r["payback_tokens"] = payback_tokens(r["training_energy_j"], _cost(baseline), _cost(r))
+        if r.training_energy_j and r.measured:
+            r.payback_tokens = payback_tokens(r.training_energy_j, baseline.cost, r.cost)
 
 
 def write_report(store, out: str | Path, search_id: str | None = None) -> Path:

@@ -15,34 +15,33 @@ def _svg(fig) -> str:
     return text[text.index("<svg") :]  # drop the XML prolog: the SVG is embedded in HTML
 
 
-def pareto_svg(
-    rows: list[dict], front: list[dict], chosen: dict | None, baseline: dict, max_kld: float
-) -> str:
+def pareto_svg(rows: list, front: list, chosen, baseline, max_kld: float) -> str:
+    """Decode J/token against KLD of measured candidate rows (`optimize.row.CandidateRow`), by engine."""
     fig = Figure(figsize=(7.5, 4.6))
     ax = fig.subplots()
     floor = 1e-5  # KLD of the baseline is 0: plot on a log axis with a floor
-    by_engine: dict[str, list[dict]] = {}
+    by_engine: dict[str, list] = {}
     for r in rows:
-        by_engine.setdefault(r.get("engine", "?"), []).append(r)
+        by_engine.setdefault(r.candidate.engine, []).append(r)
     for engine, group in sorted(by_engine.items()):
         ax.scatter(
-            [r["decode_j_per_token"] for r in group],
-            [max(r["kld"], floor) for r in group],
+            [r.decode_j_per_token for r in group],
+            [max(r.kld, floor) for r in group],
             label=f"{engine} candidates",
             alpha=0.75,
             s=36,
         )
     if front:
         ax.plot(
-            [r["decode_j_per_token"] for r in front],
-            [max(r["kld"], floor) for r in front],
+            [r.decode_j_per_token for r in front],
+            [max(r.kld, floor) for r in front],
             "--",
             color="gray",
             label="Pareto front",
         )
 
-    def mark(row: dict, **style) -> None:
-        ax.scatter([row["decode_j_per_token"]], [max(row["kld"], floor)], **style)
+    def mark(row, **style) -> None:
+        ax.scatter([row.decode_j_per_token], [max(row.kld, floor)], **style)
 
     mark(baseline, marker="s", s=90, facecolors="none", edgecolors="black", label="baseline")
     if chosen:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from greenlm.defer.settings import GridSettings, parse_duration_s
+from greenlm.energy.settings import EnergySettings
 from greenlm.errors import GreenlmError
 from greenlm.serve.config import ServeConfig
 
@@ -33,16 +34,10 @@ class BatchRunConfig:
     grid_provider: str | None = None
     forecast: str = "auto"
     grid_url: str | None = None
-    # energy and carbon (one group, as every metered verb has)
-    meter: str = "auto"
-    watts_per_core: float | None = None
-    idle_watts_per_core: float | None = None
-    country: str | None = None
-    region: str | None = None
-    carbon_intensity: float | None = None
-    pue: float = 1.0
+    energy: EnergySettings = field(default_factory=EnergySettings)  # meter, cpu-model constants, grid, PUE
 
     def __post_init__(self) -> None:
+        self.energy = EnergySettings.coerce(self.energy)
         self.deadline_s = parse_duration_s(self.deadline, "--deadline")
         if self.deadline_s > MAX_OFFLINE_WINDOW_S:
             raise GreenlmError(f"--deadline {self.deadline} is over 30 days: give a shorter one")
@@ -62,9 +57,8 @@ class BatchRunConfig:
         return ServeConfig(
             model=self.model, engine=self.engine, threads=self.threads, device=self.device,
             max_batch=self.max_batch, step_tokens=max(256, self.max_batch), context_tokens=self.context_tokens,
-            max_tokens_default=self.max_tokens_default, served_model_name=served_model_name, meter=self.meter, watts_per_core=self.watts_per_core,
-            idle_watts_per_core=self.idle_watts_per_core, country=self.country, region=self.region,
-            carbon_intensity=self.carbon_intensity, pue=self.pue, grid_csv=self.grid_csv,
+            max_tokens_default=self.max_tokens_default, served_model_name=served_model_name, energy=self.energy,
+            grid_csv=self.grid_csv,
             replay_speed=self.replay_speed, replay_from=self.replay_from, grid_provider=self.grid_provider,
             forecast=self.forecast, grid_url=self.grid_url, state_dir=state_dir,
         )  # fmt: skip

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
 from greenlm.defer.batchfile import MAX_FILE_BYTES
 from greenlm.defer.settings import DEFAULT_FLEX_MAX_WAIT_S, GridSettings
+from greenlm.energy.settings import EnergySettings, flat_dict
 from greenlm.engines.names import check_device, check_engine_name
 from greenlm.errors import GreenlmError
 
@@ -40,16 +41,14 @@ class ServeConfig:
     max_queue: int = 64  # requests waiting for a slot before 429
     max_tokens_default: int = 256  # when a request gives no max_tokens (capped by the context left)
     step_tokens: int = 256  # tokens per engine step: decode tokens plus prompt chunks
+    prefix_cache: bool = True  # keep finished requests' KV cells for prompts that share a prefix (llama.cpp)
+    # prompt tokens a step may carry while other requests decode (None: up to step_tokens); steps with no
+    # request decoding take prompt tokens up to step_tokens
+    prefill_chunk_tokens: int | None = None
     context_tokens: int = 2048  # per request (prompt + output), capped by the model's trained context
     api_key: str | None = None
     served_model_name: str | None = None  # the id clients send as "model"; default the model's name
-    meter: str = "auto"
-    watts_per_core: float | None = None  # cpu-model: a fully busy physical core (None: TDP / cores)
-    idle_watts_per_core: float | None = None  # cpu-model: an allotted core's static power (None: sourced)
-    country: str | None = None
-    region: str | None = None
-    carbon_intensity: float | None = None
-    pue: float = 1.0
+    energy: EnergySettings = field(default_factory=EnergySettings)  # meter, cpu-model constants, grid, PUE
     max_body_bytes: int = 1 << 20  # request bodies beyond this get 413
     drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
     # an adaptive server (serve/policy_file.py): a variant ladder and the policies that move along it
@@ -87,6 +86,8 @@ class ServeConfig:
         _whole("--max-queue", self.max_queue, 0)
         _whole("--max-tokens-default", self.max_tokens_default, 1)
         _whole("--step-tokens", self.step_tokens, 1)
+        if self.prefill_chunk_tokens is not None:
+            _whole("--prefill-chunk", self.prefill_chunk_tokens, 1)
         _whole("--context", self.context_tokens, 16)
         _whole("--max-body-bytes", self.max_body_bytes, 1024)
         if self.step_tokens < self.max_batch:
@@ -100,14 +101,7 @@ class ServeConfig:
             raise GreenlmError(f"--api-key (or ${API_KEY_ENV}) is empty: give a key or leave it unset")
         if self.served_model_name is not None and not self.served_model_name.strip():
             raise GreenlmError("--served-model-name is empty")
-        if self.watts_per_core is not None and not (
-            math.isfinite(self.watts_per_core) and self.watts_per_core > 0
-        ):
-            raise GreenlmError(f"--watts-per-core must be positive, got {self.watts_per_core}")
-        if self.idle_watts_per_core is not None and not (
-            math.isfinite(self.idle_watts_per_core) and self.idle_watts_per_core >= 0
-        ):
-            raise GreenlmError(f"--idle-watts-per-core must be 0 or more, got {self.idle_watts_per_core}")
+        self.energy = EnergySettings.coerce(self.energy)  # a dict too: Ray sends the config as one
         if not (isinstance(self.drain_timeout_s, (int, float)) and math.isfinite(self.drain_timeout_s)) or (
             self.drain_timeout_s < 0
         ):
@@ -135,6 +129,6 @@ class ServeConfig:
         _whole("--batch-max-file-bytes", self.batch_max_file_bytes, 1024)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        d = flat_dict(self)
         d["api_key"] = "set" if self.api_key else None  # never echo a secret
         return d

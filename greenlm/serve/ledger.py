@@ -66,6 +66,11 @@ class EnergyLedger:
         with self._lock:
             self._costs[key] = costs
 
+    def costs_of(self, key: str | None) -> PhaseCosts:
+        """The split weights the steps of `key` (a variant) are divided by now: its measured J/token."""
+        with self._lock:
+            return self._costs.get(key) or self._costs[None]
+
     def set_intensity(self, intensity_g_per_kwh: float) -> None:
         """The grid intensity windows closed from now on are converted at."""
         with self._lock:

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 
 from greenlm.energy import Meter
 from greenlm.engines.base import Engine
-from greenlm.engines.factory import create_engine
+from greenlm.engines.factory import create_engine, open_stepper
 from greenlm.engines.stepper import SlotFeed, Stepper
-from greenlm.engines.steppers import open_stepper
 from greenlm.models.spec import ModelSpec
 from greenlm.serve.attribution import PhaseCosts
 from greenlm.serve.ladder import Variant
@@ -51,7 +50,7 @@ def warm_up(stepper: Stepper, meter: Meter) -> tuple[dict, PhaseCosts]:
                 token = int(stepper.step([SlotFeed(0, [token], True)])[0].argmax())
             return prefill, meter.measure(start, meter.read())
         finally:
-            stepper.release(0)
+            stepper.release(0, keep=False)  # the second run must compute its prompt again
 
     run()  # the first steps of a new context pay for allocations: not what a token costs
     prefill, decode = run()
@@ -81,11 +80,14 @@ def load_variant(
     step_tokens: int,
     context_tokens: int,
     meter: Meter,
+    prefix_cache: bool = True,
 ) -> Loaded:
     start = time.perf_counter()
     engine = create_engine(variant.engine, spec, threads=threads, device=device, dtype=dtype)
     try:
         stepper = open_stepper(engine, slots=slots, step_tokens=step_tokens, context_tokens=context_tokens)
+        if not prefix_cache:
+            stepper.reuses_prefixes = False  # --no-prefix-cache: every request computes its whole prompt
     except BaseException:
         engine.close()
         raise

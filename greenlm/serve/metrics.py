@@ -84,7 +84,23 @@ class ServeMetrics:
         self._waiting = Gauge(
             "greenlm:num_requests_waiting", "Requests queued for a slot", labels, registry=registry
         )
-        self.prompt_tokens = counter("greenlm:prompt_tokens", "Prompt tokens processed")
+        self.prompt_tokens = counter(
+            "greenlm:prompt_tokens",
+            "Prompt tokens of finished requests (computed or taken from the prefix cache)",
+        )
+        # prefix reuse, as vLLM counts it (prefix_cache_queries / prefix_cache_hits), in tokens
+        self.prefix_queries = counter(
+            "greenlm:prefix_cache_queries_tokens",
+            "Prompt tokens of admitted requests, looked up in the prefix cache",
+        )
+        self.prefix_hits = counter(
+            "greenlm:prefix_cache_hit_tokens", "Prompt tokens whose KV cells were reused instead of computed"
+        )
+        self.prefix_avoided = counter(
+            "greenlm:prefix_cache_energy_avoided_joules",
+            "ESTIMATED prefill energy the reused tokens did not spend: hit tokens x the server's measured prefill "
+            "J/token at the time (the split rule's moving average)",
+        )
         self.generation_tokens = counter("greenlm:generation_tokens", "Tokens generated")
         self._success = Counter(
             "greenlm:request_success",

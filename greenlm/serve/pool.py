@@ -50,6 +50,7 @@ class LoadSettings:
     slots: int
     step_tokens: int
     context_tokens: int
+    prefix_cache: bool = True
 
     @classmethod
     def of(cls, config: ServeConfig) -> LoadSettings:
@@ -60,6 +61,7 @@ class LoadSettings:
             config.max_batch,
             config.step_tokens,
             config.context_tokens,
+            config.prefix_cache,
         )
 
 
@@ -234,6 +236,7 @@ class VariantPool:
             step_tokens=s.step_tokens,
             context_tokens=s.context_tokens,
             meter=self.meter,
+            prefix_cache=s.prefix_cache,
         )
         if self._shape is not None:
             self._check_same_model(loaded)

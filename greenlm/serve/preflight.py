@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 from greenlm.defer.grid import open_grid
 from greenlm.defer.settings import GridSettings
-from greenlm.energy import Meter, get_meter
-from greenlm.energy.carbon import GridIntensity, resolve_intensity, validate_pue
+from greenlm.energy.carbon import GridIntensity
 from greenlm.engines.available import check_engine_ready
 from greenlm.engines.saved import apply_saved_run
 from greenlm.errors import GreenlmError
@@ -22,7 +21,7 @@ from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.serve.config import SERVE_ENGINE, ServeConfig
 from greenlm.serve.ladder import Ladder, Variant, ladder_from_search
 from greenlm.serve.policies import start_variant
-from greenlm.serve.policy_file import PolicyConfig, QualityPolicy, load_policy
+from greenlm.serve.policy_file import PolicyConfig, load_policy
 from greenlm.store import Store
 
 
@@ -41,13 +40,6 @@ class Preflight:
     policy: PolicyConfig | None = None  # None: a plain server (one model, nothing decided)
     model_name: str | None = None  # what the ladder is a ladder of (a search's model)
     grid: GridSettings = GridSettings()  # the grid the server follows (flags, or the policy's grid section)
-
-
-def make_meter(config: ServeConfig) -> Meter:
-    """The meter `--meter` names (a meter this machine lacks fails here)."""
-    return get_meter(
-        config.meter, watts_per_core=config.watts_per_core, idle_watts_per_core=config.idle_watts_per_core
-    )
 
 
 def grid_settings(config: ServeConfig, policy: PolicyConfig | None) -> GridSettings:
@@ -74,18 +66,15 @@ def check_grid(settings: GridSettings, intensity: GridIntensity) -> None:
 def _policy(config: ServeConfig) -> PolicyConfig:
     policy = load_policy(config.policy) if config.policy else PolicyConfig(source="flags")
     if config.ladder_from_search is not None:
-        policy = dataclasses.replace(policy, ladder=(), ladder_from_search=config.ladder_from_search.strip())
+        policy = policy.model_copy(
+            update={"ladder": (), "ladder_from_search": config.ladder_from_search.strip()}
+        )
     if config.max_kld is not None:
-        policy = dataclasses.replace(
-            policy, quality=dataclasses.replace(policy.quality, max_kld=float(config.max_kld))
+        policy = policy.model_copy(
+            update={"quality": policy.quality.model_copy(update={"max_kld": float(config.max_kld)})}
         )
     if policy.quality.max_kld is None and (policy.ladder_from_search or len(policy.ladder) > 1):
-        policy = dataclasses.replace(
-            policy,
-            quality=QualityPolicy(
-                max_kld=0.05, window_tokens=policy.quality.window_tokens, margin=policy.quality.margin
-            ),
-        )
+        policy = policy.model_copy(update={"quality": policy.quality.model_copy(update={"max_kld": 0.05})})
     return policy
 
 
@@ -123,8 +112,8 @@ def preflight(config: ServeConfig, announce: Callable[[str], None] = noop) -> Pr
     engine installed, files readable), so a mistake fails before the port is bound or a model loads. A model
     `optimize --out` saved runs on the engine, threads and device it was chosen with unless a flag says
     otherwise; a model saved without them runs on llama.cpp."""
-    intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
-    pue = validate_pue(config.pue)
+    carbon = config.energy.carbon()
+    intensity, pue = carbon.grid, carbon.pue
     if config.policy is None and config.ladder_from_search is None:
         return _plain(config, intensity, pue, announce)
     return _adaptive(config, intensity, pue)
@@ -146,7 +135,7 @@ def _plain(
         )
     grid = grid_settings(config, None)
     check_grid(grid, intensity)
-    make_meter(config).close()  # a meter this machine lacks fails here
+    config.energy.open_meter().close()  # a meter this machine lacks fails here
     check_engine_ready(config.engine, spec)  # the slowest check (reads a GGUF's tensor headers): last
     name = config.served_model_name or spec.name
     variant = Variant(
@@ -166,7 +155,7 @@ def _adaptive(config: ServeConfig, intensity: GridIntensity, pue: float) -> Pref
     start = start_variant(policy, ladder)
     grid = grid_settings(config, policy)
     check_grid(grid, intensity)  # reads and checks a CSV, or the provider's token
-    make_meter(config).close()
+    config.energy.open_meter().close()
     specs: dict[str, ModelSpec] = {}
     for v in ladder:
         try:

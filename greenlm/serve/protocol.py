@@ -61,10 +61,17 @@ class CompletionRequest(_Sampling):
 
 
 # ---- responses ---------------------------------------------------------------------------------------------
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = (
+        0  # prompt tokens whose KV cells were reused (prefix cache): not computed, not charged
+    )
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
     # greenlm: the energy of this request (its share of every step it was in; see the README's split rule)
     energy_j: float
     prefill_energy_j: float

@@ -41,18 +41,40 @@ class SamplingParams:
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator | None) -> int:
-    """The next token id from one float logits row."""
+    """The next token id from one float logits row (which may be a view of the engine's buffer: not
+    modified). Greedy is one argmax. Otherwise the softmax is taken in float32 and a token drawn by inverse
+    CDF (one uniform number, one cumulative sum); top-p sorts only the most likely tokens, widening the
+    candidate set until it holds the nucleus, instead of the whole vocabulary."""
     if params.greedy or rng is None:
         return int(np.argmax(logits))
-    scaled = logits.astype(np.float64) / params.temperature
-    scaled -= scaled.max()
-    probs = np.exp(scaled)
-    probs /= probs.sum()
+    weights = np.asarray(logits, dtype=np.float32) * np.float32(1.0 / params.temperature)
+    weights -= weights.max()
+    np.exp(weights, out=weights)
     if params.top_p < 1.0:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-        # the smallest prefix whose mass reaches top_p (at least one token)
-        keep = order[: int(np.searchsorted(cumulative, params.top_p)) + 1]
-        kept = probs[keep] / probs[keep].sum()
-        return int(keep[rng.choice(len(keep), p=kept)])
-    return int(rng.choice(len(probs), p=probs))
+        return _sample_nucleus(weights, params.top_p, rng)
+    return _draw(weights, np.arange(len(weights)), rng)
+
+
+NUCLEUS_FIRST_CANDIDATES = 256  # most nuclei of a trained model fit; the set grows x8 when one does not
+
+
+def _sample_nucleus(weights: np.ndarray, top_p: float, rng: np.random.Generator) -> int:
+    vocab = len(weights)
+    goal = top_p * float(weights.sum(dtype=np.float64))
+    k = min(vocab, NUCLEUS_FIRST_CANDIDATES)
+    while True:
+        top = np.argpartition(weights, vocab - k)[vocab - k :] if k < vocab else np.arange(vocab)
+        order = top[np.argsort(-weights[top], kind="stable")]
+        mass = np.cumsum(weights[order], dtype=np.float64)
+        if mass[-1] >= goal or k == vocab:
+            break
+        k = min(vocab, k * 8)
+    # the smallest prefix whose mass reaches top_p (at least one token)
+    keep = order[: int(np.searchsorted(mass, goal)) + 1]
+    return _draw(weights[keep], keep, rng)
+
+
+def _draw(weights: np.ndarray, ids: np.ndarray, rng: np.random.Generator) -> int:
+    cdf = np.cumsum(weights, dtype=np.float64)
+    at = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    return int(ids[min(at, len(ids) - 1)])

@@ -75,6 +75,7 @@ class RequestResult:
     e2e_s: float
     error: str | None = None
     variant: str | None = None  # the variant (of an adaptive server's ladder) that served it
+    cached_tokens: int = 0  # prompt tokens whose KV cells were reused (prefix cache), not computed or charged
     tier: str = "default"  # default | batch | flex
     preempted: int = 0  # times a default-tier request took its slot (its output restarted)
 
@@ -89,6 +90,7 @@ class RequestResult:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
             "energy_j": self.energy_j,
             "prefill_energy_j": self.prefill_j,
             "decode_energy_j": self.decode_j,
@@ -160,6 +162,40 @@ class RequestHandle:
         raise RuntimeError("request ended without a result")
 
 
+class _Outbox:
+    """Events the serving loop produced in one iteration, handed to each event loop in one call: a wake-up
+    of the HTTP thread per step instead of one per token (each wake-up is a syscall and a thread switch that
+    competes with the engine's threads for the cores)."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[RequestHandle, object]] = []
+
+    def put(self, handle: RequestHandle, event) -> None:
+        if handle._loop is None:
+            handle._sync.put(event)
+        else:
+            self._items.append((handle, event))
+
+    def flush(self) -> None:
+        if not self._items:
+            return
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for handle, event in self._items:
+            by_loop.setdefault(handle._loop, []).append((handle, event))
+        self._items = []
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the event loop is closed: nobody is listening any more
+                for handle, _event in items:
+                    handle._cancel.set()
+
+
+def _deliver(items: list) -> None:
+    for handle, event in items:
+        handle._async.put_nowait(event)
+
+
 # ---- the scheduler's own record of a request -------------------------------------------------------------
 @dataclass
 class _Request:
@@ -174,6 +210,7 @@ class _Request:
     variant: str | None = None
     slot: int | None = None
     fed: int = 0  # prompt tokens already in the slot's cache
+    cached_tokens: int = 0  # of those, the ones reused from the prefix cache at admission
     pending: int | None = None  # sampled token not yet fed back
     output_ids: list[int] = field(default_factory=list)
     admitted_s: float | None = None
@@ -209,6 +246,7 @@ class Scheduler:
         name: str = "greenlm-scheduler",
         variant: str | None = None,
         context_tokens: int | None = None,
+        prefill_chunk_tokens: int | None = None,
         reload: Callable[[], None] | None = None,
         on_finish: Callable[[RequestResult], None] | None = None,
     ):
@@ -219,6 +257,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.reload = reload
         self.on_finish = on_finish
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._deferred: deque[_Request] = deque()  # tiers that can wait: admitted into slots left free
@@ -235,6 +274,7 @@ class Scheduler:
         self._peak = 0
         self._last_busy_s = time.perf_counter()
         self.fatal: BaseException | None = None  # what killed the loop, if anything did
+        self._outbox = _Outbox()
         if stepper is not None:
             self.activate(stepper, variant, detokenize)
         self.context_tokens = context_tokens or (stepper.context_tokens if stepper else None)
@@ -457,6 +497,7 @@ class Scheduler:
                     self._admit()
                 self.ledger.start_busy()  # closes the idle window that ends here, if one was open
                 self._iteration()
+                self._outbox.flush()
                 if not self._running:
                     self.ledger.mark_idle()
                     with self._cond:
@@ -492,13 +533,26 @@ class Scheduler:
 
     def _start(self, r: _Request, free: list[int]) -> None:
         now = time.perf_counter()
-        r.stepper, r.variant, r.slot = self.stepper, self.variant, free.pop(0)
+        admission = self.stepper.admit(free, r.prompt_ids)
+        free.remove(admission.slot)
+        r.stepper, r.variant, r.slot = self.stepper, self.variant, admission.slot
+        r.fed = r.cached_tokens = admission.cached_tokens
         r.text = TextStream(self._detokenize[self.stepper], r.params.stop)
         r.admitted_s = now
         self._running.append(r)
         if r.tier == "default":
             self.metrics.queue.observe(now - r.arrival_s)
             _remember(self._recent_queue, now, now - r.arrival_s)
+        self._count_reuse(r)
+
+    def _count_reuse(self, r: _Request) -> None:
+        m = self.metrics
+        m.prefix_queries.inc(len(r.prompt_ids))
+        if r.cached_tokens:
+            m.prefix_hits.inc(r.cached_tokens)
+            per_token_j = self.ledger.costs_of(r.variant).prefill_j_per_token
+            if per_token_j:
+                m.prefix_avoided.inc(r.cached_tokens * per_token_j)
 
     def _preempt(self, r: _Request) -> None:
         """Give a deferred request's slot to the default tier: it goes back to the head of its queue, to
@@ -506,7 +560,7 @@ class Scheduler:
         self._running.remove(r)
         r.stepper.release(r.slot)
         self._free[r.stepper].append(r.slot)
-        r.slot, r.fed, r.pending, r.text, r.admitted_s = None, 0, None, None, None
+        r.slot, r.fed, r.cached_tokens, r.pending, r.text, r.admitted_s = None, 0, 0, None, None, None
         r.output_ids, r.first_token_s, r.last_token_s = [], None, None
         r.rng = r.params.generator()
         r.preempted += 1
@@ -524,7 +578,11 @@ class Scheduler:
                 work.append(StepWork(r.id, decode_tokens=1))
                 stepped.append(r)
                 budget -= 1
-        for r in live:  # then prompt chunks, oldest request first
+        # then prompt chunks, oldest request first; while streams decode, at most prefill_chunk_tokens of them,
+        # so one step's prompt work delays each stream's next token by a bounded amount
+        if feeds and self.prefill_chunk_tokens is not None:
+            budget = min(budget, self.prefill_chunk_tokens)
+        for r in live:
             if r.pending is None and r.fed < len(r.prompt_ids) and budget > 0:
                 chunk = r.prompt_ids[r.fed : r.fed + budget]
                 done = r.fed + len(chunk) == len(r.prompt_ids)
@@ -591,16 +649,16 @@ class Scheduler:
         else:
             r.pending = token
         if delta:
-            r.handle._put(TokenEvent(delta, (token,)))
+            self._outbox.put(r.handle, TokenEvent(delta, (token,)))
 
     def _finish(self, r: _Request) -> None:
         """Report the result, free the slot (if it had one), count it."""
         tail = r.text.finish() if r.text is not None and r.finish_reason in ("stop", "length") else ""
         if tail:
-            r.handle._put(TokenEvent(tail, ()))
+            self._outbox.put(r.handle, TokenEvent(tail, ()))
         if r.slot is not None:
             self._running.remove(r)  # first: a release that fails must not leave it running
-            r.stepper.release(r.slot)
+            r.stepper.release(r.slot, keep=r.finish_reason != "error")  # an engine error: cells unknown
             self._free[r.stepper].append(r.slot)
             r.slot = None
         now = time.perf_counter()
@@ -622,15 +680,16 @@ class Scheduler:
             e2e_s=now - r.arrival_s,
             error=r.error,
             variant=r.variant,
+            cached_tokens=r.cached_tokens,
             tier=r.tier,
             preempted=r.preempted,
         )
         r.handle.result = result
-        r.handle._put(FinishEvent(result))
-        r.handle._put(_DONE)
+        self._outbox.put(r.handle, FinishEvent(result))
+        self._outbox.put(r.handle, _DONE)
         m = self.metrics
         m.finished(result.finish_reason)
-        m.prompt_tokens.inc(r.fed)
+        m.prompt_tokens.inc(r.fed)  # reused and computed alike, as vLLM counts them
         m.generation_tokens.inc(len(r.output_ids))
         if result.finish_reason in ("stop", "length"):
             m.e2e.observe(result.e2e_s)
@@ -656,7 +715,8 @@ class Scheduler:
                 try:
                     self._finish(r)
                 except Exception:  # the engine may be what broke; the caller must still hear back
-                    r.handle._put(_DONE)
+                    self._outbox.put(r.handle, _DONE)
+            self._outbox.flush()
             self._cond.notify_all()
 
 

@@ -47,7 +47,7 @@ from greenlm.serve.ledger import EnergyLedger
 from greenlm.serve.metrics import ServeMetrics
 from greenlm.serve.policies import State
 from greenlm.serve.pool import MAX_LOADED, LoadSettings, VariantPool
-from greenlm.serve.preflight import Preflight, make_meter, preflight
+from greenlm.serve.preflight import Preflight, preflight
 from greenlm.serve.sampling import SamplingParams
 from greenlm.serve.scheduler import RequestHandle, Scheduler
 
@@ -74,7 +74,7 @@ class Server:
         self.model_id = (
             config.served_model_name or (plan.model_name if self.adaptive else None) or self.spec.name
         )
-        self.meter: Meter = make_meter(config)
+        self.meter: Meter = config.energy.open_meter()
         # threads follow the cores when a policy moves them (load or low-load); else each variant runs on the
         # threads it was measured with (a flag's, or the engine's default)
         moves_cores = self.adaptive and (
@@ -134,6 +134,7 @@ class Server:
             max_queue=self.config.max_queue,
             variant=plan.start.name,
             context_tokens=self.context_tokens,
+            prefill_chunk_tokens=self.config.prefill_chunk_tokens,
             reload=self.pool.reload_for_requests,
             on_finish=controller.on_finish,
         )
@@ -288,6 +289,8 @@ class Server:
             "max_batch": self.config.max_batch,
             "max_queue": self.config.max_queue,
             "step_tokens": self.config.step_tokens,
+            "prefix_cache": bool(self.stepper and self.stepper.reuses_prefixes),
+            "prefill_chunk_tokens": self.config.prefill_chunk_tokens,
             "context_tokens": self.context_tokens,
             "meter": self.meter.name,
             "energy_source": self.meter.energy_source,

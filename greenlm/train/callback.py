@@ -18,14 +18,12 @@ them. At the end of training one row (kind "train") goes to the greenlm store.
 
 from __future__ import annotations
 
-import gc
-
 from transformers import TrainerCallback
 
-from greenlm.energy.carbon import carbon_g, resolve_intensity, validate_pue
-from greenlm.energy.detect import get_meter
+from greenlm.energy.settings import EnergySettings
 from greenlm.store import Store
-from greenlm.train.energy import EnergyLedger
+from greenlm.train.callback_order import calling_handler, run_first
+from greenlm.train.energy import TrainingEnergy
 from greenlm.train.forecast import DEFAULT_FORECAST_AFTER, check_forecast_after, forecast_error_pct
 
 
@@ -35,52 +33,40 @@ class EnergyCallback(TrainerCallback):
         *,
         forecast_after: float = DEFAULT_FORECAST_AFTER,
         name: str = "trainer",
-        meter: str = "auto",
+        energy: EnergySettings | None = None,
         store: bool = True,
         db: str | None = None,
-        watts_per_core: float | None = None,
-        country: str | None = None,
-        region: str | None = None,
-        carbon_intensity: float | None = None,
-        pue: float = 1.0,
     ) -> None:
+        """`energy`: the meter and carbon settings (default: auto, the world-average grid)."""
         check_forecast_after(forecast_after)
         self.forecast_after = forecast_after
         self.name = name
-        self.meter_spec = meter
-        self.watts_per_core = watts_per_core
+        self.energy = EnergySettings.coerce(energy)
         self.store = store
         self.db = db
-        self.intensity = resolve_intensity(country, region, carbon_intensity)
-        self.pue = validate_pue(pue)
-        self.ledger: EnergyLedger | None = None
+        self.carbon = self.energy.carbon()  # a typo in the grid settings fails here, before training
+        self.ledger: TrainingEnergy | None = None
         self.result: dict | None = None  # the stored record, after training ends
         self._logged_steps = 0
         self._tokens_seen = 0
 
     def _carbon(self, energy_j: float) -> float:
-        return carbon_g(energy_j, self.intensity.intensity_g_per_kwh, self.pue)
+        return self.carbon.carbon_g(energy_j)
 
     def _run_before_loggers(self) -> None:
-        """Move this callback to the front of the Trainer's list: reporting integrations (TensorBoard, W&B,
-        MLflow) are registered before user callbacks and would otherwise send each log before we add to it.
-        The Trainer does not hand callbacks its handler, so find the list that holds us."""
-        for referrer in gc.get_referrers(self):
-            if (
-                isinstance(referrer, list)
-                and referrer
-                and referrer[0] is not self
-                and all(isinstance(c, TrainerCallback) for c in referrer)
-            ):
-                referrer.remove(self)
-                referrer.insert(0, self)
+        """Move this callback to the front of the Trainer's list (callback_order.py): the reporting
+        integrations (TensorBoard, W&B, MLflow) are registered before user callbacks and would otherwise write
+        each log before we add to it."""
+        run_first(self, calling_handler(depth=3))
 
     # --- Trainer events -----------------------------------------------------------------------------------
 
+    def on_init_end(self, args, state, control, **kwargs):
+        self._run_before_loggers()  # as soon as the Trainer is built: its callback list is then as it runs
+
     def on_train_begin(self, args, state, control, **kwargs):
-        meter = get_meter(self.meter_spec, watts_per_core=self.watts_per_core)
-        self.ledger = EnergyLedger(
-            meter, total_steps=state.max_steps or None, forecast_after=self.forecast_after
+        self.ledger = TrainingEnergy(
+            self.energy.open_meter(), total_steps=state.max_steps or None, forecast_after=self.forecast_after
         )
         self._logged_steps = 0
         self._tokens_seen = state.num_input_tokens_seen or 0
@@ -148,9 +134,7 @@ class EnergyCallback(TrainerCallback):
             "energy_by_domain_j": dict(session.energy_j),
             "duration_s": session.duration_s,
             "carbon_g": self._carbon(session.total_j),
-            "intensity_g_per_kwh": self.intensity.intensity_g_per_kwh,
-            "intensity_source": self.intensity.source,
-            "pue": self.pue,
+            **self.carbon.to_dict(),
             "steps": state.global_step,
             "planned_steps": state.max_steps,
             **ledger.step_summary(),

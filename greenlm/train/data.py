@@ -15,6 +15,7 @@ import torch
 from greenlm.data.sources import load_text
 from greenlm.data.split import split_text
 from greenlm.errors import GreenlmError
+from greenlm.progress import Progress, ProgressEvent
 from greenlm.train.losses import TeacherTopK, teacher_topk
 
 GENERATE_PROMPT_TOKENS = 32  # each generated window starts from this many tokens of a calibration window
@@ -97,7 +98,7 @@ def teacher_generate(
     *,
     seed: int,
     autocast: Callable,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> torch.Tensor:
     """`count` windows the teacher samples (temperature 1, full distribution), each continuing the first
     GENERATE_PROMPT_TOKENS tokens of a calibration window spread through the text, to the window length."""
@@ -124,7 +125,9 @@ def teacher_generate(
             )
             out.append(generated[:, :seq_len].cpu())
             if progress:
-                progress(min(start + GENERATE_BATCH, count), count)
+                progress(
+                    ProgressEvent("teacher writing text", min(start + GENERATE_BATCH, count), count, "texts")
+                )
     return torch.cat(out)
 
 
@@ -136,7 +139,7 @@ def teacher_topk_cache(
     *,
     batch_size: int,
     autocast: Callable,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
     keep_going: Callable[[int, int, float], bool] | None = None,
 ) -> TeacherTopK | None:
     """One teacher pass over every window: its top-k tokens and log-probabilities per position, kept for
@@ -160,5 +163,12 @@ def teacher_topk_cache(
             ids.append(top.ids.to(torch.int32).cpu())
             logp.append(top.logp.float().cpu())
             if progress:
-                progress(min(start + batch_size, windows.shape[0]), windows.shape[0])
+                progress(
+                    ProgressEvent(
+                        "caching teacher top-k",
+                        min(start + batch_size, windows.shape[0]),
+                        windows.shape[0],
+                        "windows",
+                    )
+                )
     return TeacherTopK(ids=torch.cat(ids), logp=torch.cat(logp))

@@ -29,9 +29,10 @@ class StepEnergy:
         return asdict(self)
 
 
-class EnergyLedger:
-    """Step windows and the run window of one session, plus what earlier sessions of the run spent
-    (`prior_j`) and the steps they completed (`steps`), so a resumed run forecasts and totals as one."""
+class TrainingEnergy:
+    """The energy of one training session: a meter window per optimizer step and one over the whole session,
+    plus what earlier sessions of the run spent (`prior_j`) and the steps they completed (`steps`), so a
+    resumed run forecasts and totals as one."""
 
     def __init__(
         self,

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 from greenlm.errors import GreenlmError
 from greenlm.train.forecast import DEFAULT_FORECAST_AFTER
@@ -21,9 +21,9 @@ def _flag(name: str, cli: bool) -> str:
 @dataclass
 class TrainSettings:
     # Budget: exactly one of these.
+    minutes: float | None = None  # wall-clock minutes of training (data preparation and checkpoints included)
     steps: int | None = None  # optimizer steps
     tokens: int | None = None  # training tokens (steps x batch_size x grad_accum x seq_len)
-    minutes: float | None = None  # wall-clock minutes of training (data preparation and checkpoints included)
     # Loss on the teacher's next-token distribution (greenlm.train.losses).
     loss: str = "jsd"
     beta: float = 0.5  # jsd only: the weight of KL(teacher || mixture)
@@ -119,11 +119,6 @@ class TrainSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def pick(cls, source) -> TrainSettings:
-        """The training settings out of any object carrying the same field names (a step config, a CLI config)."""
-        return cls(**{f.name: getattr(source, f.name) for f in fields(cls)})
 
 
 def _number(value) -> bool:

@@ -1,6 +1,6 @@
 """Energy and carbon of any work: a block of Python, a function, or a whole command with its child processes.
 
-    with greenlm.track("my-step") as t:
+    with greenlm.track("my-step") as t:              # or track("my-step", energy=EnergySettings(country="FR"))
         work()
     t.energy_j, t.carbon_g
 
@@ -25,8 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from greenlm.energy.base import Measurement
-from greenlm.energy.carbon import carbon_g, resolve_intensity, validate_pue
-from greenlm.energy.detect import get_meter
+from greenlm.energy.settings import EnergySettings
 from greenlm.errors import GreenlmError
 from greenlm.store import Store
 
@@ -66,35 +65,21 @@ class Tracker:
         self,
         name: str = "track",
         *,
-        meter: str = "auto",
+        energy: EnergySettings | None = None,
         store: bool = True,
         db: str | None = None,
-        watts_per_core: float | None = None,
-        idle_watts_per_core: float | None = None,
         include_children: bool = False,
-        country: str | None = None,
-        region: str | None = None,
-        carbon_intensity: float | None = None,
-        pue: float = 1.0,
     ) -> None:
+        """`energy`: the meter and carbon settings (default: auto, the world-average grid); `store`: save one
+        row (kind "track") to the results store `db`; `include_children`: the cpu-model estimate also counts
+        live child processes."""
         if not isinstance(name, str) or not name.strip():
             raise GreenlmError(f"track needs a name for its window, got {name!r}")
         self.name = name
-        self._settings = dict(
-            meter=meter,
-            store=store,
-            db=db,
-            watts_per_core=watts_per_core,
-            idle_watts_per_core=idle_watts_per_core,
-            include_children=include_children,
-            country=country,
-            region=region,
-            carbon_intensity=carbon_intensity,
-            pue=pue,
-        )
+        self.energy = EnergySettings.coerce(energy)
+        self.store, self.db, self.include_children = store, db, include_children
         # Cheap checks now, so a typo fails before the work it would measure.
-        self.intensity = resolve_intensity(country, region, carbon_intensity)
-        self.pue = validate_pue(pue)
+        self.carbon = self.energy.carbon()
         self.extra: dict[str, Any] = {}  # command, exit_code, interrupted: filled in by track_command
         self.result: TrackResult | None = None
         self._meter = None
@@ -104,12 +89,7 @@ class Tracker:
 
     def __enter__(self) -> Tracker:
         self.result = None
-        self._meter = get_meter(
-            self._settings["meter"],
-            watts_per_core=self._settings["watts_per_core"],
-            idle_watts_per_core=self._settings["idle_watts_per_core"],
-            include_children=self._settings["include_children"],
-        )
+        self._meter = self.energy.open_meter(include_children=self.include_children)
         self._start = self._meter.begin_window()
         return self
 
@@ -120,8 +100,8 @@ class Tracker:
             self.result = self._result(measurement, meter)
         finally:
             meter.close()
-        if self._settings["store"]:
-            with Store(self._settings["db"]) as store:
+        if self.store:
+            with Store(self.db) as store:
                 record = self.result.to_dict() | {"model": self.name, "kind": "track"}
                 self.result.run_id = store.add("track", record)
 
@@ -130,14 +110,12 @@ class Tracker:
             name=self.name,
             energy_j=m.total_j,
             duration_s=m.duration_s,
-            carbon_g=carbon_g(m.total_j, self.intensity.intensity_g_per_kwh, self.pue),
+            carbon_g=self.carbon.carbon_g(m.total_j),
             meter=m.meter,
             energy_source=m.energy_source,
             energy_by_domain_j=dict(m.energy_j),
             energy_detail_j=dict(m.detail_j),
-            intensity_g_per_kwh=self.intensity.intensity_g_per_kwh,
-            intensity_source=self.intensity.source,
-            pue=self.pue,
+            **self.carbon.to_dict(),
             meter_note=meter.selection_note,
             meter_details=meter.describe(),
             **self.extra,
@@ -167,9 +145,14 @@ class Tracker:
     def __call__(self, fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kwargs):
+            # a fresh window per call: calls may nest or overlap
             window = Tracker(
-                self.name, **self._settings
-            )  # a fresh window per call: calls may nest or overlap
+                self.name,
+                energy=self.energy,
+                store=self.store,
+                db=self.db,
+                include_children=self.include_children,
+            )
             with window:
                 value = fn(*args, **kwargs)
             wrapper.last = window.result
@@ -181,8 +164,8 @@ class Tracker:
 
 def track(name: str | Callable | None = None, **settings) -> Any:
     """`with track("name") as t:`, `@track("name")` or bare `@track`: see the module docstring.
-    Settings: meter, store, db, watts_per_core, idle_watts_per_core, include_children (cpu-model: also count
-    live child processes), country, region, carbon_intensity, pue."""
+    Settings: energy (EnergySettings: meter, grid, PUE), store, db, include_children (cpu-model: also count
+    live child processes), as `Tracker` takes them."""
     if callable(name):
         return Tracker(getattr(name, "__qualname__", "function"), **settings)(name)
     return Tracker(name or "track", **settings)
@@ -207,12 +190,19 @@ def exit_status(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def track_command(argv: list[str], *, name: str | None = None, **settings) -> TrackResult:
+def track_command(
+    argv: list[str],
+    *,
+    name: str | None = None,
+    energy: EnergySettings | None = None,
+    store: bool = True,
+    db: str | None = None,
+) -> TrackResult:
     """Run `argv` to completion inside one meter window and return what it (and its children) cost.
     Ctrl-C reaches the command too; the run waits for it to stop, records it as interrupted and re-raises."""
     check_command(argv)
     # the CPU estimate follows the command's live descendants too (their time and memory while they run)
-    tracker = Tracker(name or shlex.join(argv), **{"include_children": True, **settings})
+    tracker = Tracker(name or shlex.join(argv), energy=energy, store=store, db=db, include_children=True)
     interrupted = False
     with tracker:
         try:

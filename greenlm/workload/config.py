@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 
+from greenlm.energy.settings import EnergySettings, flat_dict
 from greenlm.engines.names import check_device, check_speculative_engine
 from greenlm.engines.speculative import SPECULATIVE_BATCH_MESSAGE, SpeculativeConfig
 from greenlm.errors import GreenlmError
@@ -24,13 +25,7 @@ class MeasureConfig:
     threads: int | None = None
     device: str = "auto"  # auto: a GPU when the engine can use one here, else the CPU
     dtype: str = "float32"
-    meter: str = "auto"
-    watts_per_core: float | None = None  # cpu-model: a fully busy physical core (None: TDP / cores)
-    idle_watts_per_core: float | None = None  # cpu-model: an allotted core's static power (None: sourced)
-    country: str | None = None
-    region: str | None = None
-    carbon_intensity: float | None = None  # gCO2e/kWh, overrides country and region
-    pue: float = 1.0
+    energy: EnergySettings = field(default_factory=EnergySettings)  # meter, cpu-model constants, grid, PUE
     # Speculative greedy decoding (llamacpp only): same tokens, fewer target passes when drafts are accepted.
     speculative: SpeculativeConfig | None = None
 
@@ -51,10 +46,7 @@ class MeasureConfig:
             )
         if self.threads is not None and self.threads < 1:
             raise GreenlmError(f"--threads must be at least 1, got {self.threads}")
-        if self.watts_per_core is not None and not self.watts_per_core > 0:
-            raise GreenlmError(f"--watts-per-core must be positive, got {self.watts_per_core}")
-        if self.idle_watts_per_core is not None and not self.idle_watts_per_core >= 0:
-            raise GreenlmError(f"--idle-watts-per-core must be 0 or more, got {self.idle_watts_per_core}")
+        self.energy = EnergySettings.coerce(self.energy)
         check_device(self.device)
         if self.speculative is not None:
             if not isinstance(self.speculative, SpeculativeConfig):
@@ -69,4 +61,4 @@ class MeasureConfig:
                 )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return flat_dict(self)

@@ -17,6 +17,7 @@ from greenlm.engines.saved import apply_saved_run
 from greenlm.errors import GreenlmError
 from greenlm.io import noop
 from greenlm.models.spec import resolve_model
+from greenlm.progress import Progress, ProgressEvent, no_progress
 from greenlm.workload.config import MeasureConfig
 from greenlm.workload.result import MeasureResult
 from greenlm.workload.runner import engine_for, run_measure
@@ -87,7 +88,7 @@ class _Worker:
 def measure_interleaved(
     configs: dict[str, MeasureConfig],
     rounds: int,
-    progress: Callable[[int, int], None] = noop,
+    progress: Progress = no_progress,
     announce: Callable[[str], None] = noop,
 ) -> dict[str, list[MeasureResult]]:
     """{name: one MeasureResult per round}: `rounds` rounds over `configs` (each run as given, usually with
@@ -107,7 +108,7 @@ def measure_interleaved(
                 announce(f"round {r + 1}/{rounds}: {name}")
                 results[name].append(workers[name].measure())
                 done += 1
-                progress(done, total)
+                progress(ProgressEvent("interleaved rounds", done, total, "measurements"))
     finally:
         for worker in workers.values():
             worker.stop()

@@ -6,8 +6,6 @@ from collections.abc import Callable
 
 from greenlm.data.sources import load_text
 from greenlm.data.split import split_text
-from greenlm.energy import get_meter
-from greenlm.energy.carbon import resolve_intensity, validate_pue
 from greenlm.engines.base import Engine
 from greenlm.engines.factory import create_engine
 from greenlm.engines.saved import apply_saved_run
@@ -15,13 +13,13 @@ from greenlm.engines.speculative import resolve_draft
 from greenlm.errors import GreenlmError
 from greenlm.io import noop
 from greenlm.models.spec import resolve_model
+from greenlm.progress import Progress, ProgressEvent, no_progress
 from greenlm.workload.config import MeasureConfig
 from greenlm.workload.memory import peak_gpu_mb, peak_rss_mb, reset_peak_gpu, reset_peak_rss
 from greenlm.workload.prompts import read_prompt_file, workload_prompts
 from greenlm.workload.result import MeasureResult, RepeatRecord
 
 WARMUP_NEW_TOKENS = 4
-Progress = Callable[[int, int], None]  # (batches done, batches total)
 
 
 def engine_for(config: MeasureConfig, spec) -> Engine:
@@ -49,11 +47,10 @@ def run_measure(
     `engine` reuses a model the caller has already loaded (the caller keeps and closes it); the load phase
     is then not measured (`load_j` is None).
     """
-    progress = progress or noop
+    progress = progress or no_progress
     announce = announce or noop
     # Validate everything cheap before loading anything heavy.
-    intensity = resolve_intensity(config.country, config.region, config.carbon_intensity)
-    pue = validate_pue(config.pue)
+    carbon = config.energy.carbon()  # the grid and PUE, resolved: a typo fails before any model loads
     spec = resolve_model(config.model)
     config = apply_saved_run(config, spec, announce)  # a model optimize saved runs as it was chosen
     # The user's files before any model loads: a binary, non-UTF-8 or malformed file is one line, at once.
@@ -67,9 +64,7 @@ def run_measure(
             f"{engine.speculative_summary()}, the config asks for {config.speculative.to_dict()}: load the "
             "engine with the config's setting (create_engine(..., speculative=...))"
         )
-    meter = get_meter(
-        config.meter, watts_per_core=config.watts_per_core, idle_watts_per_core=config.idle_watts_per_core
-    )
+    meter = config.energy.open_meter()
     owned = engine is None
     load = None
     try:
@@ -140,7 +135,7 @@ def run_measure(
                     for domain, info in m.domains().items():
                         domains_j[key][domain] = domains_j[key].get(domain, 0.0) + info["energy_j"]
                         origins[domain] = {k: info[k] for k in ("meter", "energy_source", "additive")}
-                progress(repeat * len(batches) + index + 1, total)
+                progress(ProgressEvent("measuring", repeat * len(batches) + index + 1, total, "batches"))
             records.append(RepeatRecord(ttft_s=sums["prefill_s"] / len(batches), **sums, **domains_j))
         peak_mb = peak_rss_mb()
         if any(r.prefill_j + r.decode_j <= 0 for r in records):
@@ -157,10 +152,10 @@ def run_measure(
             threads=engine.threads,
             batch_size=config.batch_size,
             device=engine.device,
-            intensity_g_per_kwh=intensity.intensity_g_per_kwh,
-            intensity_location=intensity.location,
-            intensity_source=intensity.source,
-            pue=pue,
+            intensity_g_per_kwh=carbon.grid.intensity_g_per_kwh,
+            intensity_location=carbon.grid.location,
+            intensity_source=carbon.grid.source,
+            pue=carbon.pue,
             peak_rss_mb=peak_mb,
             peak_gpu_mem_mb=peak_gpu_mb(engine.device),
             repeats=records,

@@ -9,8 +9,7 @@ import torch
 from greenlm.compress.awq_fold import fold_groups, fold_scale, norm_offset
 from greenlm.compress.quant_awq import AWQ
 from greenlm.errors import GreenlmError
-from tests.export.families import FAMILY_NAMES, build_tiny_family
-from tests.export.helpers import hf_logits, sample_ids
+from tests.helpers import FAMILY_NAMES, build_tiny_family, hf_logits, sample_ids
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)

@@ -12,7 +12,7 @@ from tests.compress.tiny import context, greedy, load_tiny, logits, prompt_ids
 
 @pytest.fixture(scope="module")
 def four_layer_dir(tmp_path_factory):
-    from tests.conftest import build_tiny_model
+    from tests.helpers import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny4"), layers=4)
 
@@ -121,9 +121,9 @@ def test_dropping_two_layers_of_the_builtin_model(tmp_path):
         )
     )
     assert result.execution == "real"
-    assert result.manifest["architecture"]["num_hidden_layers"] == 28
-    removed = result.manifest["steps"][0]["details"]["layers_removed"]
+    assert result.manifest.architecture["num_hidden_layers"] == 28
+    removed = result.manifest.steps[0]["details"]["layers_removed"]
     assert 0 not in removed and 29 not in removed  # the first and last layers turn the hidden state most
-    quality = result.manifest["quality"]
+    quality = result.manifest.quality
     assert 0 < quality["ppl_increase_pct"] < 100 and quality["top1_agreement"] > 0.6
     assert AutoModelForCausalLM.from_pretrained(out).config.num_hidden_layers == 28

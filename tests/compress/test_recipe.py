@@ -86,8 +86,10 @@ def test_missing_file_and_empty_recipe():
         load_recipe("/nonexistent/recipe.yaml")
     with pytest.raises(GreenlmError, match="at least one step"):
         Recipe(steps=[])
-    with pytest.raises(GreenlmError, match="not a step config"):
-        Recipe(steps=[{"method": "nm"}])
+    # built in code, a step is a config dataclass or the mapping a file holds; anything else is refused
+    assert Recipe(steps=[{"method": "nm"}]) == Recipe(steps=[NMSparsity()])
+    with pytest.raises(GreenlmError, match=r"recipe, step 1 must be a mapping like \{method: drop_layers"):
+        Recipe(steps=["nm"])
 
 
 @pytest.mark.parametrize("path", sorted(RECIPES.glob("*.yaml")), ids=lambda p: p.name)

@@ -38,13 +38,13 @@ def test_dense_variant_has_its_manifest_and_reloads_everywhere(tiny_model_dir, t
     out = tmp_path / "variants" / "drop1"
     result = _compress(tiny_model_dir, out, [DropLayers(count=1)])
     manifest = read_manifest(out)
-    assert manifest["execution"] == "real" == result.execution
-    assert manifest["recipe"] == {"steps": [{"method": "drop_layers", "count": 1, "layers": None}]}
+    assert manifest.execution == "real" == result.execution
+    assert manifest.recipe == {"steps": [{"method": "drop_layers", "count": 1, "layers": None}]}
     parent = resolve_model(str(tiny_model_dir))
-    assert manifest["parent"] == parent.identity()
-    assert manifest["steps"][0]["details"]["layers_after"] == 1
-    assert manifest["weights"]["plain_transformers"] is True and manifest["quantized_modules"] == {}
-    quality = manifest["quality"]
+    assert manifest.parent == parent.identity()
+    assert manifest.steps[0]["details"]["layers_after"] == 1
+    assert manifest.weights["plain_transformers"] is True and manifest.quantized_modules == {}
+    quality = manifest.quality
     assert quality["reference"] == str(tiny_model_dir) and quality["tokens_evaluated"] == 2 * 511
     assert quality["kld"] > 0 and 0 <= quality["top1_agreement"] <= 1 and quality["ppl_reference"] > 0
     assert "eval_tokens=1024" in quality["budget"]
@@ -61,8 +61,8 @@ def test_dense_variant_has_its_manifest_and_reloads_everywhere(tiny_model_dir, t
     assert torch.allclose(logits(loaded.model, ids), logits(plain, ids))
 
     row = Store().runs(kind="variant")[0]
-    assert row["variant_id"] == manifest["variant_id"] and row["parent"] == str(tiny_model_dir)
-    assert row["execution"] == "real" and json.loads(row["recipe_json"]) == manifest["recipe"]
+    assert row["variant_id"] == manifest.variant_id and row["parent"] == str(tiny_model_dir)
+    assert row["execution"] == "real" and json.loads(row["recipe_json"]) == manifest.recipe
     assert row["model"] == str(out)
 
 
@@ -78,9 +78,9 @@ def test_pruned_variant_is_simulated_and_says_why(tiny_model_dir, tmp_path):
         announce=notes.append,
     )
     assert result.execution == "simulated"  # one simulated step makes the whole variant simulated
-    assert [s["execution"] for s in result.manifest["steps"]] == ["real", "simulated"]
+    assert [s["execution"] for s in result.manifest.steps] == ["real", "simulated"]
     assert any("no dense-kernel speed-up on CPU" in n for n in notes)
-    assert any("no dense-kernel speed-up on CPU" in n for n in result.manifest["notes"])
+    assert any("no dense-kernel speed-up on CPU" in n for n in result.manifest.notes)
 
 
 def test_existing_output_is_refused_before_any_work(tiny_model_dir, tmp_path, monkeypatch):
@@ -170,11 +170,8 @@ def test_quantized_variant_rebuilds_its_modules(tiny_model_dir, tmp_path, monkey
     out = tmp_path / "q"
     result = _compress(tiny_model_dir, out, [FakeInt8()])
     manifest = result.manifest
-    assert (
-        manifest["weights"]["file"] == QUANTIZED_WEIGHTS
-        and manifest["weights"]["plain_transformers"] is False
-    )
-    modules = manifest["quantized_modules"]
+    assert manifest.weights["file"] == QUANTIZED_WEIGHTS and manifest.weights["plain_transformers"] is False
+    modules = manifest.quantized_modules
     assert modules["model.layers.0.mlp.down_proj"] == {
         "kind": "test-int8",
         "spec": {"out_features": 64, "in_features": 128},

@@ -62,11 +62,11 @@ def test_distill_a_variant_then_eval_measure_and_payback(
     assert not (tmp_path / "healed.ckpt").exists()  # removed after success
 
     manifest = read_manifest(out)
-    assert manifest["parent"]["name"] == str(tiny_model_dir)
-    assert [s["method"] for s in manifest["recipe"]["steps"]] == ["drop_layers", "distill"]
-    assert manifest["training"]["energy_j"] == pytest.approx(r["energy_j"])
-    assert manifest["training"]["loss"]["loss"] == "jsd" and manifest["training"]["tokens"] == 256
-    assert manifest["steps"][-1]["details"]["training"]["data"]["text"].endswith("/calibration")
+    assert manifest.parent["name"] == str(tiny_model_dir)
+    assert [s["method"] for s in manifest.recipe["steps"]] == ["drop_layers", "distill"]
+    assert manifest.training["energy_j"] == pytest.approx(r["energy_j"])
+    assert manifest.training["loss"]["loss"] == "jsd" and manifest.training["tokens"] == 256
+    assert manifest.steps[-1]["details"]["training"]["data"]["text"].endswith("/calibration")
     loaded = load_model(resolve_model(str(out)))
     assert loaded.model.config.num_hidden_layers == 1
 
@@ -100,8 +100,8 @@ def test_student_recipe_and_human_output(monkeypatch, capsys, tiny_model_dir, tm
     assert "quality vs teacher" in stdout and "forecast after 1 of 2 steps" in stdout
     assert "ESTIMATED" in stdout and "saved to" in stdout
     manifest = read_manifest(tmp_path / "v")
-    assert [s["method"] for s in manifest["recipe"]["steps"]] == ["prune_channels", "distill"]
-    assert manifest["architecture"]["intermediate_size"] == 64
+    assert [s["method"] for s in manifest.recipe["steps"]] == ["prune_channels", "distill"]
+    assert manifest.architecture["intermediate_size"] == 64
 
 
 def test_ctrl_c_keeps_the_checkpoint_and_resume_finishes(

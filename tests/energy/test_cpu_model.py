@@ -3,6 +3,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -313,3 +314,24 @@ def test_vm_and_brand_core_detection():
     assert not cpuinfo.is_virtual(_cpuinfo_text("X", 2))
     assert cpuinfo.brand_cores("AMD Ryzen 9 5950X 16-Core Processor") == 16
     assert cpuinfo.brand_cores("Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz") is None
+
+
+def test_own_process_fast_reading_agrees_with_psutil_and_resolves_milliseconds():
+    meter = CpuModelMeter(watts_per_core=5.0)
+    try:
+        assert meter._own  # this process: read from its CPU clock and /proc/self/statm
+        process = psutil.Process()
+        reading = meter.read()
+        times, rss = process.cpu_times(), process.memory_info().rss
+        # psutil counts in clock ticks (10 ms): the fast path must agree to within a few ticks
+        psutil_cpu_s = times.user + times.system + times.children_user + times.children_system
+        assert abs(reading.values["cpu_s"] - psutil_cpu_s) < 0.05
+        assert abs(reading.values["rss_bytes"] - rss) < 16 * 2**20
+        start = meter.read()
+        end_s = time.process_time() + 0.003
+        while time.process_time() < end_s:  # 3 ms of work: below one clock tick, seen by the CPU clock
+            pass
+        assert meter.measure(start, meter.read()).detail_j["cpu-dynamic"] > 0
+    finally:
+        meter.close()
+        meter.close()  # idempotent

@@ -15,8 +15,7 @@ from greenlm.errors import GreenlmError
 from greenlm.evaluate.reference import FORMAT_VERSION, TAIL_SEED, reference_key, reference_stats
 from greenlm.models import resolve_model
 from greenlm.workload.prompts import encode_prompt, evaluation_prompts
-from tests.conftest import build_tiny_model
-from tests.export.helpers import SAMPLE_TEXT, export_gguf, needs_llamacpp
+from tests.helpers import SAMPLE_TEXT, build_tiny_model, export_gguf, needs_llamacpp
 
 # ChatML, a template llama.cpp recognises too (llama_chat_apply_template), so both engines can render it.
 CHATML = (

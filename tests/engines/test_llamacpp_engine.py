@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from greenlm.errors import GreenlmError
-from tests.export.helpers import export_gguf, needs_llamacpp, sample_ids
+from tests.helpers import export_gguf, needs_llamacpp, sample_ids
 
 pytestmark = needs_llamacpp
 
@@ -27,7 +27,7 @@ def tiny(tiny_model_dir, tmp_path_factory):
 
 def test_tokenizes_like_transformers(tiny):
     lcpp, hf = tiny
-    from tests.export.helpers import SAMPLE_TEXT
+    from tests.helpers import SAMPLE_TEXT
 
     ids = lcpp.tokenize(SAMPLE_TEXT)
     assert ids == hf.tokenize(SAMPLE_TEXT)
@@ -139,6 +139,7 @@ def test_gpu_device_follows_the_build(tiny):
 
 
 def test_measure_through_llamacpp_adds_quant_type_and_file_size(tiny_model_dir, tmp_path):
+    from greenlm.energy.settings import EnergySettings
     from greenlm.workload import MeasureConfig, run_measure
 
     gguf = export_gguf(tiny_model_dir, tmp_path / "tiny-q8_0.gguf", quant="q8_0").out
@@ -151,7 +152,7 @@ def test_measure_through_llamacpp_adds_quant_type_and_file_size(tiny_model_dir, 
             max_new_tokens=8,
             repeats=1,
             threads=1,
-            meter="cpu-model",
+            energy=EnergySettings(meter="cpu-model"),
         )
     )
     row = result.to_dict()

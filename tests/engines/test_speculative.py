@@ -8,8 +8,7 @@ import pytest
 
 from greenlm.engines.speculative import PromptLookupDrafter, SpeculativeConfig, speculative_from_flags
 from greenlm.errors import GreenlmError
-from tests.conftest import build_tiny_model
-from tests.export.helpers import export_gguf, needs_llamacpp, sample_ids
+from tests.helpers import build_tiny_model, export_gguf, needs_llamacpp, sample_ids
 
 # ---- prompt lookup ----------------------------------------------------------------------------------------
 
@@ -256,7 +255,7 @@ def test_missing_draft_model_is_one_clear_error(ggufs, tmp_path):
 
 @needs_llamacpp
 def test_measure_reports_speculative_and_acceptance(ggufs, monkeypatch, capsys):
-    from tests.test_cli import run_cli
+    from tests.helpers import run_cli
 
     target, other, _prompts = ggufs
     common = ["measure", "--model", str(target), "--engine", "llamacpp", "--threads", "1", "--repeats", "1"]
@@ -322,7 +321,7 @@ def test_measure_reports_speculative_and_acceptance(ggufs, monkeypatch, capsys):
     ],
 )
 def test_cli_flag_errors_are_one_line(monkeypatch, capsys, args, message):
-    from tests.test_cli import run_cli
+    from tests.helpers import run_cli
 
     code, out, err = run_cli(monkeypatch, capsys, "measure", *args)
     assert code == 2, err

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.export.helpers import needs_llamacpp
+from tests.helpers import needs_llamacpp
 
 pytestmark = needs_llamacpp
 

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from greenlm.compress.quant_math import awq_search, gptq
-from greenlm.kernels.grid import GGUF_GRIDS, QuantizedWeight, rtn
+from greenlm.kernels.quant_grid import GGUF_GRIDS, QuantizedWeight, rtn
 from greenlm.llamacpp.blocks import QTYPES, CodesMismatch, bits_per_weight, dequantize_blocks, pack_blocks
 from greenlm.llamacpp.verify import ROUNDTRIP_CODED_TINY
-from tests.export.helpers import assert_roundtrip, hf_logits, needs_llamacpp, roundtrip_error, sample_ids
+from tests.helpers import assert_roundtrip, hf_logits, needs_llamacpp, roundtrip_error, sample_ids
 
 
 def _weights(rows=48, cols=128, seed=0) -> torch.Tensor:
@@ -342,7 +342,7 @@ def test_folded_awq_exports_its_codes_exactly(tiny_model_dir, tmp_path):
             evaluate=False,
         )
     )
-    details = result.manifest["steps"][0]["details"]
+    details = result.manifest.steps[0]["details"]
     assert details["fold"] and details["gguf_format"] == "q4_0"
     assert details["output_error"] <= details["output_error_without_scales"]
     exported = export_model(

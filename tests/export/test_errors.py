@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from greenlm.errors import GreenlmError
-from tests.export.helpers import export_gguf, needs_llamacpp
+from tests.helpers import export_gguf, needs_llamacpp
 
 
 def _no_leftovers(directory) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from greenlm.errors import GreenlmError
-from tests.export.helpers import export_gguf, hf_logits, kld, needs_llamacpp, sample_ids
+from tests.helpers import export_gguf, hf_logits, kld, needs_llamacpp, sample_ids
 
 pytestmark = needs_llamacpp
 

@@ -4,8 +4,14 @@ as the same model transformers loads from the variant directory."""
 from __future__ import annotations
 
 from greenlm.llamacpp.verify import ROUNDTRIP_TINY
-from tests.conftest import build_tiny_model
-from tests.export.helpers import assert_roundtrip, export_gguf, hf_logits, needs_llamacpp, sample_ids
+from tests.helpers import (
+    assert_roundtrip,
+    build_tiny_model,
+    export_gguf,
+    hf_logits,
+    needs_llamacpp,
+    sample_ids,
+)
 
 pytestmark = needs_llamacpp
 

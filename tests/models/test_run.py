@@ -7,7 +7,7 @@ import pytest
 from greenlm.errors import GreenlmError
 from greenlm.models import resolve_model
 from greenlm.models.run import OPTIMIZE_FILE, RunSettings, save_run_settings, saved_run_settings
-from tests.export.helpers import export_gguf, needs_llamacpp
+from tests.helpers import export_gguf, needs_llamacpp
 
 
 def test_gguf_directory_round_trip(tmp_path):
@@ -45,7 +45,11 @@ def test_measure_and_eval_run_a_saved_winner_as_chosen_unless_told_otherwise(tmp
     folder.mkdir()
     export_gguf(tiny_model_dir, folder / "tiny-q8_0.gguf", quant="q8_0")
     save_run_settings(folder, RunSettings("llamacpp", threads=1, device="cpu"))
-    small = dict(num_prompts=1, prompt_tokens=8, max_new_tokens=4, repeats=1, meter="cpu-model")
+    from greenlm.energy.settings import EnergySettings
+
+    small = dict(
+        num_prompts=1, prompt_tokens=8, max_new_tokens=4, repeats=1, energy=EnergySettings(meter="cpu-model")
+    )
     said = []
     chosen = run_measure(MeasureConfig(model=str(folder), **small), announce=said.append).to_dict()
     assert chosen["engine"] == "llamacpp" and chosen["threads"] == 1 and chosen["device"] == "cpu"

@@ -7,7 +7,7 @@ import pytest
 
 from greenlm.models import resolve_model
 from greenlm.models.run import saved_run_settings
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 SPACE = """
 grids:

@@ -1,7 +1,9 @@
 """The final round on the tiny model: real engines, interleaved single-repeat measurements."""
 
+from greenlm.energy.settings import EnergySettings
 from greenlm.optimize.config import EvalSettings
 from greenlm.optimize.final import final_round, within_noise
+from greenlm.optimize.row import CandidateRow, Loaded
 from greenlm.optimize.space import Candidate
 
 
@@ -9,18 +11,18 @@ def tiny_settings(model_dir, workdir) -> EvalSettings:
     """A workload small enough for the tiny model: one short prompt, four new tokens."""
     return EvalSettings(
         model=str(model_dir), workdir=str(workdir), num_prompts=1, prompt_tokens=16, max_new_tokens=4,
-        meter="cpu-model", device="cpu",
+        energy=EnergySettings(meter="cpu-model"), device="cpu",
     )  # fmt: skip
 
 
 def test_final_round_measures_every_row_each_round(tiny_model_dir, tmp_path):
     settings = tiny_settings(tiny_model_dir, tmp_path)
     rows = [
-        {**Candidate().to_dict(), "key": "base", "model_path": str(tiny_model_dir)},
-        {**Candidate(threads=1).to_dict(), "key": "one", "model_path": str(tiny_model_dir)},
+        CandidateRow("base", "base", Candidate(), loaded=Loaded(model_path=str(tiny_model_dir))),
+        CandidateRow("one", "one", Candidate(threads=1), loaded=Loaded(model_path=str(tiny_model_dir))),
     ]
     seen = []
-    figures = final_round(settings, rows, 3, progress=lambda done, total: seen.append((done, total)))
+    figures = final_round(settings, rows, 3, progress=lambda event: seen.append((event.done, event.total)))
     assert seen[-1] == (6, 6)
     for key in ("base", "one"):
         f = figures[key]
@@ -44,8 +46,8 @@ def test_a_finalist_that_cannot_load_fails_in_one_line_and_leaves_no_process(tin
 
     settings = tiny_settings(tiny_model_dir, tmp_path)
     rows = [
-        {**Candidate().to_dict(), "key": "base", "label": "base", "model_path": str(tiny_model_dir)},
-        {**Candidate().to_dict(), "key": "gone", "label": "gone", "model_path": str(tmp_path / "missing")},
+        CandidateRow("base", "base", Candidate(), loaded=Loaded(model_path=str(tiny_model_dir))),
+        CandidateRow("gone", "gone", Candidate(), loaded=Loaded(model_path=str(tmp_path / "missing"))),
     ]
     with pytest.raises(GreenlmError, match="final round, gone: ") as info:
         final_round(settings, rows, 2)

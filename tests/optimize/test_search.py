@@ -3,6 +3,7 @@ import pytest
 from greenlm.errors import GreenlmError
 from greenlm.optimize.config import EvalSettings, OptimizeConfig, parse_duration_s, parse_percent
 from greenlm.optimize.pareto import QualityBudget
+from greenlm.optimize.row import TrainingCost
 from greenlm.optimize.search import optimize
 from greenlm.store import Store
 from tests.optimize.fake_work import fake_final, fake_work
@@ -62,7 +63,7 @@ def test_resume_does_not_redo_stored_candidates(setup):
     second = optimize(config(resume=True), store=store, work=counting, final=fake_final)
     assert second.search_id == first.search_id
     assert len(calls) == 2 and len(second.rows) == 5
-    assert not set(calls) & {r["key"] for r in first.rows}
+    assert not set(calls) & {r.key for r in first.rows}
 
 
 def test_resume_without_history(setup):
@@ -82,7 +83,7 @@ def test_time_budget_stops_starting_candidates(setup, monkeypatch):
 def test_front_is_passed_to_work(setup):
     config, store = setup
     result = optimize(config(), store=store, work=fake_work, final=fake_final)
-    assert max(r["front_size_seen"] or 0 for r in result.rows) >= 1
+    assert max(r.extra["front_size_seen"] or 0 for r in result.rows) >= 1
 
 
 @pytest.mark.parametrize("text, value", [("20m", 1200.0), ("90s", 90.0), ("1h30m", 5400.0), ("45", 45.0)])
@@ -134,14 +135,14 @@ def test_ray_executor_runs_candidates_as_tasks(setup):
         ray.shutdown()
     out = result.to_dict()
     assert out["budget_met"] and out["chosen"]["quant_type"] == "q4_k_m"
-    assert len(result.rows) == 5 and all(r["host"] for r in result.rows)
+    assert len(result.rows) == 5 and all(r.host for r in result.rows)
 
 
 def test_the_final_round_decides_and_says_when_the_top_two_are_within_noise(setup):
     config, store = setup
     first = optimize(config(search_id="a"), store=store, work=fake_work, final=fake_final)
-    keys = {r["quant_type"]: r["key"] for r in first.rows}
-    assert first.chosen["quant_type"] == "q4_k_m"  # cheapest inside the budget at search time
+    keys = {r.candidate.quant_type: r.key for r in first.rows}
+    assert first.chosen.candidate.quant_type == "q4_k_m"  # cheapest inside the budget at search time
 
     def swapped(settings, rows, rounds, progress=None):  # quiet re-measurement: q8_0 is the cheaper one
         return fake_final(settings, rows, rounds, swap=(keys["q4_k_m"], keys["q8_0"]))
@@ -184,7 +185,7 @@ def test_the_model_as_given_is_chosen_when_nothing_beats_it(tmp_path):
     def as_is_cheapest(candidate, front):
         record = fake_work(candidate, front)
         if candidate.engine == "llamacpp" and candidate.quant_type is None:
-            record.update(decode_j_per_token=0.09, decode_tokens_per_s=1 / 0.09)
+            record.energy.decode_j_per_token, record.energy.decode_tokens_per_s = 0.09, 1 / 0.09
         return record
 
     with Store(tmp_path / "s.db") as store:
@@ -205,7 +206,7 @@ def test_a_simulated_variant_is_never_chosen(setup):
     def simulated_cheapest(candidate, front):
         record = fake_work(candidate, front)
         if candidate.quant_type == "q4_k_m":
-            record["execution"] = "simulated"
+            record.execution = "simulated"
         return record
 
     out = optimize(config(), store=store, work=simulated_cheapest, final=fake_final).to_dict()
@@ -230,7 +231,7 @@ def test_without_a_final_round_other_hosts_make_the_ratio_not_comparable(setup):
     def elsewhere(candidate, front):
         record = fake_work(candidate, front)
         if front is not None:  # candidates on a worker, the baseline in the driver
-            record["host"] = "worker-7"
+            record.host = "worker-7"
         return record
 
     out = optimize(config(final_rounds=0), store=store, work=elsewhere, final=fake_final).to_dict()
@@ -245,7 +246,7 @@ def test_a_trained_candidates_payback_is_in_the_summary(setup):
     def work(candidate, front):
         record = fake_work(candidate, front)
         if candidate.quant_type == "q4_k_m":
-            record["training_energy_j"] = 380.0
+            record.training = TrainingCost(training_energy_j=380.0)
         return record
 
     out = optimize(config(), store=store, work=work, final=fake_final).to_dict()

@@ -96,3 +96,45 @@ def test_a_stored_row_gives_back_its_candidate():
         row = json.loads(json.dumps({**candidate.to_dict(), "key": candidate.key, "kld": 0.01}))  # as stored
         again = Candidate.from_row(row)
         assert again == candidate and again.key == candidate.key
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("grids: []", "s.yaml: grids must be a non-empty list of grids"),
+        ("grids: [{engin: llamacpp}]", "s.yaml: grids[0].engin is not a setting here: write 'engine'"),
+        ("grids: [{engine: vllm}]", "grids[0].engine 'vllm' is unknown: write transformers or llamacpp"),
+        (
+            "grids: [{engine: llamacpp, threads: [1, 0]}]",
+            "grids[0].threads[1] must be a whole number of at least 1",
+        ),
+        # a grid's steps are checked as a recipe file's, before the search starts
+        (
+            "grids: [{recipes: [[], [{method: drop_layers, cout: 2}]]}]",
+            "grids[0].recipes[1][0] (drop_layers): unknown setting 'cout' (did you mean 'count'?)",
+        ),
+        (
+            "grids: [{recipes: [[{method: drop_layers, count: 0}]]}]",
+            "grids[0].recipes[0][0]: drop_layers count",
+        ),
+        ("grids: [{recipes: [{method: gptq}]}]", "grids[0].recipes[0] must be a recipe: a list of steps"),
+        (
+            "grids: [{quant_types: [q8_0]}]",
+            "grids[0] gives a candidate that cannot run: quant_type 'q8_0' needs",
+        ),
+        ("grids: [{engine: llamacpp, quant_types: []}]", "grids[0].quant_types is empty"),
+    ],
+)
+def test_space_file_mistakes_are_one_line_naming_the_grid(tmp_path, text, message):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    with pytest.raises(GreenlmError) as info:
+        load_space(str(path))
+    assert message in str(info.value) and str(info.value).startswith(f"search space {path}: ")
+    assert "\n" not in str(info.value)
+
+
+def test_grid_steps_are_kept_as_written_so_keys_do_not_change():
+    (candidate,) = expand({"recipes": [[{"method": "wanda", "ratio": 1 / 2}]]})
+    assert candidate.recipe == ({"method": "wanda", "ratio": 0.5},)  # not the step's full settings
+    assert candidate.key == Candidate(recipe=({"method": "wanda", "ratio": 0.5},)).key

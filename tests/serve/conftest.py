@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import build_tiny_model
+from tests.helpers import build_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 240  # a cold start exports the tiny model to GGUF and imports torch; a busy machine is slow

@@ -5,7 +5,6 @@ decisions in /metrics, the store and the stop summary, and the dashboard drawn b
 from __future__ import annotations
 
 import concurrent.futures
-import shutil
 import sqlite3
 import subprocess
 import time
@@ -15,7 +14,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.export.helpers import needs_llamacpp
+from tests.helpers import headless_browser, needs_llamacpp
 
 pytestmark = needs_llamacpp
 
@@ -138,8 +137,7 @@ def test_decisions_counted_in_metrics(adaptive):
 
 
 def test_dashboard_draws_in_headless_chromium(adaptive, tmp_path):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium is installed by `make test` (Debian package chromium)"
+    browser = headless_browser()
     page = httpx.get(adaptive.url + "/dashboard").text
     assert "<script" in page and "http://" not in page.replace(
         "http://www.w3.org/2000/svg", ""

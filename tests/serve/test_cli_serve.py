@@ -4,7 +4,7 @@ import socket
 
 import pytest
 
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture

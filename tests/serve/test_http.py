@@ -13,7 +13,7 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.export.helpers import needs_llamacpp
+from tests.helpers import needs_llamacpp
 
 pytestmark = needs_llamacpp
 

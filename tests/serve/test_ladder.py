@@ -15,7 +15,7 @@ def test_ladder_from_the_latest_search_front(tmp_path, tiny_model_dir):
     space.write_text("grids:\n  - engine: llamacpp\n    quant_types: [q8_0, q4_k_m, q4_0]\n")
 
     def work(candidate, front):  # the fake figures, with a file each variant can be served from
-        return dict(fake_work(candidate, front), model_path=str(tiny_model_dir))
+        return fake_work(candidate, front, model_path=str(tiny_model_dir))
 
     settings = EvalSettings(model=str(tiny_model_dir), workdir=str(tmp_path / "work"))
     with Store(tmp_path / "s.db") as store:

@@ -9,9 +9,12 @@ import threading
 
 import pytest
 
+from greenlm.energy.settings import EnergySettings
 from greenlm.models.run import OPTIMIZE_FILE
 from greenlm.serve import ServeConfig, Server
 from greenlm.serve.preflight import preflight
+
+CPU_MODEL = EnergySettings(meter="cpu-model")
 
 
 @pytest.fixture
@@ -43,7 +46,7 @@ def run_all(server: Server, prompts: list[str], max_tokens: int, together: bool)
 def test_transformers_engine_batches_with_the_same_greedy_output(chat_model_dir, torch_threads):
     server = Server(
         ServeConfig(
-            model=str(chat_model_dir), engine="transformers", max_batch=4, step_tokens=16, meter="cpu-model"
+            model=str(chat_model_dir), engine="transformers", max_batch=4, step_tokens=16, energy=CPU_MODEL
         )
     )
     try:
@@ -73,7 +76,7 @@ def test_a_saved_model_starts_on_its_chosen_engine_and_threads(chat_model_dir, t
     run = {"engine": "transformers", "threads": 1, "device": "cpu", "speculative": None}
     (saved / OPTIMIZE_FILE).write_text(json.dumps({"label": "hand-written", "run": run}))
     notes: list[str] = []
-    server = Server(ServeConfig(model=str(saved), max_batch=2, meter="cpu-model"), announce=notes.append)
+    server = Server(ServeConfig(model=str(saved), max_batch=2, energy=CPU_MODEL), announce=notes.append)
     try:
         record = server.describe()
         assert (record["engine"], record["threads"], record["device"]) == ("transformers", 1, "cpu")
@@ -82,6 +85,6 @@ def test_a_saved_model_starts_on_its_chosen_engine_and_threads(chat_model_dir, t
     finally:
         server.close()
     # a flag wins (and threads chosen for another engine do not carry over); no saved settings: llama.cpp
-    flagged = preflight(ServeConfig(model=str(saved), engine="llamacpp", meter="cpu-model")).config
+    flagged = preflight(ServeConfig(model=str(saved), engine="llamacpp", energy=CPU_MODEL)).config
     assert (flagged.engine, flagged.threads) == ("llamacpp", None)
-    assert preflight(ServeConfig(model=str(chat_model_dir), meter="cpu-model")).config.engine == "llamacpp"
+    assert preflight(ServeConfig(model=str(chat_model_dir), energy=CPU_MODEL)).config.engine == "llamacpp"

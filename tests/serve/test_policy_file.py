@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from greenlm.serve.policy_file import load_policy
-from tests.test_cli import run_cli
+from tests.helpers import run_cli
 
 GRID = "grid: {csv: grid.csv, speed: 60}\n"
 
@@ -114,3 +114,21 @@ def test_a_good_file_parses_with_its_defaults(folder, tiny_model_dir):
     assert policy.grid.csv == str(folder / "grid.csv") and policy.grid.speed == 60  # relative to the file
     assert policy.carbon.low_g_per_kwh == 400 and policy.idle.unload_after_s == 30
     assert policy.load is not None and policy.quality.max_kld is None
+
+
+def test_sections_built_in_code_check_as_a_file_does():
+    from greenlm.errors import GreenlmError
+    from greenlm.serve.policy_file import PolicyConfig, QualityPolicy, parse_policy
+
+    with pytest.raises(GreenlmError, match=r"^policy: max_kld must be a number from 0 to 10, got -1: write"):
+        QualityPolicy(max_kld=-1)
+    # a whole number written with a point is still whole; text is trimmed
+    policy = parse_policy({"quality": {"window_tokens": 5.0e4}, "ladder_from_search": " latest "}, "p.yaml")
+    assert policy.quality.window_tokens == 50000 and isinstance(policy.quality.window_tokens, int)
+    assert policy.ladder_from_search == "latest" and policy.source == "p.yaml"
+    assert list(policy.to_dict())[0] == "source" and policy.to_dict()["ladder"] == []
+    # in code, load=None is load stepping off; in a file, `load:` left empty keeps its defaults
+    assert PolicyConfig(load=None).load is None and parse_policy({"load": None}).load is not None
+    assert parse_policy({"load": False}).load is None
+    copied = policy.model_copy(update={"quality": policy.quality.model_copy(update={"max_kld": 0.1})})
+    assert copied.quality.max_kld == 0.1 and copied.quality.window_tokens == 50000

@@ -13,7 +13,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from greenlm.serve.ray_deploy import CarbonQueuePolicy, merge_energy, merge_metrics
-from tests.export.helpers import needs_llamacpp
+from tests.helpers import needs_llamacpp
 
 
 def ctx(total, replicas=1, waiting=0.0, intensity=None, low=1, high=4):

@@ -7,7 +7,7 @@ import concurrent.futures
 import openai
 import pytest
 
-from tests.export.helpers import needs_llamacpp
+from tests.helpers import needs_llamacpp
 
 pytestmark = [pytest.mark.realmodel, needs_llamacpp]
 

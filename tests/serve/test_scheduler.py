@@ -64,6 +64,36 @@ def test_requests_join_a_running_batch_and_long_prompts_are_chunked(rig):
     assert [len(f.token_ids) for s in steps for f in s if f.slot == 1 and len(f.token_ids) > 1] == [7, 7, 6]
 
 
+def test_prefill_chunk_caps_prompt_tokens_only_while_others_decode():
+    meter = CounterMeter()
+    stepper = CountingStepper(meter, slots=2, step_tokens=16, context_tokens=64)
+    ledger = EnergyLedger(meter, intensity_g_per_kwh=400.0, pue=1.0)
+    scheduler = Scheduler(
+        stepper,
+        ledger,
+        ServeMetrics("fake", ledger),
+        detokenize=detokenize,
+        max_queue=2,
+        prefill_chunk_tokens=3,
+    )
+    try:
+        stepper.gate = threading.Event()
+        first = scheduler.submit(list(range(1, 13)), params(6))  # alone: its 12 tokens go in one step
+        assert stepper.entered.wait(5)
+        second = scheduler.submit(list(range(1, 11)), params(2))  # beside a decoding stream: 3 per step
+        stepper.gate.set()
+        first.wait(10), second.wait(10)
+    finally:
+        stepper.gate.set()
+        scheduler.close(drain_timeout_s=5)
+    prompt_feeds = [
+        (f.slot, len(f.token_ids)) for step in stepper.steps for f in step if len(f.token_ids) > 1
+    ]
+    assert prompt_feeds[0] == (0, 12)
+    assert [n for slot, n in prompt_feeds if slot == 1] == [3, 3, 3]  # the 10th token goes as a 1-token chunk
+    assert all(len(f.token_ids) <= 3 for step in stepper.steps if len(step) > 1 for f in step)
+
+
 def test_the_energy_invariant_is_exact(rig):
     stepper, scheduler, ledger, meter = rig
     results = []

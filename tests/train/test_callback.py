@@ -8,6 +8,7 @@ import json
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
+from greenlm.energy.settings import EnergySettings
 from greenlm.store import Store
 from greenlm.train import EnergyCallback
 
@@ -29,7 +30,10 @@ def test_callback_logs_into_a_real_trainer(tiny_model_dir, tmp_path, monkeypatch
         "input_ids"
     ]
     rows = [{"input_ids": ids[i : i + 16], "labels": ids[i : i + 16]} for i in range(0, 16 * 12, 16)]
-    recorder, energy = Recorder(), EnergyCallback(forecast_after=0.3, meter="cpu-model")
+    recorder, energy = (
+        Recorder(),
+        EnergyCallback(forecast_after=0.3, energy=EnergySettings(meter="cpu-model")),
+    )
     args = TrainingArguments(
         output_dir=str(tmp_path / "out"),
         max_steps=6,

@@ -31,12 +31,12 @@ def test_cut_then_heal_in_one_recipe(tiny_model_dir, tmp_path, small_text):
         )
     )
     m = result.manifest
-    assert [s["method"] for s in m["steps"]] == ["drop_layers", "distill"] and m["execution"] == "real"
-    training = m["steps"][1]["details"]["training"]
+    assert [s["method"] for s in m.steps] == ["drop_layers", "distill"] and m.execution == "real"
+    training = m.steps[1]["details"]["training"]
     assert training["steps"] == 3 and training["energy"]["energy_j"] > 0
-    assert m["training"]["energy_j"] == pytest.approx(training["energy"]["energy_j"])
-    assert m["training"]["meter"] == "cpu-model" and m["training"]["tokens"] == 3 * 2 * 32
-    assert m["quality"]["kld"] is not None  # measured after healing, against the parent
+    assert m.training["energy_j"] == pytest.approx(training["energy"]["energy_j"])
+    assert m.training["meter"] == "cpu-model" and m.training["tokens"] == 3 * 2 * 32
+    assert m.quality["kld"] is not None  # measured after healing, against the parent
 
 
 def test_distill_step_refusals(tiny_model_dir, tmp_path, small_text):

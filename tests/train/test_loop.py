@@ -10,11 +10,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from greenlm.compress.layers import remove_layers
-from greenlm.energy import get_meter
-from greenlm.energy.carbon import resolve_intensity
+from greenlm.energy.settings import EnergySettings
 from greenlm.train.checkpoint import RunDir
 from greenlm.train.data import TrainingData, epoch_order, micro_batch_indices, text_windows
-from greenlm.train.loop import _Plan, _teacher_cache, train
+from greenlm.train.loop import TrainJob, _Plan, _teacher_cache, train
 from greenlm.train.losses import distill_loss
 from greenlm.train.settings import TrainSettings
 
@@ -29,16 +28,9 @@ def pair(path):
     return teacher, student, tokenizer
 
 
-def run(teacher, student, data, settings, **kwargs):
-    return train(
-        teacher,
-        student,
-        data,
-        settings,
-        meter=get_meter("cpu-model"),
-        intensity=resolve_intensity(),
-        **kwargs,
-    )
+def run(teacher, student, data, settings, **job):
+    energy = EnergySettings(meter="cpu-model")
+    return train(teacher, student, data, settings, TrainJob(energy.open_meter(), energy.carbon(), **job))
 
 
 def held_out_loss(teacher, student, windows) -> float:
@@ -111,8 +103,8 @@ def test_a_killed_run_resumes_exactly(tiny_model_dir, tmp_path):
     _, killed, _ = pair(tiny_model_dir)
     run_dir = RunDir.create(tmp_path / "b", {"r": 1}, {})
 
-    def kill_at_step_5(status):
-        if status.get("phase") == "training" and status["step"] == 5:
+    def kill_at_step_5(event):
+        if event.what == "training" and event.done == 5:
             raise KeyboardInterrupt  # after step 5 ran: it is lost, the checkpoint of step 4 is not
 
     with pytest.raises(KeyboardInterrupt):

@@ -12,6 +12,7 @@ import pytest
 import greenlm
 from greenlm.cli import main
 from greenlm.energy.cpu_model import DYNAMIC_DOMAIN, CpuModelMeter
+from greenlm.energy.settings import EnergySettings
 from greenlm.errors import GreenlmError
 from greenlm.store import Store
 from greenlm.train.tracker import track_command
@@ -51,7 +52,8 @@ def test_track_counts_children_and_passes_the_exit_code(tmp_path):
     script = tmp_path / "burn.py"
     script.write_text(BURN)
     result = track_command(
-        [sys.executable, str(script), str(tmp_path / "cpu")], meter="cpu-model", watts_per_core=WATTS
+        [sys.executable, str(script), str(tmp_path / "cpu")],
+        energy=EnergySettings(meter="cpu-model", watts_per_core=WATTS),
     )
     assert result.exit_code == 5 and not result.interrupted
     child = float((tmp_path / "cpu.child").read_text())
@@ -98,13 +100,13 @@ def test_cli_exit_code_json_and_bad_input(monkeypatch, capsys):
 
 
 def test_context_manager_and_decorator():
-    with greenlm.track("block", meter="cpu-model") as t:
+    with greenlm.track("block", energy=EnergySettings(meter="cpu-model")) as t:
         sum(i * i for i in range(200_000))
     assert t.energy_j > 0 and t.duration_s > 0 and t.result.run_id
     with pytest.raises(RuntimeError):
         _ = greenlm.track("unfinished", store=False).energy_j
 
-    @greenlm.track("step", meter="cpu-model", store=False)
+    @greenlm.track("step", energy=EnergySettings(meter="cpu-model"), store=False)
     def step(n):
         return sum(range(n))
 
@@ -116,7 +118,7 @@ def test_context_manager_and_decorator():
 
     assert bare() == 1 and bare.last.name.endswith("bare")
     with pytest.raises(GreenlmError, match="PUE"):
-        greenlm.track("x", pue=0.5)
+        greenlm.track("x", energy=EnergySettings(pue=0.5))
 
 
 def test_import_greenlm_stays_light():

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from greenlm.energy import detect
+from greenlm.energy.settings import EnergySettings
 from greenlm.errors import MeterUnavailable
 from greenlm.workload import MeasureConfig, run_measure
 from tests.energy.fakes import FakeGpu, make_pynvml
@@ -69,7 +70,7 @@ def test_forced_hardware_meter_has_no_static_dynamic_split(gpu_machine_without_r
             prompt_tokens=16,
             max_new_tokens=4,
             repeats=1,
-            meter="nvml",
+            energy=EnergySettings(meter="nvml"),
         )
     ).to_dict()
     assert record["meter"] == "nvml" and record["energy_source"] == "measured"

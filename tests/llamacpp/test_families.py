@@ -10,8 +10,15 @@ import pytest
 
 from greenlm.errors import GreenlmError
 from greenlm.llamacpp.verify import ROUNDTRIP_CODED_TINY, ROUNDTRIP_TINY
-from tests.export.families import FAMILY_NAMES, build_tiny_family
-from tests.export.helpers import assert_roundtrip, export_gguf, hf_logits, needs_llamacpp, sample_ids
+from tests.helpers import (
+    FAMILY_NAMES,
+    assert_roundtrip,
+    build_tiny_family,
+    export_gguf,
+    hf_logits,
+    needs_llamacpp,
+    sample_ids,
+)
 
 pytestmark = needs_llamacpp
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from greenlm.llamacpp.verify import ROUNDTRIP_BUILTIN, ROUNDTRIP_TINY
-from tests.conftest import build_tiny_model
-from tests.export.helpers import (
+from tests.helpers import (
     assert_roundtrip,
+    build_tiny_model,
     export_gguf,
     hf_logits,
     kld,
