@@ -22,7 +22,7 @@ work as a fraction of the perfect-foresight run's, and a modelled reference (the
 the trace as its forecast, the measured J/token and throughput).
 
     .venv/bin/python bench/deferral.py                 # 3 days at 2 minutes a day, four runs: about 30 minutes
-    .venv/bin/python bench/deferral.py --quick         # half a day at 2 minutes a day, windows 1h-4h: minutes
+    .venv/bin/python bench/deferral.py --quick         # half a day (noon to midnight), windows 1h-4h: minutes
 
 Writes bench/results/deferral.json (--quick: a temporary file unless --out says otherwise). Run it on an
 otherwise idle machine. Targets (issue 22): deferred carbon saving >= 80% of the perfect-foresight saving with
@@ -618,6 +618,7 @@ def main() -> None:
     args.windows = WINDOWS
     if args.quick:
         args.days, args.day_s, args.max_batch = 0.5, 120.0, 4
+        args.replay_from = args.replay_from[:10] + "T12:00"  # the same day's second half: evening into night
         args.flex_per_day, args.max_lines, args.windows = 16, 8, ("1h", "4h")
         args.batch_tokens, args.calib_tokens, args.kill_tokens = 32, 32, 64
     args.speed = DAY_S / args.day_s

@@ -148,6 +148,7 @@ class Deferral:
         )  # (grid s, tokens, g, kind)
         self._tick_tokens = self._tick_requests = 0
         self._last_tick = time.monotonic()
+        self._inflight_before = 0
         self._forecast_version: object = None
         self._last_plan: Plan | None = None
         self._snapshot: dict = {}
@@ -503,9 +504,13 @@ class Deferral:
     async def _tick(self) -> None:
         now_mono = time.monotonic()
         inflight = sum(len(a.inflight) for a in self._active.values())
-        busy_s = now_mono - self._last_tick if inflight else 0.0
+        before, self._inflight_before = self._inflight_before, inflight
+        # busy when requests were in flight at either edge of the tick: the last ones of a batch finish in it
+        busy_s = now_mono - self._last_tick if inflight or before else 0.0
         self._last_tick = now_mono
-        self.rates.tick(busy_s, self._tick_tokens, self._tick_requests, inflight / self._full_batch())
+        self.rates.tick(
+            busy_s, self._tick_tokens, self._tick_requests, max(inflight, before) / self._full_batch()
+        )
         self._tick_tokens = self._tick_requests = 0
         if self.follow_grid is not None:
             self.follow_grid(self.grid.signal.now())
