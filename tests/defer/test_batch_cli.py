@@ -18,7 +18,7 @@ import pytest
 from tests.defer.conftest import grid_csv
 from tests.defer.test_batch_http import jsonl, line
 from tests.distill.test_cli import one_line_error, run_cli
-from tests.export.helpers import needs_llamacpp
+from tests.helpers import needs_llamacpp
 from tests.serve.conftest import ROOT
 
 pytestmark = needs_llamacpp

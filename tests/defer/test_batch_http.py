@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.export.helpers import needs_llamacpp
+from tests.helpers import needs_llamacpp
 
 pytestmark = needs_llamacpp
 

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.defer.conftest import grid_csv
 from tests.defer.test_batch_http import CHAT, MODEL, jsonl, line, wait_done
-from tests.export.helpers import needs_llamacpp
+from tests.helpers import needs_llamacpp
 
 pytestmark = needs_llamacpp
 

@@ -12,7 +12,7 @@ import time
 import openai
 
 from tests.defer.test_batch_http import CHAT, MODEL, jsonl, line, wait_done
-from tests.export.helpers import needs_llamacpp
+from tests.helpers import needs_llamacpp
 
 pytestmark = needs_llamacpp
 
