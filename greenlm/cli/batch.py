@@ -69,7 +69,7 @@ def run(
         forecast=forecast, grid_url=grid_url, energy=energy,
     )  # fmt: skip
     with LazyProgress("requests") as bar:
-        result = run_batch(config, progress=bar.update, announce=note)
+        result = run_batch(config, progress=bar, announce=note)
     if as_json:
         emit_json(result)
     elif dry_run:

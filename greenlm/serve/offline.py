@@ -27,12 +27,12 @@ from greenlm.defer.planner import Job, plan, plan_asap
 from greenlm.defer.settings import duration_text
 from greenlm.errors import GreenlmError
 from greenlm.io import check_file_target, noop, write_text_atomic
+from greenlm.progress import Progress, ProgressEvent, no_progress
 from greenlm.serve.batch_config import BatchRunConfig
 from greenlm.serve.deferred import ServeRunner
 from greenlm.serve.preflight import preflight
 from greenlm.serve.server import Server
 
-Progress = Callable[[int, int], None]
 POLL_S = 0.2
 
 
@@ -50,7 +50,7 @@ def run_batch(
     config: BatchRunConfig, *, progress: Progress | None = None, announce: Callable[[str], None] | None = None
 ) -> dict:
     """Run `config.input` into `config.out` within `config.deadline` (or, with `dry_run`, print its plan)."""
-    progress, announce = progress or noop, announce or noop
+    progress, announce = progress or no_progress, announce or noop
     content = _read_input(config.input)
     try:
         lines = parse_batch_file(content, max_bytes=len(content) + 1)
@@ -111,7 +111,9 @@ def _run(config, server, content: bytes, lines, out: Path, progress, announce) -
     while True:
         batch = deferral.batch(batch_id)
         counts = batch["request_counts"]
-        progress(counts["completed"] + counts["failed"], counts["total"])
+        progress(
+            ProgressEvent("requests", counts["completed"] + counts["failed"], counts["total"], "requests")
+        )
         if batch["status"] in ("completed", "failed", "expired", "cancelled"):
             break
         time.sleep(POLL_S)

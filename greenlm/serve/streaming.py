@@ -74,16 +74,17 @@ def sse(payload) -> str:
 _SLOT = "\u0000greenlm-text\u0000"  # no generated text holds NUL: a safe placeholder to split at
 
 
-def text_chunk_framer(kind: ChunkKind, rid: str, created: int, model: str) -> Callable[[str], str]:
+def text_chunk_framer(
+    kind: ChunkKind, rid: str, created: int, model: str, service_tier: str | None = None
+) -> Callable[[str], str]:
     """The event of one streamed text delta, framed without pydantic per token: the chunk is serialized
     once with a placeholder, and each token's text is JSON-escaped into it (the same bytes `sse` gives for
     the same chunk; a test checks this over awkward strings)."""
-    framed = sse(kind.chunk(id=rid, created=created, model=model, choices=[kind.stream_choice(_SLOT, None)]))
+    fields = dict(id=rid, created=created, model=model, service_tier=service_tier)
+    framed = sse(kind.chunk(**fields, choices=[kind.stream_choice(_SLOT, None)]))
     before, marker, after = framed.partition(json.dumps(_SLOT))
     if not marker:  # the serializer wrote the placeholder another way: frame each chunk in full
-        return lambda text: sse(
-            kind.chunk(id=rid, created=created, model=model, choices=[kind.stream_choice(text, None)])
-        )
+        return lambda text: sse(kind.chunk(**fields, choices=[kind.stream_choice(text, None)]))
     return lambda text: before + json.dumps(text, ensure_ascii=False) + after
 
 
@@ -188,7 +189,7 @@ async def completion_chunks(
             kind.chunk(id=rid, created=created, model=model, choices=[choice], service_tier=service_tier)
         )
 
-    text_chunk = text_chunk_framer(kind, rid, created, model)
+    text_chunk = text_chunk_framer(kind, rid, created, model, service_tier)
     if kind.opening is not None:
         yield chunk(kind.opening())
     async for event in handle:

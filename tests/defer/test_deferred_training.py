@@ -86,10 +86,10 @@ def test_distill_with_a_deadline_pauses_and_records_the_saving(
     assert d["carbon_g"] < d["carbon_if_straight_through_g"]
     assert "deferred training: pause" in err and "resume" in err
     manifest = read_manifest(out)
-    assert manifest["training"]["deferral"]["carbon_if_straight_through_g"] == pytest.approx(
+    assert manifest.training["deferral"]["carbon_if_straight_through_g"] == pytest.approx(
         d["carbon_if_straight_through_g"]
     )
-    assert "perfect foresight" in manifest["training"]["deferral"]["grid"]["forecast"]["source"]
+    assert "perfect foresight" in manifest.training["deferral"]["grid"]["forecast"]["source"]
 
 
 @pytest.mark.parametrize(
