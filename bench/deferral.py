@@ -46,7 +46,7 @@ from pathlib import Path
 
 import httpx
 from benchlib import Recorder, log
-from serve_load import Proc
+from servers import Proc
 
 from greenlm.data import load_text, split_text
 from greenlm.defer.forecast import TraceForecaster

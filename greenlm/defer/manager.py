@@ -758,7 +758,7 @@ class Deferral:
         if result.ok:
             self._tick_tokens += tokens
             self._tick_requests += 1
-            self.rates.line(tokens, float(usage.get("energy_j") or 0.0), seconds)
+            self.rates.line(tokens, float(usage.get("energy_j") or 0.0), result.run_s or seconds)
             self._done.append((self.clock.now_s(), tokens, float(usage.get("carbon_g") or 0.0), "batch"))
         if self._lines_counter is not None:
             self._lines_counter.labels(self.model_id, "batch", "completed" if result.ok else "failed").inc()

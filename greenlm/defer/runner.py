@@ -23,6 +23,7 @@ class RunResult:
     status_code: int
     body: dict  # the OpenAI response (with usage), or {"error": {...}}
     preempted: int = 0  # times the default tier took its slot back (its work restarted)
+    run_s: float | None = None  # seconds it held a slot (its own pace: queueing for a slot left out)
 
     @property
     def ok(self) -> bool:

@@ -99,4 +99,5 @@ class ServeRunner:
             usage=usage_of(result, server.replica),
             service_tier="flex" if tier == "flex" else "default",
         )
-        return RunResult(200, response.model_dump(), preempted=result.preempted)
+        run_s = result.e2e_s - result.queue_s
+        return RunResult(200, response.model_dump(), preempted=result.preempted, run_s=run_s)
