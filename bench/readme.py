@@ -185,7 +185,15 @@ def distill_heal_table(r: dict) -> str:
     return r["markdown"].strip() + "\n\n" + " ".join(lines)
 
 
+def deferral_table(r: dict) -> str:
+    """The deferral benchmark's own table and summary lines."""
+    from deferral import markdown  # bench/ is the script's directory, so first on sys.path
+
+    return markdown(r)
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
+    "deferral": deferral_table,
     "distill_heal": distill_heal_table,
     "adapt_trace": adapt_trace_table,
     "optimize_builtin": optimize_table,

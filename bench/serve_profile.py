@@ -103,7 +103,9 @@ def profile_level(args, level: Level, tool: Path, tokenizer: Path, workdir: Path
     try:
         warm = Level("warm-up", "kind=concurrent,streams=1", 2, output_tokens=8)
         run_guidellm(tool, ready["url"], ready["model"], warm, tokenizer, workdir / f"warm-{level.name}.json")
-        load = run_guidellm(tool, ready["url"], ready["model"], level, tokenizer, workdir / f"{level.name}.json")
+        load = run_guidellm(
+            tool, ready["url"], ready["model"], level, tokenizer, workdir / f"{level.name}.json"
+        )
     finally:
         # py-spy writes its file when the profiled server exits: stop the server (py-spy's child) first
         for child in _children(proc.pid):

@@ -14,6 +14,7 @@ import typer
 
 # Each module registers its command on `app` when imported.
 from greenlm.cli import (  # noqa: F401
+    batch,
     compress,
     distill,
     engines,

@@ -139,6 +139,17 @@ def distill(
     threads: int | None = options.TorchThreadsOpt,
     device: options.TrainDeviceFlag = _D.device,
     energy: options.EnergyFlags = options.EnergyOpts,
+    deadline: str | None = typer.Option(
+        None,
+        "--deadline",
+        help="Deferred training: pause in the grid's dirty hours, done within this (e.g. 24h).",
+    ),
+    grid_csv: str | None = options.GridCsvOpt,
+    replay_speed: float = options.ReplaySpeedOpt,
+    replay_from: str | None = options.ReplayFromOpt,
+    grid: str | None = options.GridOpt,
+    forecast: str = options.ForecastOpt,
+    grid_url: str | None = options.GridUrlOpt,
     db: str | None = options.DbOpt,
     as_json: bool = options.JsonOpt,
 ) -> None:
@@ -186,6 +197,13 @@ def distill(
         threads=threads,
         device=device,
         energy=energy,
+        deadline=deadline,
+        grid_csv=grid_csv,
+        replay_speed=replay_speed,
+        replay_from=replay_from,
+        grid_provider=grid,
+        forecast=forecast,
+        grid_url=grid_url,
     )
     try:
         with Store(db) as store, DistillProgress() as bar:
@@ -259,6 +277,13 @@ def _print_result(r: dict) -> None:
             f"forecast after {f['steps_done']} of {f['total_steps']} steps: {fmt(f['total_j'])} J "
             f"(range {fmt(f['total_low_j'])}–{fmt(f['total_high_j'])}); measured {fmt(e['energy_j'])} J"
             + (f", error {e['forecast_error_pct']:+.1f}%" if e.get("forecast_error_pct") is not None else "")
+        )
+    d = r.get("deferral")
+    if d:
+        lines.append(
+            f"deferred: {d['carbon_g']:.3g} gCO2e against {d['carbon_if_straight_through_g']:.3g} g straight through "
+            f"({d['saving_pct']:.1f}% less); {d['pauses']} pause(s), {d['paused_s']:.0f} s paused; finished "
+            f"{d['finished']}, deadline {d['deadline']} ({'met' if d['deadline_met'] else 'MISSED'})"
         )
     lines.append(f"payback: {r['payback']}")
     for n in r["notes"]:

@@ -42,6 +42,34 @@ TrainDeviceFlag = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:
 CalibrationTokensFlag = Annotated[
     int, typer.Option("--calibration-tokens", help="Tokens per calibration window.")
 ]
+# The grid deferred work follows (serve, batch run, distill): greenlm.defer.settings.GridSettings
+GridCsvOpt = typer.Option(
+    None,
+    "--grid-csv",
+    help="Replay a CSV of (timestamp, gCO2e/kWh) rows as the grid (e.g. bench/data/gb-2020-ci.csv).",
+)
+ReplaySpeedOpt = typer.Option(
+    1.0, "--replay-speed", help="Trace seconds per wall second of the --grid-csv replay."
+)
+ReplayFromOpt = typer.Option(
+    None, "--replay-from", help="Start the replay at this time in the CSV (ISO 8601)."
+)
+GridOpt = typer.Option(
+    None,
+    "--grid",
+    help="A live grid: electricitymaps:ZONE or watttime:REGION (token/account from the environment).",
+)
+ForecastOpt = typer.Option(
+    "auto",
+    "--forecast",
+    help="How a --grid-csv is forecast: yesterday (auto), persistence, or perfect (the trace: for comparison).",
+)
+GridUrlOpt = typer.Option(None, "--grid-url", help="The --grid provider's API base URL (a proxy).")
+StateDirOpt = typer.Option(
+    None,
+    "--state-dir",
+    help="Where batch files, batches and finished lines are kept (default: beside the store).",
+)
 # Energy and carbon flags every metered verb takes (defaults: the library's EnergySettings).
 MeterOpt = typer.Option(
     default(EnergySettings, "meter"),

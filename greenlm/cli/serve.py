@@ -9,6 +9,7 @@ import typer
 from greenlm.cli import options, serving
 from greenlm.cli.app import app
 from greenlm.cli.common import note, out
+from greenlm.defer.settings import parse_duration_s
 from greenlm.serve.config import ServeConfig
 
 
@@ -80,6 +81,21 @@ def serve(
         None, "--max-kld", help="Quality budget of a ladder: token-weighted mean KLD of what is served."
     ),
     db: str | None = options.DbOpt,
+    grid_csv: str | None = options.GridCsvOpt,
+    replay_speed: float = options.ReplaySpeedOpt,
+    replay_from: str | None = options.ReplayFromOpt,
+    grid: str | None = options.GridOpt,
+    forecast: str = options.ForecastOpt,
+    grid_url: str | None = options.GridUrlOpt,
+    flex_max_wait: str = typer.Option(
+        "10m",
+        "--flex-max-wait",
+        help="How long (grid clock) a service_tier=flex request may wait: 10m, 1h, 0.",
+    ),
+    state_dir: str | None = options.StateDirOpt,
+    batch_max_file_bytes: int = typer.Option(
+        _d("batch_max_file_bytes"), "--batch-max-file-bytes", help="Larger Batch API input files are refused."
+    ),
     ray: bool = typer.Option(False, "--ray", help="Deploy the app on Ray Serve (replicas autoscale)."),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Join this Ray cluster (default: start a local one)."
@@ -136,6 +152,17 @@ def serve(
         ladder_from_search=ladder_from_search,
         max_kld=max_kld,
         db=db,
+        grid_csv=grid_csv,
+        replay_speed=replay_speed,
+        replay_from=replay_from,
+        grid_provider=grid,
+        forecast=forecast,
+        grid_url=grid_url,
+        flex_max_wait_s=0.0
+        if flex_max_wait.strip() in ("0", "0s")
+        else parse_duration_s(flex_max_wait, "--flex-max-wait"),
+        state_dir=state_dir,
+        batch_max_file_bytes=batch_max_file_bytes,
     )
     if ray:
         from greenlm.serve.ray_deploy import RayOptions, run_ray
@@ -201,6 +228,7 @@ def _ready_lines(r: dict, config: ServeConfig) -> list[str]:
         f"({r['intensity_source']}), PUE {r['pue']:g}; every response's usage carries energy_j and carbon_g",
         f"SIGTERM or Ctrl-C: in-flight requests finish (up to {config.drain_timeout_s:g} s), then it stops",
         f"dashboard: {r['url']}/dashboard",
+        _defer_line(r),
     ]
     for v in r.get("ladder") or []:
         figures = ", ".join(f"{k} {v[k]:.4g}" for k in ("kld", "decode_j_per_token") if v.get(k) is not None)
@@ -210,6 +238,22 @@ def _ready_lines(r: dict, config: ServeConfig) -> list[str]:
             f" {mark} {v['name']}: {v['engine']}, {figures or 'no figures'} ({where} the budget; {v['source']})"
         )
     return lines
+
+
+def _defer_line(r: dict) -> str:
+    d = r["defer"]
+    grid = d["grid"]
+    where = (
+        f"grid {grid['csv']} replayed at {grid['speed']:g}x, forecast: {grid['forecast']['source']}"
+        if grid.get("csv")
+        else f"grid {grid['provider']}, forecast: {grid['forecast'].get('kind')}"
+        if grid.get("provider")
+        else "a fixed grid figure (no forecast: deferred work runs as capacity allows)"
+    )
+    return (
+        f"deferred work (/v1/batches, service_tier=flex up to {d['flex_max_wait_s']:g} s): {where}; "
+        f"state in {d['state_dir']}"
+    )
 
 
 def _summary(server) -> dict:

@@ -13,6 +13,7 @@ from greenlm.compress.config import (
     DEFAULT_EVAL_TOKENS,
     check_data_flags,
 )
+from greenlm.defer.settings import GridSettings, parse_duration_s
 from greenlm.energy.settings import EnergySettings
 from greenlm.errors import GreenlmError
 from greenlm.train.settings import TrainSettings
@@ -40,6 +41,24 @@ class DistillConfig:
     threads: int | None = None
     device: str = "auto"  # a CUDA GPU when torch sees one, else the CPU
     energy: EnergySettings = field(default_factory=EnergySettings)  # meter, cpu-model constants, grid, PUE
+    # deferred training (greenlm.defer.gate): pause in dirty hours of the grid, finish by the deadline
+    deadline: str | None = None  # e.g. 24h (grid clock: a replay's own time)
+    grid_csv: str | None = None
+    replay_speed: float = 1.0
+    replay_from: str | None = None
+    grid_provider: str | None = None  # electricitymaps:ZONE or watttime:REGION
+    forecast: str = "auto"
+    grid_url: str | None = None
+
+    def grid_settings(self) -> GridSettings:
+        return GridSettings(
+            csv=self.grid_csv, speed=self.replay_speed, replay_from=self.replay_from, provider=self.grid_provider,
+            forecast=self.forecast, url=self.grid_url,
+        )  # fmt: skip
+
+    @property
+    def deadline_s(self) -> float | None:
+        return None if self.deadline is None else parse_duration_s(self.deadline, "--deadline")
 
     def __post_init__(self) -> None:
         if not isinstance(self.out, (str, Path)) or not str(self.out).strip():
@@ -62,6 +81,16 @@ class DistillConfig:
         ):
             raise GreenlmError(f"--checkpoint-steps must be at least 1, got {self.checkpoint_steps!r}")
         check_data_flags(self)
+        grid = self.grid_settings()
+        if self.deadline is not None:
+            self.deadline_s  # noqa: B018 (checks the duration)
+            if not grid.active:
+                raise GreenlmError(
+                    "--deadline defers training to the grid's clean hours: give the grid with --grid-csv FILE "
+                    "or --grid PROVIDER:ZONE"
+                )
+        elif grid.active:
+            raise GreenlmError("--grid-csv / --grid defer training by a deadline: add --deadline (e.g. 24h)")
 
     @property
     def checkpoint_path(self) -> Path:

@@ -28,6 +28,8 @@ from greenlm.compress.pipeline import architecture
 from greenlm.compress.recipe import Recipe, as_recipe
 from greenlm.data.sources import load_text
 from greenlm.data.split import TextSplit, split_text
+from greenlm.defer.gate import RunGate
+from greenlm.defer.grid import open_grid
 from greenlm.distill.config import DistillConfig
 from greenlm.energy.carbon import CarbonRate
 from greenlm.engines.transformers_engine import TransformersEngine, resolve_device, set_threads
@@ -101,6 +103,7 @@ class DistillResult:
             "payback": "measure the teacher and this variant (greenlm measure --model ...), then "
             "`greenlm eval --model DIR` reports the payback in served tokens",
             "checkpoint_dir": self.checkpoint_dir,
+            "deferral": self.training.get("deferral"),
             "wall_s": self.wall_s,
             "notes": self.notes,
             "run_id": self.run_id,
@@ -265,6 +268,23 @@ def _student_from_recipe(
     }
 
 
+def _gate(config: DistillConfig, carbon: CarbonRate, meter, say) -> RunGate | None:
+    """With --deadline: the gate that pauses training in the grid's dirty hours (None without)."""
+    if config.deadline is None:
+        return None
+    gate = RunGate(
+        open_grid(config.grid_settings(), carbon.grid),
+        config.deadline_s,
+        pue=carbon.pue,
+        meter=meter,
+        announce=say,
+    )
+    say(
+        f"deferred training: done by {gate.summary()['deadline']} (grid clock), in the cleanest hours of {config.grid_settings().csv or config.grid_provider}"
+    )
+    return gate
+
+
 @dataclass(frozen=True)
 class _Checked:
     """What the cheap checks settled, before anything heavy loads."""
@@ -301,6 +321,7 @@ def distill(
     notes, say = said_once(announce)
     checked = _check(config)
     meter = config.energy.open_meter()
+    gate = _gate(config, checked.carbon, meter, say)  # the deadline counts from the start of the command
     try:
         models = _load_models(config, checked, progress, say)
         reference = _reference(config, checked, models.teacher, progress, say)
@@ -315,9 +336,12 @@ def distill(
             checkpoint_steps=config.checkpoint_steps,
             progress=progress,
             announce=say,
+            gate=gate,
         )
         outcome = _train(config, models, job)
     finally:
+        if gate is not None:
+            gate.close()
         meter.close()  # RAPL's sampling thread, NVML's handle
     models.student.eval()
     for n in outcome.notes:
@@ -325,6 +349,8 @@ def distill(
     say(f"precision: {outcome.precision_note}")
     quality_after = _student_quality(config, models, reference, progress, "quality after")
     training = outcome.to_dict()
+    if gate is not None:
+        training["deferral"] = gate.summary()
     manifest = _manifest(config, checked, models, training, (quality_before, quality_after), notes)
     progress(ProgressEvent("saving", 0, 1))
     with atomic_directory(checked.out) as tmp:
@@ -502,6 +528,7 @@ def _manifest(
             },
             "quality_before": quality_before,
             "quality_after": quality_after,
+            "deferral": training.get("deferral"),
         },
         "notes": notes,
     }

@@ -116,9 +116,7 @@ class CpuModelMeter(Meter):
         # this process itself: read its CPU clock (ns resolution, no /proc parsing) and its resident memory
         # through one open file, so a window edge costs microseconds (a server closes one per engine step)
         self._own = resource is not None and self._process.pid == os.getpid()
-        self._statm = (
-            os.open(STATM, os.O_RDONLY) if self._own and os.path.exists(STATM) else None
-        )
+        self._statm = os.open(STATM, os.O_RDONLY) if self._own and os.path.exists(STATM) else None
         info = read_cpu_info()
         self.cpu_brand = info.brand
         self.cores_per_package = info.cores_per_package

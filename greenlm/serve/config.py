@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from greenlm.defer.batchfile import MAX_FILE_BYTES
+from greenlm.defer.settings import DEFAULT_FLEX_MAX_WAIT_S, GridSettings
 from greenlm.energy.settings import EnergySettings, flat_dict
 from greenlm.engines.names import check_device, check_engine_name
 from greenlm.errors import GreenlmError
@@ -93,6 +95,24 @@ class ServeConfig:
     ladder_from_search: str | None = None  # "latest" or an optimize search id: its Pareto front is the ladder
     max_kld: float | None = None  # the token-weighted quality budget (overrides the policy file's)
     db: str | None = None  # the results store the ladder is read from and decisions are written to
+    # work that can wait (greenlm.defer): the grid it follows and its forecast, flex requests, Batch API files
+    grid_csv: str | None = (
+        None  # a CSV of (timestamp, g/kWh) replayed at replay_speed trace seconds per second
+    )
+    replay_speed: float = 1.0
+    replay_from: str | None = None  # where in the CSV the replay starts (default: its first row)
+    grid_provider: str | None = None  # electricitymaps:ZONE or watttime:REGION (tokens from the environment)
+    forecast: str = "auto"  # a CSV: yesterday (auto), persistence or perfect; a provider: its own
+    grid_url: str | None = None  # a provider's API base (a proxy, or a test's local server)
+    flex_max_wait_s: float = DEFAULT_FLEX_MAX_WAIT_S  # grid-clock seconds a flex request may wait
+    state_dir: str | None = None  # files, batches and finished lines (default: beside the results store)
+    batch_max_file_bytes: int = MAX_FILE_BYTES  # a larger batch input file gets 400 (413 at the HTTP limit)
+
+    def grid_settings(self) -> GridSettings:
+        return GridSettings(
+            csv=self.grid_csv, speed=self.replay_speed, replay_from=self.replay_from, provider=self.grid_provider,
+            forecast=self.forecast, url=self.grid_url,
+        )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.engine is not None:
@@ -121,6 +141,12 @@ class ServeConfig:
             )
         if self.ladder_from_search is not None and not str(self.ladder_from_search).strip():
             raise GreenlmError("--ladder-from-search is empty: give 'latest' or a search id")
+        self.grid_settings()  # checks the grid flags
+        if not (isinstance(self.flex_max_wait_s, (int, float)) and math.isfinite(self.flex_max_wait_s)) or (
+            self.flex_max_wait_s < 0
+        ):
+            raise GreenlmError(f"--flex-max-wait must be a duration >= 0, got {self.flex_max_wait_s!r}")
+        check_whole("--batch-max-file-bytes", self.batch_max_file_bytes, 1024)
 
     def to_dict(self) -> dict:
         d = flat_dict(self)

@@ -1,8 +1,10 @@
 """GET /dashboard: one self-contained page (inline JS drawing SVG, nothing fetched from elsewhere, so it works
 offline) that polls GET /dashboard/data every two seconds: power, tokens per joule and joules per request
 over time, running and queued requests, the active variant and every decision, grid intensity and the carbon
-rate. The data endpoint is `dashboard_view`: the control loop's samples and decisions after a sequence
-number, with the state and energy account of what it watches (a `ServingView`: a server, later a gateway)."""
+rate, and deferred work (the grid forecast, the planner's plan, the work done, its decisions). The data endpoint
+is `dashboard_view`: the control loop's samples and decisions after a sequence number, with the state and
+energy account of what it watches (a `ServingView`: a server, later a gateway), and what its deferral (if it
+has one) planned and did after `defer_since`."""
 
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ def dashboard_html() -> str:
     return resources.files("greenlm.serve").joinpath("dashboard.html").read_text(encoding="utf-8")
 
 
-def dashboard_view(served: ServingView, controller: Controller, since: int = 0) -> dict:
+def dashboard_view(served: ServingView, controller: Controller, since: int = 0, defer_since: int = 0) -> dict:
     view = controller.view(since)
     energy = served.energy()
     state = served.state()
     stats = served.load_stats(10.0, reset_peak=False)
     policy = controller.policy
+    deferral = getattr(served, "deferral", None)
     return {
         "model": served.model_id,
         "adaptive": served.adaptive,
@@ -62,5 +65,6 @@ def dashboard_view(served: ServingView, controller: Controller, since: int = 0) 
         },
         "variants": served.variants(),
         "decision_count": controller.decision_count,
+        "defer": deferral.view(defer_since) if deferral is not None else None,
         **view,
     }

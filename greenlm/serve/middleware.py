@@ -72,30 +72,34 @@ def validation_error(errors) -> JSONResponse:
 
 
 class BodyLimit:
-    """ASGI middleware: a request body beyond `max_bytes` (declared or streamed) gets 413, unread."""
+    """ASGI middleware: a request body beyond `max_bytes` (declared or streamed) gets 413, unread. `by_path`:
+    other limits for some paths (a batch file upload)."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int, by_path: dict[str, int] | None = None):
+        self.app, self.max_bytes, self.by_path = app, max_bytes, dict(by_path or {})
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        max_bytes = self.by_path.get(scope.get("path", ""), self.max_bytes)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_large = declared is not None and declared.isdigit() and int(declared) > self.max_bytes
-        body, more = b"", not too_large
+        too_large = declared is not None and declared.isdigit() and int(declared) > max_bytes
+        parts, size, more = [], 0, not too_large
         while more:  # buffer the body (bounded) so a chunked upload cannot get past the limit either
             message = await receive()
             if message["type"] != "http.request":
                 return await self.app(scope, _replay([message]), send)
-            body += message.get("body", b"")
+            parts.append(message.get("body", b""))
+            size += len(parts[-1])
             more = message.get("more_body", False)
-            too_large = len(body) > self.max_bytes
+            too_large = size > max_bytes
             if too_large:
                 break
+        body = b"".join(parts)
         if too_large:
             response = error_response(
                 413,
-                f"request body is larger than this server's limit of {self.max_bytes} bytes",
+                f"request body is larger than this server's limit of {max_bytes} bytes",
                 "invalid_request_error",
                 code="request_too_large",
             )

@@ -1,6 +1,7 @@
 """Every check that takes a moment before a server starts (grid, PUE, policy file, ladder, model paths, saved
 run settings, meter, engine installed, files readable), so a mistake fails before the port is bound or a
-model loads; and what those checks settle: the ladder of variants served and the grid signal it follows."""
+model loads; and what those checks settle: the ladder of variants served and the grid it follows (opened by
+greenlm.defer.grid: a replayed CSV, a live provider, or the fixed figure)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,19 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from greenlm.defer.grid import open_grid
+from greenlm.defer.settings import GridSettings
 from greenlm.energy.carbon import GridIntensity
 from greenlm.engines.available import check_engine_ready
 from greenlm.engines.saved import apply_saved_run
 from greenlm.errors import GreenlmError
-from greenlm.grid.reading import GridSignal
-from greenlm.grid.signal import grid_signal
 from greenlm.io import noop
 from greenlm.models.run import RunSettings, saved_run_settings
 from greenlm.models.spec import ModelSpec, resolve_model
 from greenlm.serve.config import SERVE_ENGINE, ServeConfig
 from greenlm.serve.ladder import Ladder, Variant, ladder_from_search
 from greenlm.serve.policies import start_variant
-from greenlm.serve.policy_file import GridConfig, PolicyConfig, load_policy, with_budget
+from greenlm.serve.policy_file import PolicyConfig, load_policy, with_budget
 from greenlm.store import Store
 
 
@@ -38,11 +39,28 @@ class Preflight:
     specs: dict[str, ModelSpec]  # each variant's resolved model
     policy: PolicyConfig | None = None  # None: a plain server (one model, nothing decided)
     model_name: str | None = None  # what the ladder is a ladder of (a search's model)
+    grid: GridSettings = GridSettings()  # the grid the server follows (flags, or the policy's grid section)
 
 
-def make_grid(grid: GridConfig | None, intensity: GridIntensity) -> GridSignal:
-    """The grid signal: a replayed CSV, a live provider, or the fixed figure the flags resolved."""
-    return grid_signal(grid, intensity)
+def grid_settings(config: ServeConfig, policy: PolicyConfig | None) -> GridSettings:
+    """The grid the server follows: --grid-csv / --grid, or a policy file's grid section (not both)."""
+    flags = config.grid_settings()
+    section = policy.grid if policy is not None else None
+    if section is None:
+        return flags
+    if flags.active:
+        raise GreenlmError(
+            "the grid is given twice, by --grid-csv/--grid and in the policy file's grid section: keep one"
+        )
+    if section.csv is not None:
+        return GridSettings(csv=section.csv, speed=section.speed, loop=section.loop, forecast=config.forecast)
+    base = section.url.removesuffix("/carbon-intensity/latest") if section.url else None
+    return GridSettings(provider=f"electricitymaps:{section.zone}", url=base, forecast=config.forecast)
+
+
+def check_grid(settings: GridSettings, intensity: GridIntensity) -> None:
+    """Read a CSV, find a provider's token: fail before the port is bound."""
+    open_grid(settings, intensity).close()
 
 
 def _policy(config: ServeConfig) -> PolicyConfig:
@@ -110,6 +128,8 @@ def _plain(
             f"note: {spec.name} was chosen with {saved.speculative} speculative decoding; the server batches "
             "plain greedy decoding instead (the same output, at the speed and energy of batching)"
         )
+    grid = grid_settings(config, None)
+    check_grid(grid, intensity)
     config.energy.open_meter().close()  # a meter this machine lacks fails here
     check_engine_ready(config.engine, spec)  # the slowest check (reads a GGUF's tensor headers): last
     name = config.served_model_name or spec.name
@@ -120,7 +140,7 @@ def _plain(
         threads=config.threads,
         source="the model served as given (no ladder)",
     )
-    return Preflight(config, intensity, pue, spec, saved, Ladder([variant]), variant, {name: spec})
+    return Preflight(config, intensity, pue, spec, saved, Ladder([variant]), variant, {name: spec}, grid=grid)
 
 
 def _adaptive(config: ServeConfig, intensity: GridIntensity, pue: float) -> Preflight:
@@ -128,8 +148,8 @@ def _adaptive(config: ServeConfig, intensity: GridIntensity, pue: float) -> Pref
     policy = _policy(config)
     ladder = _ladder(policy, config)
     start = start_variant(policy, ladder)
-    grid = make_grid(policy.grid, intensity)  # reads and checks a CSV, or the provider's token
-    grid.close()
+    grid = grid_settings(config, policy)
+    check_grid(grid, intensity)  # reads and checks a CSV, or the provider's token
     config.energy.open_meter().close()
     specs: dict[str, ModelSpec] = {}
     for v in ladder:
@@ -139,4 +159,6 @@ def _adaptive(config: ServeConfig, intensity: GridIntensity, pue: float) -> Pref
         except GreenlmError as exc:
             raise GreenlmError(f"ladder variant '{v.name}': {exc}") from None
     spec = specs[start.name]
-    return Preflight(config, intensity, pue, spec, None, ladder, start, specs, policy, ladder.model_name)
+    return Preflight(
+        config, intensity, pue, spec, None, ladder, start, specs, policy, ladder.model_name, grid
+    )

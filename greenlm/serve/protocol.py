@@ -42,6 +42,8 @@ class _Sampling(_Request):
     stream: bool = False
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (load tests)
+    # "flex": the request may wait (up to the server's --flex-max-wait) for a cleaner grid or spare capacity
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
 
 
 class ChatCompletionRequest(_Sampling):
@@ -100,6 +102,7 @@ class ChatCompletion(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    service_tier: str | None = None
 
 
 class ChatDelta(BaseModel):
@@ -121,6 +124,7 @@ class ChatCompletionChunk(BaseModel):
     model: str
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
+    service_tier: str | None = None
 
 
 class CompletionChoice(BaseModel):
@@ -137,6 +141,7 @@ class Completion(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+    service_tier: str | None = None
 
 
 class ModelCard(BaseModel):

@@ -16,8 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
 from greenlm.serve.auth import require_key
-from greenlm.serve.errors import RequestError
 from greenlm.serve.middleware import json_object
+from greenlm.serve.prepare import check_chat, check_completion, sampling_of
 from greenlm.serve.protocol import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 from greenlm.serve.server import Server
 from greenlm.serve.streaming import (
@@ -27,6 +27,7 @@ from greenlm.serve.streaming import (
     collect,
     completion_chunks,
     event_stream,
+    flex_wait,
     usage_of,
 )
 
@@ -58,57 +59,54 @@ async def models(server: Served):
 @openai_router.post("/chat/completions")
 async def chat(request: Request, server: Served):
     body = await _parse(request, ChatCompletionRequest)
-    server.check_model(body.model)
-    _refuse(body.n != 1 and body.n is not None, "n", "only n=1 is supported: send one request per choice")
-    _refuse(bool(body.logprobs) or body.top_logprobs is not None, "logprobs", "logprobs are not supported")
-    messages = [{"role": m.role, "content": _message_text(m.content)} for m in body.messages]
+    messages = check_chat(server, body)
     ids = await asyncio.to_thread(server.prompt_from_messages, messages)
-    return await _answer(request, server, body, ids, body.max_completion_tokens or body.max_tokens, CHAT)
+    return await _answer(request, server, body, ids, CHAT)
 
 
 @openai_router.post("/completions")
 async def completions(request: Request, server: Served):
     body = await _parse(request, CompletionRequest)
-    server.check_model(body.model)
-    _refuse(body.n != 1 and body.n is not None, "n", "only n=1 is supported: send one request per choice")
-    _refuse(bool(body.logprobs), "logprobs", "logprobs are not supported")
-    _refuse(body.echo, "echo", "echo is not supported")
-    _refuse(body.suffix is not None, "suffix", "suffix (insertion) is not supported")
-    prompt = body.prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-        _refuse(len(prompt) != 1, "prompt", "send one prompt per request")
-        prompt = prompt[0]
+    prompt = check_completion(server, body)
     if isinstance(prompt, str):
         ids = await asyncio.to_thread(server.prompt_from_text, prompt)
     else:
         ids = server.prompt_from_ids(list(prompt))
-    return await _answer(request, server, body, ids, body.max_tokens, COMPLETION)
+    return await _answer(request, server, body, ids, COMPLETION)
 
 
-async def _answer(request: Request, server: Server, body, ids: list[int], max_tokens, kind: ChunkKind):
-    """Generate for one chat or completion request: stream its chunks, or collect it into one response."""
-    params = server.sampling(
-        prompt_tokens=len(ids),
-        max_tokens=max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        seed=body.seed,
-        stop=body.stop,
-        ignore_eos=body.ignore_eos,
+async def _answer(request: Request, server: Server, body, ids: list[int], kind: ChunkKind):
+    """Generate for one chat or completion request: stream its chunks, or collect it into one response. A flex
+    request first waits for the deferral's go (a cleaner slot, spare capacity, or its wait running out), then
+    takes only slots the default tier leaves free."""
+    params = sampling_of(server, body, ids)
+    tier = "flex" if body.service_tier == "flex" else "default"
+    if tier == "flex":
+        await flex_wait(server.deferral, len(ids) + params.max_tokens, request)
+    handle = server.submit(
+        ids,
+        params,
+        loop=asyncio.get_running_loop(),
+        tier=tier,
+        preemptible=tier == "flex" and not body.stream,
     )
-    handle = server.submit(ids, params, loop=asyncio.get_running_loop())
     rid, created = f"{kind.id_prefix}-{handle.request_id}", int(time.time())
     if body.stream:
         usage = bool(body.stream_options and body.stream_options.include_usage)
-        chunks = completion_chunks(handle, rid, created, server.model_id, usage, server.replica, kind)
+        chunks = completion_chunks(
+            handle, rid, created, server.model_id, usage, server.replica, kind, service_tier=tier
+        )
         return event_stream(chunks, request, handle.cancel)
     result = await collect(handle, request)
+    if tier == "flex":
+        server.deferral.flex_done(result.prompt_tokens + result.completion_tokens, result.carbon_g)
     return kind.response(
         id=rid,
         created=created,
         model=server.model_id,
         choices=[kind.choice(result)],
         usage=usage_of(result, server.replica),
+        service_tier=tier,
     )
 
 
@@ -119,21 +117,3 @@ async def _parse(request: Request, model: type[BaseModel]):
         return model.model_validate(data)
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from None
-
-
-def _refuse(condition: bool, param: str, message: str) -> None:
-    if condition:
-        raise RequestError(message, param=param)
-
-
-def _message_text(content) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    texts = []
-    for part in content:
-        if part.type != "text" or part.text is None:
-            raise RequestError(
-                f"message content of type '{part.type}' is not supported: send text", param="messages"
-            )
-        texts.append(part.text)
-    return "".join(texts)

@@ -15,6 +15,13 @@ and finishes there, so a switch (`activate`) lets in-flight requests finish wher
 start on the new variant. Each iteration steps every stepper that has requests, each step its own window.
 Work that is not a step (loading a variant, changing threads) runs in this thread between iterations, in a
 load window of its own (`call`), so the energy account stays exact.
+
+Tiers: a request that can wait (`tier` "batch" or "flex", greenlm.defer) queues apart and is admitted only
+into slots the default tier leaves free; when a default request finds every slot taken and some are held by
+preemptible deferred requests (ones whose output nobody has seen yet), the newest of those is put back at the
+head of its queue (its slot freed, its output restarted later; the energy it used stays its own), so
+default-tier requests never wait behind deferred work. Only default-tier requests feed the TTFT and queue-wait
+records the load policy reads.
 """
 
 from __future__ import annotations
@@ -70,6 +77,8 @@ class RequestResult:
     error: str | None = None
     variant: str | None = None  # the variant (of an adaptive server's ladder) that served it
     cached_tokens: int = 0  # prompt tokens whose KV cells were reused (prefix cache), not computed or charged
+    tier: str = "default"  # default | batch | flex
+    preempted: int = 0  # times a default-tier request took its slot (its output restarted)
 
     @property
     def energy_j(self) -> float:
@@ -213,6 +222,9 @@ class _Request:
     carbon_g: float = 0.0  # each step's share at the grid intensity of its time
     finish_reason: str | None = None
     error: str | None = None
+    tier: str = "default"
+    preemptible: bool = False
+    preempted: int = 0
 
 
 RECENT_KEEP_S = 300.0  # how far back the latency records for the load policy reach
@@ -249,6 +261,7 @@ class Scheduler:
         self.prefill_chunk_tokens = prefill_chunk_tokens
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
+        self._deferred: deque[_Request] = deque()  # tiers that can wait: admitted into slots left free
         self._running: list[_Request] = []
         self._free: dict[Stepper, list[int]] = {}
         self._detokenize: dict[Stepper, Callable[[list[int]], str]] = {}
@@ -327,8 +340,12 @@ class Scheduler:
         *,
         loop: asyncio.AbstractEventLoop | None = None,
         request_id: str | None = None,
+        tier: str = "default",
+        preemptible: bool = False,
     ) -> RequestHandle:
-        """Queue a request (its prompt and max_tokens must fit a slot's context: the caller checks)."""
+        """Queue a request (its prompt and max_tokens must fit a slot's context: the caller checks). `tier`
+        other than "default": it waits for slots the default tier leaves free (the deferral bounds how many
+        it queues, not --max-queue); `preemptible`: a default request may take its slot back (see above)."""
         if not prompt_ids:
             raise RequestError("the prompt is empty", param="prompt")
         if len(prompt_ids) + params.max_tokens > self.context_tokens:
@@ -347,12 +364,20 @@ class Scheduler:
             text=None,
             arrival_s=time.perf_counter(),
             rng=params.generator(),
+            tier=tier,
+            preemptible=preemptible and tier != "default",
         )
         with self._cond:
             if not self._accepting or self.fatal is not None:
                 raise NotAccepting("the server is shutting down: retry on another instance")
+            if tier != "default":
+                self._deferred.append(request)
+                self._cond.notify()
+                return handle
             free = len(self._free.get(self.stepper, ())) if self.stepper is not None else 0
-            # queued requests a free slot will take at the next step do not count against --max-queue
+            free += sum(1 for r in self._running if r.preemptible and r.stepper is self.stepper)
+            # queued requests a free slot (or a deferred one's) will take at the next step do not count
+            # against --max-queue
             if len(self._waiting) >= self.max_queue + free:
                 raise QueueFull(
                     f"all {len(self._running)} slots are busy and {len(self._waiting)} requests are queued "
@@ -395,7 +420,9 @@ class Scheduler:
                 )
             for r in self._waiting:
                 pending[None] = pending.get(None, 0) + r.params.max_tokens
-            busy = bool(self._running or self._waiting)
+            deferred_running = sum(1 for r in self._running if r.tier != "default")
+            deferred_waiting = len(self._deferred)
+            busy = bool(self._running or self._waiting or self._deferred)
             idle_s = 0.0 if busy else now - self._last_busy_s
         return {
             "ttft_p90_s": _p90(ttft),
@@ -406,6 +433,8 @@ class Scheduler:
             "waiting": len(self._waiting),
             "idle_s": idle_s,
             "pending_tokens": pending,
+            "deferred_running": deferred_running,
+            "deferred_waiting": deferred_waiting,
         }
 
     def mark_busy(self) -> None:
@@ -418,6 +447,12 @@ class Scheduler:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def tier_counts(self) -> tuple[int, int]:
+        """(default-tier requests running or queued, deferred ones running or queued)."""
+        with self._cond:
+            deferred = sum(1 for r in self._running if r.tier != "default") + len(self._deferred)
+            return len(self._running) + len(self._waiting) + len(self._deferred) - deferred, deferred
+
     def stop_accepting(self) -> None:
         """Refuse new requests (safe from a signal handler: it never blocks)."""
         self._accepting = False
@@ -427,7 +462,7 @@ class Scheduler:
         deadline = time.monotonic() + timeout_s
         with self._cond:
             self._accepting = False
-            while (self._waiting or self._running) and self._thread.is_alive():
+            while (self._waiting or self._running or self._deferred) and self._thread.is_alive():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -447,7 +482,7 @@ class Scheduler:
         try:
             while True:
                 with self._cond:
-                    while not (self._waiting or self._running or self._stop or self._tasks):
+                    while not (self._waiting or self._running or self._deferred or self._stop or self._tasks):
                         self._cond.wait()
                     if self._stop:
                         break
@@ -455,9 +490,9 @@ class Scheduler:
                     self._tasks.clear()
                 for fn, future in tasks:
                     self._run_task(fn, future)
-                if self._waiting and self.stepper is None and self.reload is not None:
+                if (self._waiting or self._deferred) and self.stepper is None and self.reload is not None:
                     self._run_task(self.reload, concurrent.futures.Future())
-                if not (self._waiting or self._running):
+                if not (self._waiting or self._running or self._deferred):
                     continue
                 with self._cond:
                     self._admit()
@@ -476,26 +511,40 @@ class Scheduler:
             self._abandon_all("the server stopped before the request finished")
 
     def _admit(self) -> None:
-        """(Under the lock.) Forget cancelled queued requests; move waiting ones into free slots."""
-        if any(r.handle.cancelled for r in self._waiting):
-            for r in [r for r in self._waiting if r.handle.cancelled]:
-                self._waiting.remove(r)
-                r.finish_reason = "abort"
-                self._finish(r)
-        now = time.perf_counter()
+        """(Under the lock.) Forget cancelled queued requests; move waiting ones into free slots: the default
+        tier first (taking back slots from preemptible deferred requests if it must), then deferred ones."""
+        for queued in (self._waiting, self._deferred):
+            if any(r.handle.cancelled for r in queued):
+                for r in [r for r in queued if r.handle.cancelled]:
+                    queued.remove(r)
+                    r.finish_reason = "abort"
+                    self._finish(r)
         free = self._free.get(self.stepper) if self.stepper is not None else None
+        if free is None:
+            return
+        if len(self._waiting) > len(free):
+            for r in reversed([r for r in self._running if r.preemptible and r.stepper is self.stepper]):
+                if len(self._waiting) <= len(free):
+                    break
+                self._preempt(r)
         while self._waiting and free:
-            r = self._waiting.popleft()
-            admission = self.stepper.admit(free, r.prompt_ids)
-            free.remove(admission.slot)
-            r.stepper, r.variant, r.slot = self.stepper, self.variant, admission.slot
-            r.fed = r.cached_tokens = admission.cached_tokens
-            r.text = TextStream(self._detokenize[self.stepper], r.params.stop)
-            r.admitted_s = now
-            self._running.append(r)
+            self._start(self._waiting.popleft(), free)
+        while self._deferred and free:
+            self._start(self._deferred.popleft(), free)
+
+    def _start(self, r: _Request, free: list[int]) -> None:
+        now = time.perf_counter()
+        admission = self.stepper.admit(free, r.prompt_ids)
+        free.remove(admission.slot)
+        r.stepper, r.variant, r.slot = self.stepper, self.variant, admission.slot
+        r.fed = r.cached_tokens = admission.cached_tokens
+        r.text = TextStream(self._detokenize[self.stepper], r.params.stop)
+        r.admitted_s = now
+        self._running.append(r)
+        if r.tier == "default":
             self.metrics.queue.observe(now - r.arrival_s)
             _remember(self._recent_queue, now, now - r.arrival_s)
-            self._count_reuse(r)
+        self._count_reuse(r)
 
     def _count_reuse(self, r: _Request) -> None:
         m = self.metrics
@@ -505,6 +554,18 @@ class Scheduler:
             per_token_j = self.ledger.costs_of(r.variant).prefill_j_per_token
             if per_token_j:
                 m.prefix_avoided.inc(r.cached_tokens * per_token_j)
+
+    def _preempt(self, r: _Request) -> None:
+        """Give a deferred request's slot to the default tier: it goes back to the head of its queue, to
+        start over (nobody has seen its output); the energy it used so far stays its own."""
+        self._running.remove(r)
+        r.stepper.release(r.slot)
+        self._free[r.stepper].append(r.slot)
+        r.slot, r.fed, r.cached_tokens, r.pending, r.text, r.admitted_s = None, 0, 0, None, None, None
+        r.output_ids, r.first_token_s, r.last_token_s = [], None, None
+        r.rng = r.params.generator()
+        r.preempted += 1
+        self._deferred.appendleft(r)
 
     def _plan(self, stepper: Stepper) -> tuple[list[SlotFeed], list[StepWork], list[_Request]]:
         budget = stepper.step_tokens
@@ -571,8 +632,9 @@ class Scheduler:
         now = time.perf_counter()
         if r.first_token_s is None:
             r.first_token_s = now
-            self.metrics.ttft.observe(now - r.arrival_s)
-            _remember(self._recent_ttft, now, now - r.arrival_s)
+            if r.tier == "default":
+                self.metrics.ttft.observe(now - r.arrival_s)
+                _remember(self._recent_ttft, now, now - r.arrival_s)
         else:
             self.metrics.itl.observe(now - r.last_token_s)
         r.last_token_s = now
@@ -620,6 +682,8 @@ class Scheduler:
             error=r.error,
             variant=r.variant,
             cached_tokens=r.cached_tokens,
+            tier=r.tier,
+            preempted=r.preempted,
         )
         r.handle.result = result
         self._outbox.put(r.handle, FinishEvent(result))
@@ -644,8 +708,9 @@ class Scheduler:
             for _fn, future in self._tasks:
                 future.set_exception(NotAccepting(f"the server stopped: {why}"))
             self._tasks.clear()
-            left = list(self._running) + list(self._waiting)
+            left = list(self._running) + list(self._waiting) + list(self._deferred)
             self._waiting.clear()
+            self._deferred.clear()
             for r in left:
                 r.finish_reason, r.error = "abort", why
                 try:

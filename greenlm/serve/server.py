@@ -17,7 +17,8 @@ steps, in windows of their own. A plain server is a ladder of one variant with n
 signal), `pool.VariantPool` (loading and switching variants, the cores), `intake.RequestIntake` (request
 checks, tokens, sampling settings), `scheduler.Scheduler` (continuous batching), `ledger.EnergyLedger`,
 `metrics.ServeMetrics` and `controller.Controller` (the control loop, which sees the server as a
-`view.ControlTarget`).
+`view.ControlTarget`), and `greenlm.defer.Deferral` (Batch API, flex requests, the carbon-aware planner),
+which runs its work through `deferred.ServeRunner`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from greenlm.defer.grid import GridSetup, open_kept_grid
+from greenlm.defer.manager import Deferral
+from greenlm.defer.state import DeferState
 from greenlm.energy import Meter
 from greenlm.engines.base import Engine
 from greenlm.engines.compute_thread import run_in_own_thread
@@ -38,12 +42,13 @@ from greenlm.paths import default_db_path
 from greenlm.serve.config import ServeConfig
 from greenlm.serve.controller import APPLY_TIMEOUT_S, Controller
 from greenlm.serve.decisions import Decision
+from greenlm.serve.deferred import ServeRunner
 from greenlm.serve.intake import RequestIntake, ServedModel
 from greenlm.serve.ledger import EnergyLedger
 from greenlm.serve.metrics import ServeMetrics
 from greenlm.serve.policies import State
 from greenlm.serve.pool import MAX_LOADED, LoadSettings, VariantPool
-from greenlm.serve.preflight import Preflight, make_grid, preflight
+from greenlm.serve.preflight import Preflight, preflight
 from greenlm.serve.sampling import SamplingParams
 from greenlm.serve.scheduler import RequestHandle, Scheduler
 
@@ -80,9 +85,14 @@ class Server:
             self.ladder, self.specs, LoadSettings.of(config), self.meter, moves_cores=moves_cores
         )
         self.cores = self.pool.cores
-        self.grid = make_grid(plan.policy.grid if plan.policy else None, self.intensity)
+        self.defer_state = DeferState(config.state_dir)
+        self.grid_setup: GridSetup | None = None
+        self.grid = (
+            None  # the grid signal, opened once the model is loaded (a replay starts when it is ready)
+        )
         self.scheduler: Scheduler | None = None
         self.controller: Controller | None = None
+        self.deferral: Deferral | None = None
         self._final_energy: dict | None = None
         self.replica: str | None = None  # a Ray Serve replica's id
         try:
@@ -102,6 +112,8 @@ class Server:
         self.context_tokens, self.vocab_size = stepper.context_tokens, stepper.vocab_size
         self.chat_template, self.special_tokens = stepper.chat_template, stepper.special_tokens
         announce(self.meter.selection_note)
+        self.grid_setup = open_kept_grid(plan.grid, self.intensity, self.defer_state)
+        self.grid = self.grid_setup.signal
         # the server's energy account starts here: everything after this is a request's, idle or a load's
         self.ledger = EnergyLedger(
             self.meter,
@@ -140,6 +152,13 @@ class Server:
         )  # fmt: skip
         self.intake = RequestIntake(served, self.pool.tokenize)
         controller.start()
+        self.deferral = Deferral(
+            ServeRunner(self), self.grid_setup, self.defer_state, pue=self.pue, flex_max_wait_s=self.config.flex_max_wait_s,
+            headroom_slots=1 if self.config.max_batch >= 4 else 0, registry=self.metrics.registry,
+            announce=self.announce, store_path=self.config.db or default_db_path(),
+            max_file_bytes=self.config.batch_max_file_bytes, follow_grid=self.follow_grid,
+        )  # fmt: skip
+        self.deferral.start()
 
     # ---- what the control loop and the dashboard see (view.ControlTarget) --------------------------------
     def state(self) -> State:
@@ -187,10 +206,17 @@ class Server:
         return self.intake.sampling(**fields)
 
     def submit(
-        self, prompt_ids: list[int], params: SamplingParams, *, loop: asyncio.AbstractEventLoop | None = None
+        self,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        *,
+        loop: asyncio.AbstractEventLoop | None = None,
+        tier: str = "default",
+        preemptible: bool = False,
     ) -> RequestHandle:
-        """Queue a request; events arrive on the handle (iterate it, or `async for` when `loop` is given)."""
-        return self._route().submit(prompt_ids, params, loop=loop)
+        """Queue a request; events arrive on the handle (iterate it, or `async for` when `loop` is given).
+        `tier` "batch" or "flex": it takes only slots the default tier leaves free (see `Scheduler.submit`)."""
+        return self._route().submit(prompt_ids, params, loop=loop, tier=tier, preemptible=preemptible)
 
     def _route(self) -> Scheduler:
         """The scheduler a request runs on. With a ladder, it starts on the variant active when it is admitted
@@ -233,11 +259,13 @@ class Server:
             return dict(self._final_energy)
         snap = self.ledger.snapshot()
         reading = self.controller.grid_reading if self.controller else self.grid.now()
-        snap["intensity_source"] = reading.source if self.adaptive else self.intensity.source
+        follows_grid = self.adaptive or self.grid_setup.settings.active
+        snap["intensity_source"] = reading.source if follows_grid else self.intensity.source
         snap["pue"] = self.pue
         snap["meter_note"] = self.meter.selection_note
-        if self.adaptive:
+        if follows_grid:
             snap["grid_time"] = reading.trace_time
+        if self.adaptive:
             snap["reloads"] = list(self.reloads)
         return snap
 
@@ -276,12 +304,19 @@ class Server:
             "energy_source": self.meter.energy_source,
             "meter_note": self.meter.selection_note,
             "intensity_g_per_kwh": self.ledger.intensity_g_per_kwh,
-            "intensity_source": self.grid.now().source if self.adaptive else self.intensity.source,
+            "intensity_source": self.grid.now().source
+            if self.adaptive or self.grid_setup.settings.active
+            else self.intensity.source,
             "pue": self.pue,
             "load_s": round(self.load_s, 3),
             "warmup": self.warmup,
             "stepper": self.stepper.describe() if self.stepper else None,
             "auth": self.config.api_key is not None,
+            "defer": {
+                "grid": self.grid_setup.describe(),
+                "flex_max_wait_s": self.config.flex_max_wait_s,
+                "state_dir": str(self.defer_state.root),
+            },
         }
         if self.adaptive:
             record.update(
@@ -297,7 +332,10 @@ class Server:
 
     def close(self, drain_timeout_s: float = 0.0) -> None:
         """Stop deciding, drain in-flight requests (bounded), stop the scheduler, release the models, the
-        CPU affinity and the meter."""
+        CPU affinity and the meter. Deferred requests in flight stop unanswered (they run again after a
+        restart); what finished is kept."""
+        if self.deferral is not None:
+            self.deferral.close()
         if self.controller is not None:
             self.controller.close()
         if self.scheduler is not None:
@@ -311,3 +349,4 @@ class Server:
     def _release(self) -> None:
         self.pool.close()
         self.meter.close()
+        self.defer_state.close()

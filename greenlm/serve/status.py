@@ -56,9 +56,9 @@ async def dashboard():
 
 
 @status_router.get("/dashboard/data", dependencies=[Depends(require_key_or_sign_in)])
-async def dashboard_data(request: Request, since: int = 0):
+async def dashboard_data(request: Request, since: int = 0, defer_since: int = 0):
     target = front_end(request)
-    return await asyncio.to_thread(dashboard_view, target, target.controller, since)
+    return await asyncio.to_thread(dashboard_view, target, target.controller, since, defer_since)
 
 
 def front_app(
@@ -68,15 +68,20 @@ def front_app(
     *,
     metrics: Callable[[], Awaitable[bytes]] | None = None,
     energy: Callable[[], Awaitable[dict]] | None = None,
+    state: dict | None = None,
+    limits_by_path: dict[str, int] | None = None,
 ) -> BodyLimit:
     """The app of a front end `target` (its `config` gives the API key and the body limit): OpenAI-shaped
-    errors, the status routes, then `routers`, behind the body-size limit."""
+    errors, the status routes, then `routers`, behind the body-size limit (`limits_by_path`: larger ones for
+    some paths, a batch file upload). `state`: more of `app.state` the routers read (the deferral)."""
     app = FastAPI(title=title, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.server = target
     app.state.api_key = target.config.api_key
     app.state.metrics_text, app.state.energy_account = metrics, energy
+    for name, value in (state or {}).items():
+        setattr(app.state, name, value)
     install_error_handlers(app)
     app.include_router(status_router)
     for router in routers:
         app.include_router(router)
-    return BodyLimit(app, target.config.max_body_bytes)
+    return BodyLimit(app, target.config.max_body_bytes, limits_by_path)

@@ -68,16 +68,17 @@ COMPLETION = ChunkKind(
 _SLOT = "\u0000greenlm-text\u0000"  # no generated text holds NUL: a safe placeholder to split at
 
 
-def text_chunk_framer(kind: ChunkKind, rid: str, created: int, model: str) -> Callable[[str], str]:
+def text_chunk_framer(
+    kind: ChunkKind, rid: str, created: int, model: str, service_tier: str | None = None
+) -> Callable[[str], str]:
     """The event of one streamed text delta, framed without pydantic per token: the chunk is serialized
     once with a placeholder, and each token's text is JSON-escaped into it (the same bytes `sse` gives for
     the same chunk; a test checks this over awkward strings)."""
-    framed = sse(kind.chunk(id=rid, created=created, model=model, choices=[kind.stream_choice(_SLOT, None)]))
+    fields = dict(id=rid, created=created, model=model, service_tier=service_tier)
+    framed = sse(kind.chunk(**fields, choices=[kind.stream_choice(_SLOT, None)]))
     before, marker, after = framed.partition(json.dumps(_SLOT))
     if not marker:  # the serializer wrote the placeholder another way: frame each chunk in full
-        return lambda text: sse(
-            kind.chunk(id=rid, created=created, model=model, choices=[kind.stream_choice(text, None)])
-        )
+        return lambda text: sse(kind.chunk(**fields, choices=[kind.stream_choice(text, None)]))
     return lambda text: before + json.dumps(text, ensure_ascii=False) + after
 
 
@@ -94,6 +95,29 @@ def failed(result: RequestResult) -> RequestError | None:
             f"the request was not completed: {result.error or 'cancelled'}", status=503, code="aborted"
         )
     return None
+
+
+async def flex_wait(deferral, tokens: int, request: Request) -> dict:
+    """Wait for the deferral's go for a flex request of at most `tokens` (how long it waited, and why it runs
+    now); a client that goes away meanwhile withdraws it."""
+    gate = asyncio.wrap_future(deferral.flex(tokens))
+    gone = asyncio.Event()
+
+    def withdraw() -> None:
+        gone.set()
+        gate.cancel()
+
+    watcher = asyncio.create_task(watch_disconnect(request, withdraw))
+    try:
+        return await gate
+    except asyncio.CancelledError:
+        if gone.is_set():  # the client left, not this handler being cancelled
+            raise EngineFailed(
+                "the client went away while its flex request waited", status=503, code="aborted"
+            ) from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 async def collect(handle: RequestHandle, request: Request) -> RequestResult:
@@ -139,14 +163,18 @@ async def completion_chunks(
     include_usage: bool,
     replica: str | None,
     kind: ChunkKind,
+    *,
+    service_tier: str | None = None,
 ) -> AsyncIterator[str]:
     """The server-sent events of a streamed chat or text completion: each token's text, then the finish
     reason, then (when asked) the usage with its energy; an error event instead when it did not complete."""
 
     def chunk(choice) -> str:
-        return sse(kind.chunk(id=rid, created=created, model=model, choices=[choice]))
+        return sse(
+            kind.chunk(id=rid, created=created, model=model, choices=[choice], service_tier=service_tier)
+        )
 
-    text_chunk = text_chunk_framer(kind, rid, created, model)
+    text_chunk = text_chunk_framer(kind, rid, created, model, service_tier)
     if kind.opening is not None:
         yield chunk(kind.opening())
     async for event in handle:
@@ -162,5 +190,8 @@ async def completion_chunks(
         yield chunk(kind.stream_choice(None, result.finish_reason))
         if include_usage:
             yield sse(
-                kind.chunk(id=rid, created=created, model=model, choices=[], usage=usage_of(result, replica))
-            )
+                kind.chunk(
+                    id=rid, created=created, model=model, choices=[], usage=usage_of(result, replica),
+                    service_tier=service_tier,
+                )
+            )  # fmt: skip

@@ -189,6 +189,9 @@ class TrainJob:
     checkpoint_steps: int | None = None
     progress: Progress = no_progress  # one event per phase change, optimizer step and checkpoint
     announce: Callable[[str], None] = noop
+    # greenlm.defer.gate.RunGate: consulted after every step; it may checkpoint and pause the run until a
+    # cleaner slot of the grid (a wall-clock budget counts the training, not the pauses)
+    gate: object = None
 
 
 def train(teacher, student, data: TrainingData, settings: TrainSettings, job: TrainJob) -> TrainOutcome:
@@ -355,13 +358,28 @@ class _Session:
             loss, lr = self._optimizer_step()
             replanned = self._replan_if_due()
             self._report(loss, lr, replanned)
-            if self._checkpoint_due() and self.step < self.plan.total_steps:
+            due = self._checkpoint_due()
+            self._gate()
+            if due and self.step < self.plan.total_steps:
                 self.checkpoint()
         if self.stopped_by == "time limit":
             self.notes.append(
                 f"stopped at the time limit after {self.step} of {self.plan.total_steps} planned steps "
                 "(the learning rate had not fully decayed)"
             )
+
+    def _gate(self) -> None:
+        """Let the deferral gate pause the run (after a checkpoint) until its next planned slot."""
+        gate = self.job.gate
+        if gate is None:
+            return
+        last = self.energy.steps[-1]
+        paused_s = gate.between_steps(
+            step=self.step, total_steps=self.plan.total_steps, step_s=last.duration_s, step_j=last.energy_j,
+            checkpoint=self.checkpoint,
+        )  # fmt: skip
+        if self.deadline is not None:
+            self.deadline += paused_s
 
     def _out_of_time(self) -> bool:
         """Whether a typical step would end past a wall-clock budget's deadline."""
