@@ -13,14 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 
 import psutil
 
 from greenlm.energy import Meter
 from greenlm.errors import GreenlmError
 from greenlm.gateway.ledger import Charge, OutsideLedger
+from greenlm.serve.attribution import PhaseCosts
 
 log = logging.getLogger(__name__)
+UPSTREAM_COSTS = "greenlm serve's own (its /energy phase_costs: the J/token its step split weighs by)"
 
 
 class MeterGroup:
@@ -35,8 +38,12 @@ class MeterGroup:
         local: bool,
         intensity_g_per_kwh: float,
         pue: float,
+        upstream_costs: Callable[[], PhaseCosts | None] | None = None,
     ):
+        """`upstream_costs`: the upstream's own split weights (greenlm serve's), read at each tick while
+        requests are in flight; the split uses them while they come (said in /energy's phase_costs)."""
         self.name, self.meter, self.note, self.upstreams = name, meter, note, list(upstreams)
+        self.upstream_costs = upstream_costs
         self.interval_s, self.local = interval_s, local
         # a remote meter: the next scrape (one interval), which may take its own time-out (at most 2 intervals)
         self.settle_timeout_s = 5.0 if local else 3 * interval_s + 2.0
@@ -55,6 +62,8 @@ class MeterGroup:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
+            if self.upstream_costs is not None and self.ledger.in_flight:
+                self.ledger.use_upstream_costs(self.upstream_costs(), UPSTREAM_COSTS)
             self.close_now()
 
     def close_now(self) -> bool:
