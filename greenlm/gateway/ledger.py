@@ -271,9 +271,8 @@ class OutsideLedger:
             t.carry_j = t.carry_carbon_g = 0.0
             running = [rid for rid in parts if rid in self._open]  # still in flight after this window
             if not parts or (not running and not any(p.seen_work for p in parts.values())):
-                t.idle_j += (
-                    energy_j + carry_j
-                )  # nobody in flight, or only requests that ended with no token here
+                # nobody in flight, or only requests that ended with no token here
+                t.idle_j += energy_j + carry_j
                 t.idle_windows += 1
                 return energy_j
             # before the first request of a window that began idle: idle (greenlm serve closes its idle window
@@ -306,12 +305,14 @@ class OutsideLedger:
         after the last step is carried to the next window. With neither (non-streaming requests running
         through), the window is one step."""
         whole = [p for p in parts.values() if not p.streaming]  # spread over the steps by their time
-        groups = {g[0].time_s: g for g in infer_steps(marks, step_gap_s(list(self._intervals)))}
+        # (end, the streams' chunks there): two steps may end at one instant (a stream's two chunks read at once)
+        groups = [(g[0].time_s, g) for g in infer_steps(marks, step_gap_s(list(self._intervals)))]
         for p in whole:
             end = self._live[p.request_id].end_s
             if end is not None and end <= t1:
-                groups.setdefault(end, [])
-        ends = sorted(groups)
+                groups.append((end, []))
+        groups.sort(key=lambda g: g[0])
+        ends = [end for end, _ in groups]
         if not ends:
             return [_step(t1, energy_j + carry_j, energy_j * per_j + carry_carbon, dict(parts), self.costs)]
         energies, tail = step_energies(t0, t1, energy_j, ends, carry_j)
@@ -320,14 +321,14 @@ class OutsideLedger:
         steps = []
         held_j = held_carbon = 0.0  # a step nobody was seen in (a non-streaming request's end at the window's
         # start): its energy goes to the next step, or the tail
-        for k, (end, step_j) in enumerate(zip(ends, energies, strict=True)):
+        for k, ((end, chunks), step_j) in enumerate(zip(groups, energies, strict=True)):
             begin = ends[k - 1] if k else t0
             step_parts = {  # a stream's overlap: the step's time (a non-streaming request's tokens there are
                 # estimated at the streams' rate: a batching server gives each running request one per step)
                 m.request_id: Part(
                     m.request_id, True, prefill=m.first, chunks=0 if m.first else 1, overlap_s=end - begin
                 )
-                for m in groups[end]
+                for m in chunks
             }
             for p in whole:
                 req = self._live[p.request_id]

@@ -313,3 +313,21 @@ def test_the_upstreams_own_costs_weigh_the_split_and_say_so():
     )
     book.use_upstream_costs(PhaseCosts(None, 0.4), "half known")  # not both phases: the gateway's own again
     assert book.costs == PhaseCosts() and book.costs_source != "half known"
+
+
+def test_two_chunks_of_a_stream_read_at_one_instant_are_two_steps():
+    costs = PhaseCosts(prefill_j_per_token=1.0, decode_j_per_token=1.0)
+    book, meter = ledger(costs)
+    book.begin("a", 0.0, streaming=True)
+    book.begin("b", 0.0, streaming=True)
+    for t in (0.2, 0.5, 0.5):  # the gateway fell behind: a's last two chunks came in one read
+        book.output_chunk("a", t)
+    book.output_chunk("b", 0.2)
+    book.end("b", 0.25, prompt_tokens=4, completion_tokens=1, content_chunks=1)
+    book.end("a", 0.55, prompt_tokens=4, completion_tokens=3, content_chunks=3)
+    book.close_window(meter.at(1.0, 10.0))
+    a, b = book.charge("a"), book.charge("b")
+    # steps end at 0.2 (both prompts: 2 J each) and 0.5 (a alone, 3 J; its next step at the same instant: 0 J)
+    assert (a.prefill_j, b.prefill_j) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert a.decode_j == pytest.approx(3.0) and a.steps == 3
+    assert book.snapshot()["idle_j"] == pytest.approx(5.0)
