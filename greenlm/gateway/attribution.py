@@ -43,9 +43,8 @@ class Part:
 
     request_id: str
     streaming: bool
-    prefill: bool = (
-        False  # its prompt was processed here (first output chunk here; non-streaming: it started here)
-    )
+    first: bool = False  # its first output came out here (non-streaming: its first step)
+    prefill: float = 0.0  # the share of its prompt processed here (all of it by its first output, or a chunk)
     chunks: int = 0  # output chunks after the first that arrived here (streamed requests)
     overlap_s: float = 0.0  # seconds of the window it was in flight
     final: Work | None = None  # its tokens here, once it ended and was charged
@@ -53,7 +52,9 @@ class Part:
     @property
     def seen_work(self) -> bool:
         """Whether the gateway saw (or, for a non-streaming request, will spread) any token here."""
-        return self.prefill or self.chunks > 0 or (not self.streaming and self.overlap_s > 0)
+        return (
+            self.first or self.prefill > 0 or self.chunks > 0 or (not self.streaming and self.overlap_s > 0)
+        )
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,14 @@ class Outcome:
 
 def final_work(part: Part, outcome: Outcome) -> Work:
     """The tokens a request that ended with `outcome` processed in the window of `part`."""
-    prompt = outcome.computed_prompt_tokens if part.prefill else 0
+    prompt = outcome.computed_prompt_tokens * part.prefill
     decode_total = max(0, outcome.completion_tokens - 1)  # the first output token comes out of the prefill
     if part.streaming:
         if outcome.content_chunks <= 1:  # all its output in one chunk: decoded where that chunk came
-            return Work(prompt, decode_total if part.prefill else 0.0)
+            return Work(prompt, decode_total if part.first else 0.0)
         return Work(prompt, part.chunks * decode_total / (outcome.content_chunks - 1))
     if outcome.life_s <= 0:
-        return Work(prompt, decode_total if part.prefill else 0.0)
+        return Work(prompt, decode_total if part.first else 0.0)
     return Work(prompt, decode_total * min(part.overlap_s, outcome.life_s) / outcome.life_s)
 
 
@@ -102,7 +103,7 @@ def estimate_work(part: Part, prompt_tokens: float, decode_rate: float | None) -
     count one token each and its prompt `prompt_tokens` (known, or estimated from its characters); a
     non-streaming request is assumed to decode at `decode_rate` tokens/s (the mean of the requests whose tokens
     in this window are known: a batching server gives each running request one token per step)."""
-    prompt = prompt_tokens if part.prefill else 0.0
+    prompt = prompt_tokens * part.prefill
     if part.streaming:
         return Work(prompt, float(part.chunks))
     return Work(prompt, (decode_rate or 0.0) * part.overlap_s)

@@ -70,6 +70,7 @@ class _Step:
     remaining_j: float
     unsettled: set[str]
     costs: PhaseCosts  # the split's weights when it closed (greenlm serve splits each step by its costs then)
+    inferred: bool = False  # it holds prompt chunks placed by its energy: not a step to learn the costs from
 
 
 def _step(end_s: float, energy_j: float, carbon: float, parts: dict[str, Part], costs: PhaseCosts) -> _Step:
@@ -87,6 +88,7 @@ class _Request:
     chunk_times: list[float] = field(default_factory=list)  # output chunks after the first
     first_s: float | None = None  # its first output chunk (its prefill ends there)
     prefill_placed: bool = False
+    prefill_done: float = 0.0  # the share of its prompt placed in steps before its first output (chunks)
     cursor: int = 0  # chunk_times already assigned to a window
     end_s: float | None = None
     outcome: Outcome | None = None
@@ -134,6 +136,7 @@ class OutsideLedger:
         self._fit = CostFit()
         self._upstream_costs: tuple[PhaseCosts, str] | None = None
         self._intervals: deque[float] = deque(maxlen=INTERVALS_KEPT)  # between a stream's consecutive chunks
+        self._last_step_s = first.time_s  # the last step's end the gateway told apart
         self._start = first
         self._last = first
         self._lock = threading.Lock()
@@ -220,7 +223,8 @@ class OutsideLedger:
             return
         part = req.windows[-1].parts[req.request_id]
         if not req.prefill_placed:
-            part.prefill = req.prefill_placed = True
+            part.first, part.prefill = True, part.prefill + 1.0 - req.prefill_done
+            req.prefill_placed, req.prefill_done = True, 1.0
         if req.streaming:
             part.chunks += left
         req.cursor = len(req.chunk_times)
@@ -266,7 +270,7 @@ class OutsideLedger:
             self._recent.append((t1, t1 - t0, energy_j))
             while self._recent and self._recent[0][0] < t1 - RECENT_S:
                 self._recent.popleft()
-            parts, marks = self._parts(t0, t1)
+            parts, marks = self._parts(t0, t1, self._cut(t1))
             carry_j, carry_carbon = t.carry_j, t.carry_carbon_g
             t.carry_j = t.carry_carbon_g = 0.0
             running = [rid for rid in parts if rid in self._open]  # still in flight after this window
@@ -306,11 +310,11 @@ class OutsideLedger:
         through), the window is one step."""
         whole = [p for p in parts.values() if not p.streaming]  # spread over the steps by their time
         # (end, the streams' chunks there): two steps may end at one instant (a stream's two chunks read at once)
-        groups = [(g[0].time_s, g) for g in infer_steps(marks, step_gap_s(list(self._intervals)))]
+        groups = [(g[0].time_s, g) for g in infer_steps(marks, self.step_gap_s)]
         for p in whole:
-            end = self._live[p.request_id].end_s
-            if end is not None and end <= t1:
-                groups.append((end, []))
+            req = self._live[p.request_id]
+            if req.covered and req.end_s is not None:  # it ended in this window
+                groups.append((req.end_s, []))
         groups.sort(key=lambda g: g[0])
         ends = [end for end, _ in groups]
         if not ends:
@@ -322,34 +326,115 @@ class OutsideLedger:
         held_j = held_carbon = 0.0  # a step nobody was seen in (a non-streaming request's end at the window's
         # start): its energy goes to the next step, or the tail
         for k, ((end, chunks), step_j) in enumerate(zip(groups, energies, strict=True)):
-            begin = ends[k - 1] if k else t0
-            step_parts = {  # a stream's overlap: the step's time (a non-streaming request's tokens there are
+            begin = ends[k - 1] if k else t0  # (a step deferred from the last window began before t0)
+            before = ends[k - 1] if k else min(t0, self._last_step_s)  # its requests arrived before this
+            step_parts: dict[str, Part] = {}
+            for (
+                m
+            ) in chunks:  # a stream's overlap: the step's time (a non-streaming request's tokens there are
                 # estimated at the streams' rate: a batching server gives each running request one per step)
-                m.request_id: Part(
-                    m.request_id, True, prefill=m.first, chunks=0 if m.first else 1, overlap_s=end - begin
+                part = Part(
+                    m.request_id, True, first=m.first, chunks=0 if m.first else 1, overlap_s=end - begin
                 )
-                for m in chunks
-            }
+                if m.first:  # its prompt's rest was processed in this step
+                    req = self._live[m.request_id]
+                    part.prefill, req.prefill_done = 1.0 - req.prefill_done, 1.0
+                step_parts[m.request_id] = part
             for p in whole:
                 req = self._live[p.request_id]
                 life_end = req.end_s if req.end_s is not None else t1
                 overlap = max(0.0, min(end, life_end) - max(begin, req.start_s))
-                prefill = p.prefill and (req.first_s < end or k == len(ends) - 1)
-                if overlap > 0 or prefill:
-                    step_parts[p.request_id] = Part(p.request_id, False, prefill=prefill, overlap_s=overlap)
-                    p.prefill = p.prefill and not prefill
+                place = p.first and (req.first_s < end or k == len(ends) - 1)
+                if overlap > 0 or place:
+                    step_parts[p.request_id] = Part(
+                        p.request_id, False, first=place, prefill=1.0 if place else 0.0, overlap_s=overlap
+                    )
+                    p.first = p.first and not place
+            inferred = self._place_prompt_chunks(step_j, before, end, step_parts)
+            self._last_step_s = end
             step_carbon = (step_j - carry_j) * per_j + carry_carbon if k == 0 else step_j * per_j
             if not step_parts:
                 held_j, held_carbon = held_j + step_j, held_carbon + step_carbon
                 continue
             steps.append(_step(end, step_j + held_j, step_carbon + held_carbon, step_parts, self.costs))
+            steps[-1].inferred = inferred
             held_j = held_carbon = 0.0
         self.totals.carry_j += held_j
         self.totals.carry_carbon_g += held_carbon
         return steps
 
-    def _parts(self, t0: float, t1: float) -> tuple[dict[str, Part], list[Mark]]:
-        """What each request in flight in [t0, t1] was seen doing there, and its streams' chunk arrivals."""
+    def _place_prompt_chunks(
+        self, step_j: float, begin_s: float, end_s: float, parts: dict[str, Part]
+    ) -> None:
+        """Prompts waiting for their first output, in arrival order, take what the step's energy leaves
+        beside the work seen in it: a server that caps a step's tokens (greenlm serve's --step-tokens,
+        vLLM's chunked prefill) processes a long prompt, or a burst of them, over several steps, and the
+        gateway sees only the step that ends each one. The room is (E - c_decode * D) / c_prefill - the
+        prompt tokens seen; only prompts that arrived before the step began can be in it, and each keeps a
+        token for the step of its first output. True when it placed any."""
+        costs = self.costs
+        if costs.prefill_j_per_token is None or costs.decode_j_per_token is None:
+            return False
+        c_prefill, c_decode = costs.weights()
+        seen = sum(p.prefill * self._prompt_of(self._live[rid]) for rid, p in parts.items())
+        decode = sum(p.chunks for p in parts.values())
+        room = (step_j - c_decode * decode) / c_prefill - seen
+        waiting = sorted(
+            (
+                r
+                for r in self._live.values()
+                if r.streaming
+                and r.start_s < begin_s
+                and r.prefill_done < 1.0
+                and (r.first_s is None or r.first_s > end_s)
+            ),
+            key=lambda r: r.start_s,
+        )
+        placed = False
+        for req in waiting:
+            if room <= 0:
+                break
+            prompt = self._prompt_of(req)
+            take = min(room, max(0.0, (1.0 - req.prefill_done) * prompt - 1.0))
+            if take <= 0 or prompt <= 0:
+                continue
+            part = parts.setdefault(req.request_id, Part(req.request_id, True))
+            part.prefill += take / prompt
+            req.prefill_done += take / prompt
+            room -= take
+            placed = True
+        return placed
+
+    def _prompt_of(self, req: _Request) -> float:
+        """Its computed prompt tokens: from its usage once it ended, else as guessed."""
+        if req.outcome is not None:
+            return float(req.outcome.computed_prompt_tokens)
+        return self._prompt_guess(req)
+
+    def _cut(self, t1: float) -> float:
+        """Where this window's marks end: at `t1`, unless the last step's chunks began arriving less than the
+        step gap before it (more of them may still come, read after the meter): that step waits for the next
+        window, whole."""
+        marks = []
+        for rid, req in self._open.items():
+            if not req.streaming:
+                continue
+            if not req.prefill_placed and req.first_s is not None and req.first_s < t1:
+                marks.append(Mark(req.first_s, rid, first=True))
+            upto = bisect.bisect_left(req.chunk_times, t1, lo=req.cursor)
+            marks += [Mark(c, rid) for c in req.chunk_times[req.cursor : upto]]
+        gap = self.step_gap_s
+        steps = infer_steps(marks, gap)
+        return steps[-1][0].time_s if steps and steps[-1][0].time_s > t1 - gap else t1
+
+    @property
+    def step_gap_s(self) -> float:
+        """How close chunks arrive to be one step (see `attribution.step_gap_s`)."""
+        return step_gap_s(list(self._intervals))
+
+    def _parts(self, t0: float, t1: float, cut: float) -> tuple[dict[str, Part], list[Mark]]:
+        """What each request in flight in [t0, t1] was seen doing there, and its streams' chunk arrivals before
+        `cut` (the rest, and requests that end after it, are the next window's)."""
         parts: dict[str, Part] = {}
         marks: list[Mark] = []
         for rid, req in list(self._open.items()):
@@ -357,18 +442,19 @@ class OutsideLedger:
                 continue
             end = req.end_s if req.end_s is not None else t1
             part = Part(rid, req.streaming, overlap_s=max(0.0, min(t1, end) - max(t0, req.start_s)))
-            if not req.prefill_placed and req.first_s is not None and req.first_s < t1:
-                part.prefill = req.prefill_placed = True
+            if not req.prefill_placed and req.first_s is not None and req.first_s < cut:
+                part.first, part.prefill, req.prefill_placed = True, 1.0 - req.prefill_done, True
                 if req.streaming:
                     marks.append(Mark(req.first_s, rid, first=True))
+            ended = req.end_s is not None and req.end_s <= cut
             if req.streaming:
-                upto = bisect.bisect_left(req.chunk_times, t1, lo=req.cursor)
-                if req.end_s is not None and req.end_s <= t1:
+                upto = bisect.bisect_left(req.chunk_times, cut, lo=req.cursor)
+                if ended:
                     upto = len(req.chunk_times)  # chunks noted late: this window's
                 marks += [Mark(c, rid) for c in req.chunk_times[req.cursor : upto]]
                 part.chunks, req.cursor = upto - req.cursor, upto
             parts[rid] = part
-            if req.end_s is not None and req.end_s <= t1:
+            if ended:
                 req.covered = True
                 del self._open[rid]
         return parts, marks
@@ -441,21 +527,25 @@ class OutsideLedger:
         return self._cached / self._prompted if self._prompted else 0.0
 
     def _settle(self) -> None:
-        """Drop fully charged windows from the front, learning J/token from those with one kind of work."""
-        while self._windows and not self._windows[0].unsettled:
-            window = self._windows.popleft()
+        """Drop fully charged steps (wherever they are: under load the oldest one open waits for its longest
+        request), learning J/token from them (serve's rule on those with one kind of work; the fit on all)."""
+        settled = [w for w in self._windows if not w.unsettled]
+        if not settled:
+            return
+        self._windows = deque(w for w in self._windows if w.unsettled)
+        for window in settled:
             work = [
                 StepWork(p.request_id, p.final.prefill_tokens, p.final.decode_tokens)
                 for p in window.parts.values()
                 if p.final is not None
             ]
-            if not work or not any(w.tokens > 0 for w in work):
-                continue
+            if window.inferred or not work or not any(w.tokens > 0 for w in work):
+                continue  # (costs learned from tokens placed by the costs would feed on themselves)
             self._pure = update_costs(self._pure, window.energy_j, work)
             self._fit = self._fit.add(
                 window.energy_j, sum(w.prefill_tokens for w in work), sum(w.decode_tokens for w in work)
             )
-            self._choose_costs()
+        self._choose_costs()
 
     def _choose_costs(self) -> None:
         """The split's weights: the upstream's own when it publishes them (`use_upstream_costs`), else serve's

@@ -13,6 +13,7 @@ it runs and `idle_w` between requests; a step's tokens reach the gateway `latenc
 from __future__ import annotations
 
 import bisect
+import heapq
 import random
 from dataclasses import dataclass, field
 
@@ -25,6 +26,9 @@ from tests.gateway.fakes import ScriptedMeter
 class ServerShape:
     concurrency: int = 8  # closed-loop clients, each sending its next request when the last ends
     slots: int = 8
+    step_tokens: int | None = (
+        None  # a step's token budget: prompts beyond it go on in the next steps (chunks)
+    )
     prompt_tokens: int = 128
     prompt_jitter: int = 0  # prompts of prompt_tokens +- this
     output_tokens: int = 64
@@ -116,10 +120,12 @@ def simulate(shape: ServerShape, requests: int, seed: int = 0) -> Trace:
 
     for c in range(s.concurrency):
         send(c, rng.uniform(0.0, 0.05))
-    while waiting or running:
+    prefilling: list[SimRequest] = []  # admitted, prompt not yet all processed (FIFO, in chunks)
+    left: dict[str, int] = {}  # prompt tokens still to process
+    while waiting or running or prefilling:
         admitted = sorted((r for r in waiting if r.arrive_s <= t), key=lambda r: r.arrive_s)
-        admitted = admitted[: s.slots - len(running)]
-        if not running and not admitted:  # idle until the next arrival: the meter's idle window
+        admitted = admitted[: s.slots - len(running) - len(prefilling)]
+        if not running and not prefilling and not admitted:  # idle until the next arrival: an idle window
             nxt = min(r.arrive_s for r in waiting)
             energy += s.idle_w * (nxt - t)
             idle_j += s.idle_w * (nxt - t)
@@ -129,12 +135,22 @@ def simulate(shape: ServerShape, requests: int, seed: int = 0) -> Trace:
             continue
         for r in admitted:
             waiting.remove(r)
-        prefill = sum(r.prompt_tokens - r.cached_tokens for r in admitted)
+            prefilling.append(r)
+            left[r.rid] = r.prompt_tokens - r.cached_tokens
+        budget = s.step_tokens - len(running) if s.step_tokens else 1 << 30
+        chunks: dict[str, int] = {}
+        for r in prefilling:  # prompts in arrival order, up to the step's token budget
+            if budget <= 0:
+                break
+            chunks[r.rid] = min(left[r.rid], budget)
+            budget -= chunks[r.rid]
+            left[r.rid] -= chunks[r.rid]
+        prefill = sum(chunks.values())
         duration = (s.base_s + s.prefill_s * prefill + s.decode_s * len(running)) * rng.uniform(
             1 - s.step_noise, 1 + s.step_noise
         )
-        step_j = (s.prefill_w if admitted and s.prefill_w is not None else s.busy_w) * duration
-        work = [StepWork(r.rid, r.prompt_tokens - r.cached_tokens, 0) for r in admitted]
+        step_j = (s.prefill_w if prefill and s.prefill_w is not None else s.busy_w) * duration
+        work = [StepWork(rid, n, 0) for rid, n in chunks.items()]
         work += [StepWork(r.rid, 0, 1) for r in running]
         shares = {sh.request_id: sh for sh in split_step(step_j, work, costs)}
         costs = update_costs(costs, step_j, work)
@@ -143,13 +159,19 @@ def simulate(shape: ServerShape, requests: int, seed: int = 0) -> Trace:
         step_ends.append(t)
         energy_at.append(energy)
         costs_at.append((t, costs))
-        running += admitted
+        for r in prefilling:
+            if r.rid in shares:
+                r.serve_prefill_j += shares[r.rid].prefill_j
+                r.serve_decode_j += shares[r.rid].decode_j
+        ready = [r for r in prefilling if r.rid in chunks and left[r.rid] == 0]
+        prefilling = [r for r in prefilling if r not in ready]
+        for r in running:
+            r.serve_prefill_j += shares[r.rid].prefill_j
+            r.serve_decode_j += shares[r.rid].decode_j
+        running += ready  # their first token comes out of this step
         stalled_from = rng.randint(1, len(running)) if rng.random() < s.stall else len(running)
         stall = rng.uniform(*s.stall_s)
         for i, r in enumerate(list(running)):
-            share = shares[r.rid]
-            r.serve_prefill_j += share.prefill_j
-            r.serve_decode_j += share.decode_j
             r.tokens += 1
             arrive = t + rng.uniform(*s.latency_s) + (stall if i >= stalled_from else 0.0)
             if r.tokens == 1 or rng.random() >= s.empty_token:
@@ -177,35 +199,35 @@ class TraceMeter(ScriptedMeter):
 
 
 def replay(trace: Trace, ledger_of, interval_s: float = 1.0, serve_costs: bool = False) -> dict[str, float]:
-    """Feed the trace to an OutsideLedger as the gateway would (a local meter: read every `interval_s`, at each
-    request's end, and when a request starts on an idle server); the gateway's energy of every request.
-    `ledger_of(meter, first_reading)` makes the ledger; `serve_costs`: hand it serve's published phase costs
-    at every reading (what the gateway reads from an upstream greenlm serve's /energy)."""
+    """Feed the trace to an OutsideLedger as the gateway does (a local meter: read every `interval_s`, at each
+    request's end, again a step gap later while the end's step may still be arriving, and when a request starts
+    on an idle server); the gateway's energy of every request. `ledger_of(meter, first_reading)` makes the
+    ledger; `serve_costs`: hand it serve's published phase costs at every tick (what the gateway reads from an
+    upstream greenlm serve's /energy)."""
     meter = TraceMeter(trace)
     book = ledger_of(meter, meter.at(0.0))
-    events: list[tuple[float, int, str, SimRequest | None]] = []
+    events: list[tuple[float, int, int, str, SimRequest | None]] = []
     for r in trace.requests:
-        events.append((r.arrive_s, 0, "begin", r))
-        events += [(c, 1, "chunk", r) for c in r.chunk_times]
-        events.append((r.end_s, 2, "end", r))
+        events.append((r.arrive_s, 0, len(events), "begin", r))
+        events += [(c, 1, len(events) + i, "chunk", r) for i, c in enumerate(r.chunk_times)]
+        events.append((r.end_s, 2, len(events), "end", r))
     last = max(r.end_s for r in trace.requests)
     k = 1
     while k * interval_s < last + interval_s:
-        events.append((k * interval_s, 3, "tick", None))
+        events.append((k * interval_s, 3, len(events), "tick", None))
         k += 1
-    events.sort(key=lambda e: (e[0], e[1]))
+    heapq.heapify(events)
     charged: dict[str, float] = {}
     waiting: list[str] = []
 
     def close(t: float) -> None:
-        if serve_costs:
-            book.use_upstream_costs(trace.costs(t), "test")
         book.close_window(meter.at(t))
         for rid in [w for w in waiting if book.ready(w)]:
             charged[rid] = book.charge(rid).energy_j
             waiting.remove(rid)
 
-    for t, _, kind, r in events:
+    while events:
+        t, _, n, kind, r = heapq.heappop(events)
         if kind == "begin":
             if book.in_flight == 0 and t > book.last_edge_s:
                 close(t)
@@ -219,7 +241,11 @@ def replay(trace: Trace, ledger_of, interval_s: float = 1.0, serve_costs: bool =
             )  # fmt: skip
             waiting.append(r.rid)
             close(t)
+            if not book.ready(r.rid):
+                heapq.heappush(events, (t + book.step_gap_s, 3, n, "settle", None))
         elif t > book.last_edge_s:
+            if serve_costs and kind == "tick" and book.in_flight:
+                book.use_upstream_costs(trace.costs(t), "test")
             close(t)
     close(last + 2 * interval_s)
     assert not waiting, waiting

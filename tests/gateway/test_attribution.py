@@ -158,10 +158,10 @@ def test_non_streaming_alongside_a_finished_stream_is_exact():
 
 def test_final_work_scales_chunks_to_the_reported_tokens():
     outcome = Outcome(prompt_tokens=12, completion_tokens=21, content_chunks=11, life_s=2.0)
-    first = final_work(Part("r", True, prefill=True, chunks=4), outcome)
+    first = final_work(Part("r", True, first=True, prefill=1.0, chunks=4), outcome)
     rest = final_work(Part("r", True, chunks=6), outcome)
     assert first == Work(12, 8.0) and rest == Work(0, 12.0)
-    spread = final_work(Part("r", False, prefill=False, overlap_s=0.5), outcome)
+    spread = final_work(Part("r", False, overlap_s=0.5), outcome)
     assert spread == Work(0, 5.0)
 
 
@@ -249,7 +249,7 @@ def test_cost_fit_recovers_prefill_and_decode_costs_from_mixed_windows():
 
 def test_prompt_tokens_from_the_upstreams_prefix_cache_are_not_charged_as_prefill():
     outcome = Outcome(prompt_tokens=120, completion_tokens=3, content_chunks=3, life_s=1.0, cached_tokens=100)
-    assert final_work(Part("r", True, prefill=True, chunks=1), outcome) == Work(20, 1.0)
+    assert final_work(Part("r", True, first=True, prefill=1.0, chunks=1), outcome) == Work(20, 1.0)
     costs = PhaseCosts(prefill_j_per_token=1.0, decode_j_per_token=1.0)
     book, meter = ledger(costs)
     for rid, cached in (("cached", 100), ("cold", 0)):
@@ -331,3 +331,22 @@ def test_two_chunks_of_a_stream_read_at_one_instant_are_two_steps():
     assert (a.prefill_j, b.prefill_j) == (pytest.approx(1.0), pytest.approx(1.0))
     assert a.decode_j == pytest.approx(3.0) and a.steps == 3
     assert book.snapshot()["idle_j"] == pytest.approx(5.0)
+
+
+def test_a_window_edge_among_a_steps_chunks_leaves_the_step_whole():
+    costs = PhaseCosts(prefill_j_per_token=1.0, decode_j_per_token=1.0)
+    book, meter = ledger(costs)
+    for rid in ("a", "b"):
+        book.begin(rid, 0.0, streaming=True)
+    book.output_chunk("a", 0.2)
+    book.output_chunk("b", 0.2004)
+    book.output_chunk("a", 0.5)
+    book.end("a", 0.5002, prompt_tokens=0, completion_tokens=2, content_chunks=2)
+    book.close_window(meter.at(0.5003, 5.003))  # read at a's end: b's chunk of that step is not in yet
+    assert not book.ready("a")  # its last step may have more chunks coming: it waits for them
+    book.output_chunk("b", 0.5006)
+    book.end("b", 0.6, prompt_tokens=0, completion_tokens=2, content_chunks=2)
+    book.close_window(meter.at(1.0, 4.997))
+    a, b = book.charge("a"), book.charge("b")
+    # 10 W; the step whose chunks began at 0.5 ran from 0.2 to there, with the 0.3 ms to the reading (carried)
+    assert a.decode_j == pytest.approx(3.003 / 2) and b.decode_j == pytest.approx(3.003 / 2)
