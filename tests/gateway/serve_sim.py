@@ -7,7 +7,9 @@ outside split of the same energy should agree with the inside split request by r
 
 The server's model (the shape of a CPU llama.cpp server, not its figures): a step takes
 `base_s + prefill_s * prompt tokens + decode_s * decode tokens` (times a random factor), draws `busy_w` while
-it runs and `idle_w` between requests; a step's tokens reach the gateway `latency_s` after it ends.
+it runs and `idle_w` between requests; prompts are processed in arrival order, in chunks when a step's tokens
+are capped (`step_tokens`, as serve's --step-tokens); a step's tokens reach the gateway `latency_s` after it
+ends, some later when the gateway's loop is held up (`stall`).
 """
 
 from __future__ import annotations
