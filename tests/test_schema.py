@@ -9,6 +9,7 @@ import yaml
 
 from greenlm.compress.recipe import load_recipe
 from greenlm.errors import GreenlmError
+from greenlm.gateway.policy import load_gateway_policy
 from greenlm.optimize.space import load_space
 from greenlm.schemas import file_schema
 from greenlm.serve.policy_file import load_policy
@@ -29,6 +30,15 @@ carbon: {high_g_per_kwh: 400, low_g_per_kwh: 250}
 load: {ttft_slo_s: 2.0, queue_slo_s: 1.0, sustain_s: 5, calm_s: 20, calm_fraction: 0.5, recent_s: 10, max_cores: 4}
 idle: {unload_after_s: 300, low_load_after_s: 10, low_load_cores: 1}
 """
+GATEWAY_POLICY = """\
+ladder:
+  - {name: small, url: "http://127.0.0.1:8081", kld: 0.021, decode_j_per_token: 0.05}
+  - {name: big, url: "http://gpu-box:8000/v1", kld: 0.001, decode_j_per_token: 0.21, key_env: BIG_KEY}
+start: big
+quality: {max_kld: 0.05}
+grid: {csv: grid.csv, speed: 60}
+carbon: {high_g_per_kwh: 400, low_g_per_kwh: 250}
+"""
 SPACE = """\
 grids:
   - {engine: llamacpp, quant_types: [q8_0, q4_k_m], threads: [1, null]}
@@ -48,6 +58,19 @@ BAD = [
     ("policy", POLICY, {"grid": {"csv": "grid.csv", "loop": "yes"}}),
     ("policy", POLICY, {"grid": None}),  # carbon needs a grid
     ("policy", POLICY, {"lod": {}}),
+    ("gateway-policy", GATEWAY_POLICY, {"idle": {"unload_after_s": 60}}),
+    ("gateway-policy", GATEWAY_POLICY, {"ladder_from_search": "latest"}),
+    ("gateway-policy", GATEWAY_POLICY, {"ladder": [{"name": "a"}], "start": None}),
+    (
+        "gateway-policy",
+        GATEWAY_POLICY,
+        {"ladder": [{"name": "a", "url": "http://x", "modle": "m"}], "start": None},
+    ),
+    (
+        "gateway-policy",
+        GATEWAY_POLICY,
+        {"ladder": [{"name": "a", "url": "http://x", "pid": 0}], "start": None},
+    ),
     ("space", SPACE, {"grids": []}),
     ("space", SPACE, {"grids": [{"engine": "vllm"}]}),
     ("space", SPACE, {"grids": [{"threads": [0]}]}),
@@ -58,7 +81,12 @@ BAD = [
     ("recipe", "steps: [{method: gptq, bits: 4}]", {"steps": [{"method": "drop_layers", "count": "four"}]}),
     ("recipe", "steps: [{method: gptq, bits: 4}]", {"step": []}),
 ]
-LOADERS = {"policy": load_policy, "space": load_space, "recipe": load_recipe}
+LOADERS = {
+    "policy": load_policy,
+    "gateway-policy": load_gateway_policy,
+    "space": load_space,
+    "recipe": load_recipe,
+}
 
 
 def _validator(kind: str):
@@ -81,7 +109,9 @@ def test_the_repo_recipes_pass_the_recipe_schema(path):
     assert errors == [] and load_recipe(path).steps
 
 
-@pytest.mark.parametrize(("kind", "text"), [("policy", POLICY), ("space", SPACE)])
+@pytest.mark.parametrize(
+    ("kind", "text"), [("policy", POLICY), ("gateway-policy", GATEWAY_POLICY), ("space", SPACE)]
+)
 def test_the_readme_examples_pass_their_schema_and_their_loader(tmp_path, kind, text):
     data = yaml.safe_load(text)
     assert [e.message for e in _validator(kind).iter_errors(data)] == []

@@ -155,6 +155,9 @@ class Gateway:
             self._group(members, meter, meter.note, local=False, **ledger_args)
 
     def _group(self, members: list[Upstream], meter, note: str, **kwargs) -> None:
+        if len(members) == 1:  # its meter is its own: its own split weights apply (greenlm serve's)
+            client, timeout_s = self.health_checks.client, min(2.0, self.config.scrape_interval_s)
+            kwargs["upstream_costs"] = lambda u=members[0]: u.phase_costs(client, timeout_s)
         try:
             group = MeterGroup(
                 "+".join(u.name for u in members), meter, note, upstreams=[u.name for u in members], **kwargs

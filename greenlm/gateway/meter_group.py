@@ -1,7 +1,8 @@
 """A meter, the upstreams it covers and their energy account, with the clock that reads it.
 
 The clock (a thread) reads the meter every `interval_s` and closes a window at each reading. A meter on this
-host is also read at each request's end, so a request's energy is final the moment it ends; a remote counter is
+host is also read at each request's end (and again a step's gap later when the other chunks of its last step
+may still have been on their way), so a request's energy is final about when it ends; a remote counter is
 only read by the clock, so a request that wants its energy in its usage waits for the next scrape (at most one
 interval). A reading that fails (the exporter does not answer) leaves the window open, said once per outage;
 requests that ended meanwhile get no energy in their usage (`settle` gives up after `settle_timeout_s`) and are
@@ -13,14 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
 
 import psutil
 
 from greenlm.energy import Meter
 from greenlm.errors import GreenlmError
 from greenlm.gateway.ledger import Charge, OutsideLedger
+from greenlm.serve.attribution import PhaseCosts
 
 log = logging.getLogger(__name__)
+MAX_STEP_WAIT_S = 0.25  # at most this long for the rest of a request's last step, else the next tick
+UPSTREAM_COSTS = "greenlm serve's own (its /energy phase_costs: the J/token its step split weighs by)"
 
 
 class MeterGroup:
@@ -35,8 +40,12 @@ class MeterGroup:
         local: bool,
         intensity_g_per_kwh: float,
         pue: float,
+        upstream_costs: Callable[[], PhaseCosts | None] | None = None,
     ):
+        """`upstream_costs`: the upstream's own split weights (greenlm serve's), read at each tick while
+        requests are in flight; the split uses them while they come (said in /energy's phase_costs)."""
         self.name, self.meter, self.note, self.upstreams = name, meter, note, list(upstreams)
+        self.upstream_costs = upstream_costs
         self.interval_s, self.local = interval_s, local
         # a remote meter: the next scrape (one interval), which may take its own time-out (at most 2 intervals)
         self.settle_timeout_s = 5.0 if local else 3 * interval_s + 2.0
@@ -55,6 +64,8 @@ class MeterGroup:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
+            if self.upstream_costs is not None and self.ledger.in_flight:
+                self.ledger.use_upstream_costs(self.upstream_costs(), UPSTREAM_COSTS)
             self.close_now()
 
     def close_now(self) -> bool:
@@ -116,6 +127,9 @@ class MeterGroup:
         loop = asyncio.get_running_loop()
         if self.local and not self.ledger.ready(request_id):
             await asyncio.to_thread(self.close_now)
+            if not self.ledger.ready(request_id):  # its last step's other chunks may still be on their way
+                await asyncio.sleep(min(self.ledger.step_gap_s, MAX_STEP_WAIT_S))
+                await asyncio.to_thread(self.close_now)
         deadline = loop.time() + self.settle_timeout_s
         while not self.ledger.ready(request_id):
             left = deadline - loop.time()

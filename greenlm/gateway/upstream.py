@@ -11,6 +11,7 @@ or stalls takes it out at once.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import httpx
 
 from greenlm.errors import GreenlmError
 from greenlm.gateway.energy_metric import url_check
+from greenlm.serve.attribution import PhaseCosts
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class Upstream:
         self.index = index  # its place in the ladder, cheapest first
         self._key = key
         self.model_id: str | None = None
+        self.greenlm = False  # greenlm serve (its model card's owner): it publishes the weights of its split
         self.health_path = "/health"
         self.up = False
         self.checked = False  # the first check's result is announced by the gateway, not logged
@@ -112,6 +115,7 @@ class Upstream:
             try:
                 data = models.json().get("data") or []
                 self.model_id = str(data[0]["id"]) if data else self.model_id
+                self.greenlm = bool(data) and data[0].get("owned_by") == "greenlm"
             except (ValueError, KeyError, TypeError, AttributeError):
                 pass  # no model list in the usual shape: requests keep the model the client named
         try:
@@ -147,12 +151,32 @@ class Upstream:
         else:
             self.mark(True)
 
+    def phase_costs(self, client: httpx.Client, timeout_s: float) -> PhaseCosts | None:
+        """greenlm serve's own J/token of prefill and decode, the weights its step split uses now (its
+        /energy's phase_costs); None for another server, or when it does not say."""
+        if not (self.greenlm and self.up):
+            return None
+        try:
+            response = client.get(self.url + "/energy", headers=self.headers(), timeout=timeout_s)
+            costs = response.json().get("phase_costs") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        if not isinstance(costs, dict):
+            return None
+        values = [costs.get("prefill_j_per_token"), costs.get("decode_j_per_token")]
+        if not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < math.inf for v in values
+        ):
+            return None
+        return PhaseCosts(float(values[0]), float(values[1]))
+
     def describe(self) -> dict:
         s = self.spec
         return {
             "name": self.name,
             "url": self.url,
             "model": self.model_id,
+            "greenlm": self.greenlm,
             "up": self.up,
             "reason": self.reason or None,
             "key_env": s.key_env,  # the variable's name only, never the key

@@ -7,9 +7,10 @@ Modules, one job each: config, preflight (checks, ladder, grid signal), pool (va
 (one variant opened and warmed up), cores (CPU affinity), intake (request checks, tokens, sampling settings),
 scheduler (continuous batching), attribution and ledger (per-request energy), metrics, ladder, decisions and
 policies (what to change, as pure functions), controller (the control loop), view (what the loop and the
-dashboard see), server (composes them), app, routes, streaming, middleware and auth (HTTP), http (uvicorn),
-dashboard, ray_deploy (Ray Serve), policy_file, protocol, errors, sampling, text, sse (event framing, light enough
-for the gateway, which reuses routes' pieces, the controller, policies and dashboard without `Server`).
+dashboard see), server (composes them), app, routes, status (the status routes and the app of any front end),
+streaming, middleware and auth (HTTP), http (uvicorn), dashboard, ray_deploy (Ray Serve), policy_file, protocol,
+errors, sampling, text, sse (event framing). The gateway reuses status, middleware, sse, http, the controller,
+policies, metrics and the dashboard without `Server`.
 """
 
 from greenlm._lazy import lazy

@@ -123,6 +123,14 @@ def test_greenlm_serve_upstream_keeps_its_own_figures_beside_the_gateways(greenl
         assert streamed["completion_tokens"] == 16 and "token_counts" not in streamed  # the upstream's usage
         assert streamed["upstream_energy"]["energy_j"] > 0
         assert [c for c in chunks[:-1] if c.usage is not None] == []
+    # greenlm serve publishes the weights of its split: the gateway's meter group reads them from /energy
+    upstream, group = gw.gateway.upstreams[0], gw.gateway.groups[0]
+    assert upstream.greenlm and upstream.describe()["greenlm"]
+    published = httpx.get(greenlm_serve.url + "/energy", timeout=30).json()["phase_costs"]
+    costs = group.upstream_costs()
+    assert costs is not None and costs.decode_j_per_token == pytest.approx(published["decode_j_per_token"])
+    group.ledger.use_upstream_costs(costs, "test")
+    assert gw.gateway.energy()["meters"][0]["phase_costs"]["source"] == "test"
 
 
 def test_hostile_clients_get_openai_shaped_errors(llama, start_gateway):
