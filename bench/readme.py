@@ -192,7 +192,68 @@ def deferral_table(r: dict) -> str:
     return markdown(r)
 
 
+def gateway_table(r: dict) -> str:
+    """The gateway benchmark: latency and CPU it adds, its per-request figures against serve's, the peers."""
+    a, b, e = r["a_direct"], r["b_gateway_to_serve"], r["energy"]
+    over, targets = r["overhead"], r["targets"]
+
+    def met(key: str) -> str:
+        return "met" if targets.get(key) else "missed"
+
+    rows = [
+        "| | straight to serve | through the gateway |",
+        "|---|---:|---:|",
+        f"| output tokens/s | {_f(a['output_tokens_per_s'], '.1f')} | {_f(b['output_tokens_per_s'], '.1f')} |",
+        f"| TTFT p50 (ms) | {_f(a['ttft_ms']['p50'], '.1f')} | {_f(b['ttft_ms']['p50'], '.1f')} |",
+        f"| ITL p50 (ms) | {_f(a['itl_ms']['p50'], '.2f')} | {_f(b['itl_ms']['p50'], '.2f')} |",
+        f"| errors | {a['errors']} | {b['errors']} |",
+    ]
+    peers = []
+    for key, name in (
+        ("c_gateway_to_llama_server", "llama-server"),
+        ("c_gateway_to_llama_cpp_python_server", "llama-cpp-python's server"),
+    ):
+        peer = r.get(key) or {}
+        if peer.get("failed"):
+            peers.append(f"{name}: did not run ({peer['failed'][:120]})")
+        else:
+            peers.append(
+                f"{name}: {peer.get('requests')} requests, {peer.get('errors')} errors, energy in usage: "
+                f"{'yes' if peer.get('energy_in_usage') else 'no'}"
+            )
+    lines = [
+        f"GuideLLM, concurrency {r['concurrency']}, {r['requests_per_phase']} requests per phase, "
+        f"{r['prompt_tokens']} prompt and {r['output_tokens']} output tokens; {r['meters']}.",
+        "",
+        *rows,
+        "",
+        f"Per request (our client, {e['requests']} requests through the gateway): the gateway's figure within 10% of "
+        f"serve's own for {_f(100 * (e['within_10pct_share'] or 0), '.0f')}% (target >= 90%: "
+        f"{met('per_request_within_10pct_for_90pct')}), p90 of the difference {_f(100 * (e['abs_rel_diff_p90'] or 0), '.1f')}%; "
+        f"requests' totals {_f(100 * (e['requests_total_rel_diff'] or 0), '+.2f')}% apart (target 1%: "
+        f"{met('requests_total_within_1pct')}), meters' totals {_f(100 * (e['meter_total_rel_diff'] or 0), '+.2f')}% "
+        f"(target 1%: {met('meter_total_within_1pct')}). Added TTFT p50 {_f(over['ttft_p50_added_ms'], '+.1f')} ms "
+        f"(target <= 5 ms: {met('ttft_p50_added_at_most_5ms')}), ITL p50 {_f(over['itl_p50_added_ms'], '+.2f')} ms; "
+        f"the gateway's CPU {_f(100 * over['gateway_cpu_share_of_upstream'], '.1f')}% of the server's (target < 5%: "
+        f"{met('gateway_cpu_under_5pct')}).",
+        "",
+        "Through the gateway, unchanged: " + "; ".join(peers) + ".",
+    ]
+    return "\n".join(lines)
+
+
+def readme_commands_line(r: dict) -> str:
+    """The README's command block, run top to bottom in a fresh clone: how long, and where it stopped if it did."""
+    line = r["markdown"]
+    if r["exit"] != 0:
+        failed = r["steps"][-1]
+        line += f" It stopped at `{failed['command']}`."
+    return line
+
+
 RENDERERS: dict[str, Callable[[dict], str]] = {
+    "gateway": gateway_table,
+    "readme_commands": readme_commands_line,
     "deferral": deferral_table,
     "distill_heal": distill_heal_table,
     "adapt_trace": adapt_trace_table,

@@ -60,6 +60,7 @@ ALLOWED = {
     "at 720x a 24h window passes": "a replay speed, an example",
     "DCGM's collects every 30 s": "the DCGM exporter's default collection interval (its documentation)",
     "the share of requests within 10%": "the gateway benchmark's target (issue 21), a definition",
+    "sampled every 0.2 s": "serve_load's outside energy sampling interval, a setting",
 }
 
 
