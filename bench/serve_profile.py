@@ -1,7 +1,8 @@
 """Where greenlm serve's Python time goes under load: py-spy samples of a live server driven by GuideLLM.
 
 For each concurrency level a fresh `greenlm serve` (the built-in GGUF, llama.cpp) runs under `py-spy record`
-(on-CPU samples only: a thread waiting on a lock, a socket or a condition is not sampled), GuideLLM sends
+(samples of threads py-spy sees active; a leaf that waits on a lock, a queue or a selector, which py-spy still
+samples on some machines, is counted apart as waiting and left out of the shares), GuideLLM sends
 completions (128 prompt tokens, 64 output tokens), and the samples are sorted by thread and by what the frame
 nearest the leaf belongs to: the engine step (`llama_decode`, whose C code shows as its Python caller), sampling,
 the meter and energy account, detokenizing and stop strings, the scheduler's own bookkeeping, and in the HTTP
@@ -50,7 +51,23 @@ CATEGORIES = [
 ]  # fmt: skip
 
 
+# Leaf frames of a thread that waits (a lock, a queue, a selector, a sleep). py-spy counts some of these as
+# active on this VM, so they are set apart: shares are of the samples where the thread ran Python or C code.
+# (a concurrent.futures worker idles in its `_worker` frame: the queue it blocks on is C code)
+WAITS = (
+    "Condition.wait",
+    "Event.wait",
+    "Queue.get",
+    "Thread.join",
+    "EpollSelector.select",
+    "select (selectors",
+    "_worker (",
+)
+
+
 def classify(frames: list[str]) -> str:
+    if frames and frames[-1].startswith(WAITS):
+        return "waiting"
     for frame in reversed(frames):
         for name, test in CATEGORIES:
             if test(frame):
@@ -79,10 +96,12 @@ def summarize(raw: Path) -> dict:
         by_thread[thread][classify(frames)] += int(count)
     out = {}
     for thread, counts in by_thread.items():
+        waiting = counts.pop("waiting", 0)
         total = sum(counts.values())
         out[thread] = {
             "samples": total,
-            "share": {k: round(v / total, 4) for k, v in counts.most_common()},
+            "waiting_samples": waiting,
+            "share": {k: round(v / total, 4) for k, v in counts.most_common()} if total else {},
         }
     sched = by_thread.get("scheduler", collections.Counter())
     total = sum(sched.values())
