@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,6 +104,9 @@ def run_guidellm(tool: Path, url: str, model: str, level: Level, tokenizer: Path
         "--backend", f"kind=openai_http,target={url},model={model},request_format={fmt},stream=true,validate_backend=false",
         "--tokenizer", f"kind=huggingface_auto,model={tokenizer}",
         "--data", level.data(),
+        # a seed of the level's own: GuideLLM's default (42) sends every level the same prompts, which a server
+        # that keeps earlier prompts' KV (llama-server's --cache-ram) answers from its cache at the next level
+        "--seed", f"kind=static,value={zlib.crc32(level.name.encode())}",
         "--profile", level.profile,
         "--constraint", f"kind=max_requests,count={level.requests}",
         "--output", f"kind=json,path={out}",
