@@ -358,20 +358,23 @@ def main() -> None:
     rec.finish(report, out=out)
 
 
+def file_name(label: str) -> str:
+    """A label as a file name GuideLLM's `--output kind=json,path=...` can carry (no comma, space or slash)."""
+    return re.sub(r"[^A-Za-z0-9.-]+", "_", label).strip("_")
+
+
 def run_levels(args, tool, tokenizer, model, urls, sampler, workdir) -> list[dict]:
     rows = []
     for name, url in urls.items():  # one short warm-up run each, not counted
         warm = Level("warm-up", "kind=concurrent,streams=1", 2, output_tokens=8)
-        run_guidellm(tool, url, model, warm, tokenizer, workdir / f"warm-{name.replace(' ', '_')}.json")
+        run_guidellm(tool, url, model, warm, tokenizer, workdir / f"warm-{file_name(name)}.json")
     for index, level in enumerate(levels(args)):
         servers = [s for s in (*level.servers, *level.extra_servers) if s in urls]
         servers = servers[index % len(servers) :] + servers[: index % len(servers)]  # rotate who goes first
         for server in servers:
             own = server in (GREENLM, NO_CACHE)
             before = scrape(urls[server]) if own else None
-            path = (
-                workdir / f"{level.name.replace(' ', '_').replace('/', '')}-{server.replace(' ', '_')}.json"
-            )
+            path = workdir / f"{file_name(level.name)}-{file_name(server)}.json"
             row = {
                 "server": server,
                 "level": level.name,
