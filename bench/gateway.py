@@ -149,10 +149,21 @@ def compare(found: list[dict], before: dict, after: dict) -> dict:
     }
 
 
-def guidellm_run(tool, url: str, model: str, tokenizer: Path, args, out: Path) -> dict:
-    """GuideLLM at the benchmark's concurrency (serve_load's run: streaming completions, synthetic text)."""
+def guidellm_run(
+    tool,
+    url: str,
+    model: str,
+    tokenizer: Path,
+    args,
+    out: Path,
+    concurrency: int | None = None,
+    requests=None,
+) -> dict:
+    """GuideLLM at the benchmark's concurrency, or `concurrency` (serve_load's run: streaming completions,
+    synthetic text, the level's own seed: the same prompts straight and through the gateway)."""
+    streams = concurrency or args.concurrency
     level = serve_load.Level(
-        f"c{args.concurrency}", f"kind=concurrent,streams={args.concurrency}", args.requests,
+        f"c{streams}", f"kind=concurrent,streams={streams}", requests or args.requests,
         prompt_tokens=args.prompt_tokens, output_tokens=args.output_tokens,
     )  # fmt: skip
     return serve_load.run_guidellm(tool, url, model, level, tokenizer, out)
@@ -163,6 +174,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="few requests; llama-server only if it is built")
     ap.add_argument("--requests", type=int, default=None, help="requests per phase (default 160; --quick 24)")
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--probe-requests", type=int, default=24, help="requests of the concurrency-1 phases")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--output-tokens", type=int, default=64)
     ap.add_argument("--context-per-slot", type=int, default=512)
@@ -220,6 +232,30 @@ def main() -> None:
         )  # a window closes on the gateway's meter after the last request
         after = {"gateway": energy_of(gateway_url), "serve": energy_of(serve_url)}
         result["energy"] = compare(found, before, after)
+        # one stream at a time: the gateway's own latency, without the arrival pattern a loaded server sees
+        log(
+            f"(a1, b1) GuideLLM at concurrency 1, {args.probe_requests} requests: straight, then through the gateway"
+        )
+        result["a1_direct_c1"] = guidellm_run(
+            tool,
+            serve_url,
+            model,
+            tokenizer,
+            args,
+            work / "a1.json",
+            concurrency=1,
+            requests=args.probe_requests,
+        )
+        result["b1_gateway_c1"] = guidellm_run(
+            tool,
+            gateway_url,
+            model,
+            tokenizer,
+            args,
+            work / "b1.json",
+            concurrency=1,
+            requests=args.probe_requests,
+        )
     finally:
         if gateway is not None:
             gateway.stop()
@@ -253,7 +289,10 @@ def main() -> None:
         "llama-cpp-python", llama_cpp_python, args, tool, tokenizer, work, gguf
     )
     a, b, e = result["a_direct"], result["b_gateway_to_serve"], result["energy"]
+    a1, b1 = result["a1_direct_c1"], result["b1_gateway_c1"]
     result["overhead"] = {
+        "ttft_p50_added_ms_c1": b1["ttft_ms"]["p50"] - a1["ttft_ms"]["p50"],
+        "itl_p50_added_ms_c1": b1["itl_ms"]["p50"] - a1["itl_ms"]["p50"],
         "ttft_p50_added_ms": b["ttft_ms"]["p50"] - a["ttft_ms"]["p50"],
         "itl_p50_added_ms": b["itl_ms"]["p50"] - a["itl_ms"]["p50"],
         "gateway_cpu_share_of_upstream": b["gateway_cpu_share"],
@@ -263,6 +302,7 @@ def main() -> None:
         "per_request_within_10pct_for_90pct": (e["within_10pct_share"] or 0) >= 0.9,
         "requests_total_within_1pct": abs(e["requests_total_rel_diff"] or 1) <= 0.01,
         "meter_total_within_1pct": abs(e["meter_total_rel_diff"] or 1) <= 0.01,
+        "ttft_p50_added_at_most_5ms_c1": result["overhead"]["ttft_p50_added_ms_c1"] <= 5.0,
         "ttft_p50_added_at_most_5ms": result["overhead"]["ttft_p50_added_ms"] <= 5.0,
         "gateway_cpu_under_5pct": b["gateway_cpu_share"] < 0.05,
         "llama_server_unchanged": c.get("errors") == 0 and c.get("energy_in_usage") is True,
