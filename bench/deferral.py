@@ -561,12 +561,27 @@ def markdown(r: dict) -> str:
             f"{slo if slo is None else f'{slo:.1%}'} | {sd['static_carbon_g']:.4g} | {sd['dynamic_carbon_g']:.4g} |"
         )
     s = r["summary"]
+
+    def change(pct: float) -> str:
+        return f"{abs(pct):.1f}% {'less' if pct >= 0 else 'more'} carbon per deferred token than on arrival"
+
+    share = (
+        f"the forecast gets {s['fraction_of_perfect']:.0%} of what perfect foresight saves"
+        if s["fraction_of_perfect"] is not None
+        else "perfect foresight saved nothing here, so the forecast's share of it is undefined"
+    )
+    modelled = s.get("modelled") or {}
     lines += [
         "",
-        f"forecast ({r['forecast']}): {s['saving_forecast_pct']:.1f}% less carbon per deferred token than on arrival; perfect foresight "
-        f"{s['saving_perfect_pct']:.1f}%; the forecast gets "
-        + (f"{s['fraction_of_perfect']:.0%}" if s["fraction_of_perfect"] is not None else "n/a")
-        + " of what is possible",
+        f"forecast ({r['forecast']}): {change(s['saving_forecast_pct'])}; perfect foresight: "
+        f"{change(s['saving_perfect_pct'])}; {share}.",
+    ]
+    if modelled.get("saving_pct") is not None:
+        lines.append(
+            f"The planner's own model of the same jobs on the trace (measured J/token and throughput, perfect "
+            f"foresight) expects {modelled['saving_pct']:.1f}% less carbon than on arrival."
+        )
+    lines += [
         f"batch J/token vs one at a time: {r['calibration']['batch_vs_single_j_per_token']:.2f}x; kill -9: "
         f"{r['kill']['lost']} lost, {r['kill']['duplicated']} answered twice",
     ]
