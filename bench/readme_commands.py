@@ -71,7 +71,12 @@ def main() -> None:
     steps: list[dict] = []
     tail: list[str] = []
     for line in proc.stdout:
-        if line.startswith(MARKER):
+        if (
+            MARKER in line
+        ):  # a command's last output line may lack its newline (curl's JSON): the marker follows it
+            head, line = line[: line.index(MARKER)], line[line.index(MARKER) :]
+            if head:
+                tail = (tail + [head])[-40:]
             _, what, index, stamp = line.split()
             index = int(index)
             if what == "start":
