@@ -187,7 +187,7 @@ def distill_heal_table(r: dict) -> str:
 
 def deferral_table(r: dict) -> str:
     """The deferral benchmark's own table and summary lines."""
-    from deferral import markdown  # bench/ is the script's directory, so first on sys.path
+    from deferral_table import markdown  # bench/ is the script's directory, so first on sys.path
 
     return markdown(r)
 
