@@ -71,9 +71,8 @@ def main() -> None:
     steps: list[dict] = []
     tail: list[str] = []
     for line in proc.stdout:
-        if (
-            MARKER in line
-        ):  # a command's last output line may lack its newline (curl's JSON): the marker follows it
+        # a command's last output line may lack its newline (curl's JSON): the marker then follows it
+        if MARKER in line:
             head, line = line[: line.index(MARKER)], line[line.index(MARKER) :]
             if head:
                 tail = (tail + [head])[-40:]
