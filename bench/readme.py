@@ -143,9 +143,20 @@ def meter_overhead_table(r: dict) -> str:
     )
 
 
+def _speedup_cell(row: dict, workload: str) -> str:
+    """"1.31x (1.10-1.80, faster)": the median over processes, their range and the verdict against float32."""
+    median = _f(row.get(f"{workload}_speedup_vs_float32"), ".2f")
+    span = row.get(f"{workload}_speedup_range")
+    if not span:  # a result from before the runs in several processes
+        return f"{median}x"
+    return f"{median}x ({span[0]:.2f}-{span[1]:.2f}, {row.get(f'{workload}_vs_float32', '?')})"
+
+
 def quant_kernels_table(r: dict) -> str:
+    processes = r.get("processes")
+    over = f" (median over {processes} processes, their range, verdict)" if processes else ""
     lines = [
-        "| kernel | weights | activations | decode speed-up vs float32 | prefill speed-up |",
+        f"| kernel | weights | activations | decode speed-up vs float32{over} | prefill speed-up |",
         "|---|---|---|---:|---:|",
     ]
     for row in r["kernels"]:
@@ -153,7 +164,7 @@ def quant_kernels_table(r: dict) -> str:
             continue
         lines.append(
             f"| {row['kernel']} | {row['weights']} | {row['activations']} | "
-            f"{_f(row.get('decode_speedup_vs_float32'), '.2f')}x | {_f(row.get('prefill_speedup_vs_float32'), '.2f')}x |"
+            f"{_speedup_cell(row, 'decode')} | {_speedup_cell(row, 'prefill')} |"
         )
     return "\n".join(lines)
 
