@@ -8,7 +8,7 @@ from rich.table import Table
 
 from greenlm.cli import options
 from greenlm.cli.app import app
-from greenlm.cli.common import LazyProgress, emit_json, fmt, note, out
+from greenlm.cli.common import LazyProgress, emit_json, err, fmt, note, out
 from greenlm.serve.batch_config import BatchRunConfig
 
 batch_app = typer.Typer(
@@ -76,6 +76,17 @@ def run(
         _print_plan(result)
     else:
         _print_run(result)
+    if not dry_run and result["status"] != "completed":
+        # a script running the file must not take an expired or cancelled batch for a finished one
+        c = result["requests"]
+        err.print(
+            f"error: the batch {result['status']} with {c['total'] - c['completed']} of {c['total']} requests "
+            f"unanswered (their error lines are in {result['out']})"
+            + (": give a later --deadline" if result["status"] == "expired" else ""),
+            markup=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
 
 
 def _print_plan(r: dict) -> None:

@@ -77,6 +77,26 @@ def test_a_run_answers_each_request_once_in_the_clean_minutes(monkeypatch, capsy
     assert not source.with_name("out.jsonl.state").exists()  # done: nothing left to resume
 
 
+def test_an_expired_batch_is_not_a_success(monkeypatch, capsys, files, tmp_path):
+    """The results are written, but a script must see that some requests were never answered."""
+    from greenlm.serve import offline
+
+    source, _grid, _ = files
+    out = tmp_path / "o.jsonl"
+    finished = {"status": "expired", "requests": {"total": 3, "completed": 1, "failed": 2}, "out": str(out)}
+    monkeypatch.setattr(offline, "run_batch", lambda config, **_: finished)
+    code, stdout, err = run_cli(monkeypatch, capsys, "batch", "run", source, "--out", out, "--json")
+    assert code == 1
+    assert json.loads(stdout)["status"] == "expired"  # the JSON still says what happened
+    assert err.strip() == (
+        f"error: the batch expired with 2 of 3 requests unanswered (their error lines are in {out}): "
+        "give a later --deadline"
+    )
+    finished["status"] = "completed"
+    code, _, err = run_cli(monkeypatch, capsys, "batch", "run", source, "--out", out, "--json")
+    assert code == 0 and not err.strip()
+
+
 def test_a_killed_run_continues_when_run_again(chat_model_dir, tmp_path, shared_cache_dir):
     requests = [line(f"r{i:02d}", "Write at length.", 1200, ignore_eos=True) for i in range(24)]
     source, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
