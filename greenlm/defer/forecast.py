@@ -26,18 +26,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
 
-import httpx
-
 from greenlm.defer.clock import iso
 from greenlm.defer.planner import Slot
 from greenlm.errors import GreenlmError
-from greenlm.grid.reading import MAX_INTENSITY_G_PER_KWH, GridReading
+from greenlm.grid.electricitymaps import (
+    ELECTRICITY_MAPS_API,
+    ELECTRICITY_MAPS_TOKEN_ENV,
+    ElectricityMapsApi,
+    check_intensity,
+)
+from greenlm.grid.poller import Poller
+from greenlm.grid.reading import GridReading
 
 log = logging.getLogger(__name__)
 
 DAY_S = 86400.0
-ELECTRICITY_MAPS_API = "https://api.electricitymap.org/v3"  # + /carbon-intensity/forecast
-ELECTRICITY_MAPS_TOKEN_ENV = "ELECTRICITYMAPS_TOKEN"
 WATTTIME_USER_ENV, WATTTIME_PASSWORD_ENV = "WATTTIME_USER", "WATTTIME_PASSWORD"
 G_PER_KWH_PER_LB_PER_MWH = 0.45359237  # 1 lb = 0.45359237 kg; kg/MWh = g/kWh
 
@@ -202,19 +205,19 @@ class FlatForecaster:
 
 
 # ---- live providers -------------------------------------------------------------------------------------
-class _Polled:
+class _Polled(Poller):
     """A provider's forecast fetched every `poll_s` in a background thread; the last good one stands."""
 
     kind = "provider"
 
     def __init__(self, fallback_g_per_kwh: float, poll_s: float, timeout_s: float):
+        super().__init__()
+        self.thread_name = f"greenlm-{self.kind}-forecast"
         self.fallback_g_per_kwh = float(fallback_g_per_kwh)
         self.poll_s, self.timeout_s = float(poll_s), float(timeout_s)
         self._forecast: Forecast | None = None
         self._version = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._failing = False
         self.polls = self.failures = 0
 
@@ -238,23 +241,6 @@ class _Polled:
             if fresh != self._forecast:
                 self._forecast = fresh
                 self._version += 1
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.poll_once()
-            self._stop.wait(self.poll_s)
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"greenlm-{self.kind}-forecast", daemon=True
-            )
-            self._thread.start()
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(self.timeout_s + 1)
 
     @property
     def version(self) -> object:
@@ -281,12 +267,6 @@ class _Polled:
 
     def describe(self) -> dict:
         return {"kind": self.kind, "model": self.model, "polls": self.polls, "failures": self.failures}
-
-
-def _check_value(value: float, who: str) -> float:
-    if not (math.isfinite(value) and 0 <= value <= MAX_INTENSITY_G_PER_KWH):
-        raise GreenlmError(f"{who} answered an impossible intensity {value}")
-    return value
 
 
 def _points(pairs: list[tuple[float, float]], who: str) -> tuple[tuple[float, ...], tuple[float, ...], float]:
@@ -325,38 +305,23 @@ class ElectricityMapsForecaster(_Polled):
         poll_s: float = 900.0,
         timeout_s: float = 10.0,
     ):
-        token = os.environ.get(token_env, "").strip()
-        if not token:
-            raise GreenlmError(
-                f"--grid electricitymaps needs an API token in ${token_env}: export it, or replay a CSV with "
-                "--grid-csv FILE"
-            )
+        self.api = ElectricityMapsApi(
+            zone, url.rstrip("/") + "/carbon-intensity/forecast", token_env=token_env, timeout_s=timeout_s,
+            asked_by="--grid electricitymaps", csv_hint="--grid-csv FILE",
+        )  # fmt: skip
         super().__init__(fallback_g_per_kwh, poll_s, timeout_s)
-        self.zone, self._token = zone, token
-        self.url = url.rstrip("/") + "/carbon-intensity/forecast"
+        self.zone, self.url = zone, self.api.url
 
     def fetch(self) -> Forecast:
-        who = f"Electricity Maps ({self.zone})"
+        data, who = self.api.get(), self.api.who
         try:
-            response = httpx.get(
-                self.url,
-                params={"zone": self.zone},
-                headers={"auth-token": self._token},
-                timeout=self.timeout_s,
-            )
-        except httpx.HTTPError as exc:
-            raise GreenlmError(f"{who} at {self.url} did not answer: {exc}") from None
-        if response.status_code != 200:
-            raise GreenlmError(f"{who} answered {response.status_code}: {response.text[:200]}")
-        try:
-            rows = response.json()["forecast"]
             pairs = [
-                (_parse_time(r["datetime"], who), _check_value(float(r["carbonIntensity"]), who))
-                for r in rows
+                (_parse_time(r["datetime"], who), check_intensity(float(r["carbonIntensity"]), who))
+                for r in data["forecast"]
             ]
         except (ValueError, KeyError, TypeError):
             raise GreenlmError(
-                f"{who}'s answer has no forecast of carbonIntensity: {response.text[:200]}"
+                f"{who}'s answer has no forecast of carbonIntensity: {str(data)[:200]}"
             ) from None
         times, values, step = _points(pairs, who)
         return Forecast(times, values, step, f"Electricity Maps forecast for {self.zone}", self.model)
@@ -416,7 +381,7 @@ class WattTimeForecaster(_Polled):
             pairs = [
                 (
                     _parse_time(p["point_time"], who),
-                    _check_value(float(p["value"]) * G_PER_KWH_PER_LB_PER_MWH, who),
+                    check_intensity(float(p["value"]) * G_PER_KWH_PER_LB_PER_MWH, who),
                 )
                 for p in answer["data"]
             ]
