@@ -117,15 +117,21 @@ def test_a_window_with_requests_but_no_token_is_carried_to_the_next():
     assert book.snapshot()["carried_windows"] == 2
 
 
-def test_non_streaming_decode_is_spread_over_its_lifetime():
-    costs = PhaseCosts(prefill_j_per_token=1.0, decode_j_per_token=1.0)
-    book, meter = ledger(costs)
+def chat_beside_batch():
+    """A non-streaming "batch" from 0 s, and a streamed "chat" from 1 s with 4 chunks, ended at 1.9 s; the
+    first 10 J window closed at 1 s."""
+    book, meter = ledger(PhaseCosts(prefill_j_per_token=1.0, decode_j_per_token=1.0))
     book.begin("batch", 0.0, streaming=False)
     book.begin("chat", 1.0, streaming=True)
     book.close_window(meter.at(1.0, 10.0))
     for t in (1.2, 1.4, 1.6, 1.8):
         book.output_chunk("chat", t)
     book.end("chat", 1.9, prompt_tokens=0, completion_tokens=4, content_chunks=4)
+    return book, meter
+
+
+def test_non_streaming_decode_is_spread_over_its_lifetime():
+    book, meter = chat_beside_batch()
     book.close_window(meter.at(2.0, 10.0))
     # chat is charged while batch still runs: in each of chat's steps after its first (2 J each), batch's
     # tokens are estimated at chat's rate (a batching server gives each running request one token a step)
@@ -139,14 +145,7 @@ def test_non_streaming_decode_is_spread_over_its_lifetime():
 
 
 def test_non_streaming_alongside_a_finished_stream_is_exact():
-    costs = PhaseCosts(prefill_j_per_token=1.0, decode_j_per_token=1.0)
-    book, meter = ledger(costs)
-    book.begin("batch", 0.0, streaming=False)
-    book.begin("chat", 1.0, streaming=True)
-    book.close_window(meter.at(1.0, 10.0))
-    for t in (1.2, 1.4, 1.6, 1.8):
-        book.output_chunk("chat", t)
-    book.end("chat", 1.9, prompt_tokens=0, completion_tokens=4, content_chunks=4)
+    book, meter = chat_beside_batch()
     book.end("batch", 2.0, prompt_tokens=0, completion_tokens=7, content_chunks=0)
     book.close_window(meter.at(2.0, 10.0))
     chat, batch = book.charge("chat"), book.charge("batch")
