@@ -11,12 +11,13 @@ whole model) and a prefill-sized call (`--prefill-tokens` per call over `--prefi
 compute-bound, so fewer layers suffice). speed-up = float32 time / kernel time (>1: faster). Building every
 kernel's layers is most of the run time, so it grows with the layer counts, not the rounds.
 
-Processes. The whole measurement runs `--processes` times, each in a fresh Python process one after another:
-two runs of the same code a week apart gave ratios up to 2.6x apart (int8_weight_f32 decode 1.17x, then
-0.44x), while rounds inside one process agreed, so one process's figure is not the machine's. Each row keeps
-the median over the processes, their min-max range and every process's figure, and is called faster or slower
-than float32 only when its median's distance from 1.0 exceeds its own range; otherwise "within noise"
-(bench/spread.py's rule, float32 being a row of zero width).
+Processes. The whole measurement runs `--processes` times, each in a fresh Python process one after another;
+each row keeps the median over the processes, their min-max range and every process's figure, and is called
+faster or slower than float32 only when its median's distance from 1.0 exceeds its own range; otherwise
+"within noise" (bench/spread.py's rule, float32 being a row of zero width). Two runs a week apart, the kernels'
+arithmetic unchanged, gave ratios up to 2.6x apart (int8_weight_f32 decode 1.17x, then 0.44x) while the
+processes of one run agree far more closely: the machine under this VM changes between days more than between
+processes, so compare kernels within one run, not across runs.
 Prints JSON on stdout (progress on stderr). The default run takes about 2 minutes on 2 idle cores.
     .venv/bin/python bench/quant_kernels.py [--model smollm2-135m] [--decode-layers 10] [--rounds 5] [--processes 5]
 """
@@ -327,8 +328,9 @@ def main() -> None:
         "notes": [
             f"each speed-up is the median over {args.processes} fresh processes run one after another, with their "
             "range; a kernel is called faster or slower than float32 only when its median's distance from 1.0 "
-            "exceeds that range, else within noise. Runs on other days have differed by more than these ranges (int8_weight_f32 decode 1.17x on "
-            "2026-11-28, 0.44x on 2026-12-05, same code), so read small differences as the machine's, not the kernel's",
+            "exceeds that range, else within noise. Runs on other days have differed by more than these ranges "
+            "(int8_weight_f32 decode 1.17x on 2026-11-28, 0.44x on 2026-12-05, the kernels' arithmetic unchanged "
+            "between them), so read small differences as the machine's, not the kernel's",
         ],
         "wall_s": round(time.perf_counter() - start, 1),
     }
