@@ -144,7 +144,7 @@ def meter_overhead_table(r: dict) -> str:
 
 
 def _speedup_cell(row: dict, workload: str) -> str:
-    """"1.31x (1.10-1.80, faster)": the median over processes, their range and the verdict against float32."""
+    """A cell like "1.31x (1.10-1.80, faster)": the median over processes, their range, the verdict."""
     median = _f(row.get(f"{workload}_speedup_vs_float32"), ".2f")
     span = row.get(f"{workload}_speedup_range")
     if not span:  # a result from before the runs in several processes
@@ -153,10 +153,8 @@ def _speedup_cell(row: dict, workload: str) -> str:
 
 
 def quant_kernels_table(r: dict) -> str:
-    processes = r.get("processes")
-    over = f" (median over {processes} processes, their range, verdict)" if processes else ""
     lines = [
-        f"| kernel | weights | activations | decode speed-up vs float32{over} | prefill speed-up |",
+        "| kernel | weights | activations | decode speed-up vs float32 | prefill speed-up vs float32 |",
         "|---|---|---|---:|---:|",
     ]
     for row in r["kernels"]:
@@ -166,6 +164,12 @@ def quant_kernels_table(r: dict) -> str:
             f"| {row['kernel']} | {row['weights']} | {row['activations']} | "
             f"{_speedup_cell(row, 'decode')} | {_speedup_cell(row, 'prefill')} |"
         )
+    if r.get("processes"):
+        lines += [
+            "",
+            f"Each cell: the median over {r['processes']} fresh processes, their min-max range, and whether the "
+            "kernel is faster or slower than float32 beyond that range.",
+        ]
     return "\n".join(lines)
 
 

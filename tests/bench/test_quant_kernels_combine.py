@@ -43,6 +43,10 @@ def test_each_figure_is_the_median_over_processes_with_its_range_and_verdict():
 
 def test_auto_chooses_by_the_median_and_says_whether_every_process_agreed():
     auto = auto_choice(combine([rows(1.3, 0.5), rows(1.02, 0.5), rows(1.4, 0.5)]))
-    assert auto["int8 per channel"] == {"kernel": "int8_weight_bf16", "execution": "real", "in_every_process": False}
+    assert auto["int8 per channel"] == {
+        "kernel": "int8_weight_bf16",
+        "execution": "real",
+        "in_every_process": False,
+    }
     auto = auto_choice(combine([rows(0.9, 0.5), rows(1.02, 0.5), rows(1.2, 0.5)]))
     assert auto["int8 per channel"]["execution"] == "simulated"
