@@ -27,7 +27,7 @@ marked "within noise" otherwise (bench/spread.py). All rows' processes are alive
 some 12 GB for the 19 rows.
 
 Run it on an otherwise idle machine (llama.cpp's threads wait for each other at every operation):
-    .venv/bin/python bench/fastpath.py --markdown fastpath.md          # the full run, about 1-2 hours on 2 cores
+    .venv/bin/python bench/fastpath.py --markdown fastpath.md          # the defaults: longer than the README's settings (35 min here)
     .venv/bin/python bench/fastpath.py --quick                          # smallest settings: checks the script
 JSON on stdout, with the machine record (bench/benchlib.py: date, CPU, cores, load average, git commit), also
 written to bench/results/fastpath.json (--quick: fastpath-quick.json, so a quick run never replaces the real one).

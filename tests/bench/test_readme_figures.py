@@ -42,7 +42,6 @@ ALLOWED = {
     "at least 1 s": "serve's Retry-After floor",
     "every 2 s": "the dashboard's polling interval",
     "under 1% of the workload": "the meter overhead target",
-    "takes 1-2 hours on 2 cores": "how long the full benchmark runs, for planning",
     "for 15 minutes of wall clock": "the distill benchmark's setting",
     "made at 10% of the budget": "the distill benchmark's forecast point, a setting",
     "within 10% of the measured": "the forecast target",
