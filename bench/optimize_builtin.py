@@ -38,7 +38,7 @@ def reproduce(out: str, settings: EvalSettings, repeats: int, db: Path) -> dict:
         sys.executable, "-m", "greenlm", "measure", "--model", out,
         "--num-prompts", str(settings.num_prompts), "--prompt-tokens", str(settings.prompt_tokens),
         "--max-new-tokens", str(settings.max_new_tokens), "--repeats", str(repeats),
-        "--meter", settings.meter, "--db", str(db), "--json",
+        "--meter", settings.energy.meter, "--db", str(db), "--json",
     ]  # fmt: skip
     log("reproduction: " + " ".join(command[1:]))
     done = subprocess.run(command, capture_output=True, text=True, check=False)
