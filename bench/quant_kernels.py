@@ -200,6 +200,8 @@ def parse_args() -> argparse.Namespace:
     args = ap.parse_args()
     if args.processes < 1:
         ap.error("--processes must be at least 1")
+    if args.out and not Path(args.out).expanduser().resolve().parent.is_dir():
+        ap.error(f"--out {args.out}: its folder does not exist (the JSON is written after minutes of timing)")
     if args.kernels:
         unknown = sorted(set(args.kernels.split(",")) - set(KERNELS))
         if unknown:
