@@ -37,7 +37,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from benchlib import Recorder
+from benchlib import Recorder, log
 from spread import HIGHER, LOWER, WITHIN_NOISE, compare, summarize
 
 from greenlm.compress.quant_common import DEFAULT_SKIP, REAL_MIN_SPEEDUP
@@ -49,10 +49,6 @@ from greenlm.models.loader import gguf_cache_path
 
 # Weight settings each kernel is timed at, where it takes them: (label, bits, group_size, symmetric).
 SETTINGS = [("int8 per channel", 8, None, True), ("int4 g32", 4, 32, True)]
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def model_shapes(model: str | None) -> tuple[str, dict[Shape, int], int]:
@@ -172,7 +168,7 @@ def run_processes(count: int, argv: list[str]) -> list[list[dict]]:
     runs = []
     with tempfile.TemporaryDirectory(prefix="greenlm-quant-kernels-") as tmp:
         for i in range(count):
-            say(f"process {i + 1}/{count}")
+            log(f"process {i + 1}/{count}")
             out = Path(tmp) / f"rows-{i}.json"
             done = subprocess.run([sys.executable, __file__, *argv, "--rows-out", str(out)], check=False)
             if done.returncode != 0:
@@ -239,7 +235,7 @@ def measure_rows(args: argparse.Namespace, workloads: dict) -> list[dict]:
     for label, bits, group_size, symmetric in SETTINGS:
         kernels = [n for n in names if KERNELS[n].check(bits, group_size, symmetric) is None]
         for workload, w in workloads.items():
-            say(
+            log(
                 f"{label}, {workload} ({w['tokens']} tokens/call, {w['layers']} layers): {', '.join(kernels)}"
             )
             timings = time_kernels(
@@ -269,7 +265,7 @@ def measure_rows(args: argparse.Namespace, workloads: dict) -> list[dict]:
                     row["error"] = t.error
                 if args.per_shape:
                     row[f"{workload}_shapes"] = [s.to_dict() for s in t.shapes]
-                say(
+                log(
                     f"  {t.kernel}: "
                     + (f"{t.speedup:.2f}x float32" if t.error is None else f"cannot run: {t.error}")
                 )
